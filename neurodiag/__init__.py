@@ -1,0 +1,18 @@
+"""neurodiag: dead neurons and gradient flow at every activation site of a PyTorch model."""
+
+from neurodiag.errors import NeurodiagError
+from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
+from neurodiag.scan import ScanInterrupted, scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COLUMNS",
+    "NeurodiagError",
+    "Report",
+    "ScanHeader",
+    "ScanInterrupted",
+    "SiteNeurons",
+    "__version__",
+    "scan",
+]

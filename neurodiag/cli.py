@@ -1,0 +1,304 @@
+"""The ``neurodiag`` command: Typer commands that parse options, call the library and render.
+
+No measurement logic lives here. User errors (``NeurodiagError``) become one line on stderr and
+exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from neurodiag import __version__
+from neurodiag.errors import NeurodiagError
+from neurodiag.report.model import Report
+
+app = typer.Typer(
+    name="neurodiag",
+    help="Dead neurons and gradient flow at every activation site of a PyTorch model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+T = TypeVar("T")
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    markdown = "markdown"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DeadWindow(str, Enum):
+    scan = "scan"
+    batch = "batch"
+
+
+class Mode(str, Enum):
+    eval = "eval"
+    train = "train"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"neurodiag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Dead neurons and gradient flow at every activation site of a PyTorch model."""
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Turn bad input into one line + exit 2 (a traceback only with --debug)."""
+    try:
+        yield
+    except NeurodiagError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device is Device.auto:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise NeurodiagError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if device is Device.mps and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise NeurodiagError("--device mps was asked for but MPS is not available; use --device cpu")
+    return torch.device(device.value)
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise NeurodiagError(
+            f"--input-shape {text!r} is not a list of integers; write e.g. 3,32,32"
+        ) from None
+    if not shape or any(s <= 0 for s in shape):
+        raise NeurodiagError(f"--input-shape {text!r} must be positive integers, e.g. 3,32,32")
+    return shape
+
+
+def parse_feature_dims(items: list[str]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in items:
+        glob, sep, dim = item.rpartition("=")
+        try:
+            dims[glob] = int(dim)
+        except ValueError:
+            sep = ""
+        if not sep or not glob:
+            raise NeurodiagError(f"--feature-dim {item!r} must look like 'GLOB=DIM', e.g. 'attn*=-1'")
+    return dims
+
+
+@contextmanager
+def progress_bar(total: int | None, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A Rich progress bar on stderr, only on a TTY."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("scan", total=total)
+
+        def advance(done: int) -> None:
+            progress.update(task, completed=done)
+
+        yield advance
+
+
+def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
+    """Print or write the report in the chosen format."""
+    from neurodiag.report import render, render_table
+
+    if output is None and fmt is OutputFormat.table:
+        render_table(report, Console(highlight=False))
+        return
+    text = render(report, fmt.value)
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    try:
+        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise NeurodiagError(
+            f"cannot write --output {str(output)!r}: {exc.strerror or exc}; choose a writable path"
+        ) from None
+
+
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Data spec: a YAML file, file.pt/.npz/.npy/.csv/.parquet, sklearn:NAME, "
+        "loaders.py:fn. Omitted: the model file's make_data() or synthetic batches.",
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None, typer.Option("--weights", "-w", help="State dict or checkpoint (weights_only).")
+]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run the scan.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for data order, synthetic data, loss.")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="Batch size (overrides the YAML).")
+]
+NumBatchesOpt = Annotated[
+    int | None, typer.Option("--max-batches", "--num-batches", min=1, help="Stop after N batches.")
+]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option("--input-shape", help="Synthetic input shape without batch dim, e.g. 3,32,32."),
+]
+TargetOpt = Annotated[str | None, typer.Option("--target", help="CSV/Parquet target column.")]
+EpsOpt = Annotated[float, typer.Option("--eps", min=0.0, help="Dead if |σ'(z)| ≤ eps everywhere.")]
+TauOpt = Annotated[float, typer.Option("--tau", min=0.0, help="Dormant if normalised score ≤ tau.")]
+WindowOpt = Annotated[
+    DeadWindow,
+    typer.Option("--dead-window", help="scan: dead over the whole scan; batch: per-batch average."),
+]
+ModeOpt = Annotated[Mode, typer.Option("--mode", help="Model behaviour during the scan.")]
+IncludeOpt = Annotated[list[str], typer.Option("--include", help="Only sites matching glob.")]
+ExcludeOpt = Annotated[list[str], typer.Option("--exclude", help="Skip sites matching glob.")]
+FeatureDimOpt = Annotated[
+    list[str], typer.Option("--feature-dim", help="Neuron dim per site: 'GLOB=DIM'.")
+]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar (TTY).")]
+
+
+@app.command()
+def scan(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="file.py, file.py:factory or package.module:attr (the file is executed).",
+            show_default=False,
+        ),
+    ],
+    data: DataOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = 0,
+    batch_size: BatchSizeOpt = None,
+    max_batches: NumBatchesOpt = None,
+    input_shape: InputShapeOpt = None,
+    target: TargetOpt = None,
+    eps: EpsOpt = 1e-3,
+    tau: TauOpt = 0.1,
+    dead_window: WindowOpt = DeadWindow.scan,
+    mode: ModeOpt = Mode.eval,
+    include: IncludeOpt = [],  # noqa: B006 - typer needs a literal default
+    exclude: ExcludeOpt = [],  # noqa: B006
+    feature_dim: FeatureDimOpt = [],  # noqa: B006
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    debug: DebugOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Scan every activation site of MODEL and report dead/dormant neurons and gradient flow."""
+    from neurodiag.loading import load_data, load_model
+    from neurodiag.scan import ScanInterrupted
+    from neurodiag.scan import scan as run_scan
+
+    with user_errors(debug):
+        torch_device = resolve_device(device)
+        loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
+        source = load_data(
+            data,
+            model=loaded.model,
+            loaded=loaded,
+            batch_size=batch_size,
+            num_batches=max_batches,
+            seed=seed,
+            input_shape=parse_shape(input_shape),
+            target=target,
+        )
+        total = _count(source.batches, max_batches)
+        try:
+            with progress_bar(total, progress) as on_batch:
+                report = run_scan(
+                    loaded.model,
+                    source.batches,
+                    loss_fn=loaded.hook("loss_fn"),
+                    eps=eps,
+                    tau=tau,
+                    dead_window=dead_window.value,
+                    mode=mode.value,
+                    include=include,
+                    exclude=exclude,
+                    feature_dims=parse_feature_dims(feature_dim),
+                    max_batches=max_batches,
+                    seed=seed,
+                    on_batch=on_batch,
+                    model_name=loaded.name,
+                    data_name=source.description,
+                )
+        except ScanInterrupted as stop:
+            emit(stop.report, fmt, output)
+            raise _fail("interrupted; the report above is partial", EXIT_INTERRUPTED) from None
+        emit(report, fmt, output)
+
+
+def _count(batches: Any, cap: int | None) -> int | None:
+    try:
+        n = len(batches)
+    except TypeError:
+        return cap
+    return min(n, cap) if cap else n
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,259 @@
+"""``neurodiag.scan``: forward + backward over a data source, statistics at every activation site.
+
+The scan never changes the model (see ``model_state.preserved``); gradients are taken with
+``torch.autograd.grad`` so no ``.grad`` is written, and statistics are read back to the host once,
+at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from neurodiag.activations.registry import REGISTRY, ActivationRegistry
+from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
+from neurodiag.errors import NeurodiagError
+from neurodiag.loss import LossResolver, UserLoss
+from neurodiag.model_state import preserved
+from neurodiag.report.model import Report, ScanHeader, SiteNeurons
+from neurodiag.sites.capture import SiteRecorder
+from neurodiag.stats.site_stats import StatOptions
+
+MODES = ("eval", "train")
+DEFAULT_EPS = 1e-3
+DEFAULT_TAU = 0.1
+
+
+class ScanInterrupted(Exception):
+    """Ctrl-C during a scan; ``report`` holds what was measured so far (marked partial)."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__("scan interrupted")
+        self.report = report
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
+def scan(
+    model: nn.Module,
+    data: Iterable[Any],
+    *,
+    loss_fn: UserLoss | None = None,
+    eps: float = DEFAULT_EPS,
+    tau: float = DEFAULT_TAU,
+    dead_window: str = "scan",
+    mode: str = "eval",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    feature_dims: Mapping[str, int] | None = None,
+    max_batches: int | None = None,
+    seed: int = 0,
+    gradients: bool = True,
+    registry: ActivationRegistry = REGISTRY,
+    on_batch: Callable[[int], None] | None = None,
+    model_name: str | None = None,
+    data_name: str | None = None,
+) -> Report:
+    """Scan ``model`` on ``data`` (a DataLoader or any iterable of ``x``/``(x, y)``/dict batches).
+
+    Statistics are accumulated per neuron over all positions of all batches; see README "Metrics"
+    for ε (``eps``, dead), τ (``tau``, dormant) and the dead window. ``mode`` picks the model's
+    train/eval behaviour during the scan (eval by default: dropout off, BatchNorm running stats);
+    the model's own mode is restored afterwards.
+    """
+    if mode not in MODES:
+        raise NeurodiagError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    try:
+        options = StatOptions(eps=eps, tau=tau, dead_window=dead_window, gradients=gradients)
+    except ValueError as exc:
+        raise NeurodiagError(str(exc)) from None
+    if max_batches is not None and max_batches < 1:
+        raise NeurodiagError(f"max_batches must be >= 1, got {max_batches}")
+    device = model_device(model)
+    dtype = model_dtype(model)
+    started = time.perf_counter()
+    recorder = SiteRecorder(
+        model,
+        options,
+        registry=registry,
+        include=include,
+        exclude=exclude,
+        feature_dims=feature_dims,
+    )
+    state = _Progress()
+    resolver = LossResolver(loss_fn, _generator(device, seed))
+    interrupted = False
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with preserved(model), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        model.train(mode == "train")
+        with recorder:
+            try:
+                for index, batch in enumerate(data):
+                    if max_batches is not None and index >= max_batches:
+                        break
+                    _step(model, batch, device, dtype, resolver, state)
+                    if index == 0:
+                        recorder.end_discovery()
+                        _check_includes(recorder)
+                    if on_batch is not None:
+                        on_batch(index + 1)
+            except KeyboardInterrupt:
+                interrupted = True
+    if state.batches == 0 and not interrupted:
+        raise NeurodiagError("the data yielded no batches; check --data (is the dataset empty?)")
+    header = ScanHeader(
+        model=model_name or type(model).__name__,
+        data=data_name or type(data).__name__,
+        loss=resolver.name,
+        samples=state.samples,
+        batches=state.batches,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        seed=seed,
+        wall_time_s=time.perf_counter() - started,
+        eps=eps,
+        tau=tau,
+        dead_window=dead_window,
+        mode=mode,
+        partial=interrupted,
+        notes=tuple(state.notes) + (() if recorder.sites else ("no activation sites found",)),
+    )
+    report = build_report(recorder, header)
+    if interrupted:
+        raise ScanInterrupted(report)
+    return report
+
+
+def build_report(recorder: SiteRecorder, header: ScanHeader) -> Report:
+    rows: list[dict[str, Any]] = []
+    neurons: dict[str, SiteNeurons] = {}
+    for name, site in recorder.ordered_sites():
+        summary = site.stats.summarize(site.delta_bar)
+        rows.append({"site": name, "activation": site.activation, "kind": site.kind, **summary.row})
+        neurons[name] = SiteNeurons(**summary.neurons)
+    return Report(header=header, rows=rows, neurons=neurons)
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.batches = 0
+        self.samples = 0
+        self.notes: list[str] = []
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def _step(
+    model: nn.Module,
+    raw_batch: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    resolver: LossResolver,
+    state: _Progress,
+) -> None:
+    """One forward + backward; the hooks of the recorder do the measuring."""
+    leaves: list[Tensor] = []
+
+    def to_model(t: Tensor) -> Tensor:
+        t = t.to(device, non_blocking=True)
+        if t.is_floating_point():
+            leaf = t.to(dtype).detach().requires_grad_(True)
+            leaves.append(leaf)
+            return leaf.clone()  # the model may write into its input; keep the batch intact
+        return t
+
+    try:
+        split = split_batch(raw_batch)
+    except (TypeError, ValueError) as exc:
+        raise NeurodiagError(f"bad batch from the data source: {exc}") from exc
+    fed = SplitBatch(
+        map_tensors(split.args, to_model),
+        map_tensors(split.kwargs, to_model),
+        split.targets.to(device, non_blocking=True) if split.targets is not None else None,
+    )
+    if isinstance(fed.kwargs.get("labels"), Tensor):
+        fed.targets = fed.kwargs["labels"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not leaves and not params:  # a frozen model fed token ids: grads for the scan only
+        params = [p.requires_grad_(True) for p in model.parameters() if p.is_floating_point()]
+    try:
+        output = fed.call(model)
+    except NeurodiagError:
+        raise
+    except Exception as exc:
+        raise NeurodiagError(_forward_error(model, split, exc)) from exc
+    loss = resolver(output, fed, _raw_on_device(raw_batch, device))
+    targets = leaves + params
+    if loss.requires_grad:
+        torch.autograd.grad(loss, targets, allow_unused=True)
+    elif "the loss does not depend on anything that requires grad" not in state.notes:
+        state.notes.append("the loss does not depend on anything that requires grad")
+    state.batches += 1
+    state.samples += batch_size_of(raw_batch)
+
+
+def _raw_on_device(batch: Any, device: torch.device) -> Any:
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=True))
+
+
+def _forward_error(model: nn.Module, split: SplitBatch, exc: Exception) -> str:
+    shapes = [
+        f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}"
+        for a in list(split.args) + list(split.kwargs.values())
+        if isinstance(a, Tensor)
+    ]
+    expected = expected_input(model)
+    hint = f"; the model's first layer expects {expected}" if expected else ""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (
+        f"the model raised {type(exc).__name__} on an input of shape {', '.join(shapes) or '?'}: "
+        f"{message}{hint}; check --data/--input-shape"
+    )
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """Human description of the input the first layer expects (for error messages)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return f"(batch, {module.in_features}) float features"
+        if isinstance(module, nn.modules.conv._ConvNd):
+            spatial = ", ".join("H W D".split()[: len(module.kernel_size)])
+            return f"(batch, {module.in_channels}, {spatial}) float images"
+        if isinstance(module, nn.Embedding):
+            return f"(batch, seq) integer ids below {module.num_embeddings}"
+    return None
+
+
+def _check_includes(recorder: SiteRecorder) -> None:
+    unmatched = recorder.unmatched_includes()
+    if unmatched:
+        names = [name for name, _ in recorder.ordered_sites()] or ["(none)"]
+        raise NeurodiagError(
+            f"--include {', '.join(repr(p) for p in unmatched)} matched no site; "
+            f"sites: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+        )
+
+
+__all__ = ["DEFAULT_EPS", "DEFAULT_TAU", "ScanInterrupted", "scan"]

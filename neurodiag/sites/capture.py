@@ -1,0 +1,381 @@
+"""Finding activation sites and attaching (and always removing) the hooks that measure them.
+
+Module sites are activation modules (by registry type, or by the rule for unknown activation
+modules); functional sites are calls such as ``F.gelu`` seen through a torch function mode that is
+active only while the model's own ``forward`` runs. Every handle is removed in ``close()``, which
+``SiteRecorder`` calls in ``__exit__`` whatever happened; forward hooks use ``always_call`` so
+that the bookkeeping (module stack, function mode) unwinds even when a forward raises.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from neurodiag.activations.registry import (
+    REGISTRY,
+    ActivationKind,
+    ActivationRegistry,
+    FunctionBinding,
+    looks_like_activation,
+)
+from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
+from neurodiag.sites.site import Site, SiteKey, display_names
+from neurodiag.stats.observation import ForwardObservation, reduction_dims, state_dtype
+from neurodiag.stats.site_stats import SiteStats, StatOptions
+
+DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
+
+
+class _FunctionalSites(TorchFunctionMode):
+    """Routes calls of registered activation functions to the recorder; all else passes through."""
+
+    def __init__(self, recorder: SiteRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.functions = recorder.registry.functions
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in self.functions and self.recorder.module_site_depth == 0:
+            hit = self.recorder.registry.for_function(func)
+            if hit is not None and args and _is_float_tensor(args[0]):
+                return self.recorder.functional_call(hit[0], hit[1], func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+def _is_float_tensor(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.is_floating_point()
+
+
+class SiteRecorder:
+    """Attach to ``model`` on enter, detach on exit; accumulates per-site statistics.
+
+    ``discovery`` (the first forward) runs with the module-stack hooks and the function mode; call
+    ``end_discovery()`` afterwards to drop them when no functional site was found, which keeps
+    later batches as cheap as module hooks alone.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        options: StatOptions,
+        *,
+        registry: ActivationRegistry = REGISTRY,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        feature_dims: Mapping[str, int] | None = None,
+        functional: bool = True,
+    ) -> None:
+        self.model = model
+        self.options = options
+        self.registry = registry
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self.feature_dims = dict(feature_dims or {})
+        self.functional = functional
+        self.sites: dict[SiteKey, Site] = {}
+        self.skipped: set[SiteKey] = set()
+        self.module_site_depth = 0
+        self._names = {m: n for n, m in model.named_modules()}
+        self._module_kinds: dict[nn.Module, ActivationKind | None] = {}
+        self._not_elementwise: set[nn.Module] = set()
+        self._module_calls: dict[nn.Module, int] = {}
+        self._func_calls: dict[tuple[str, str], int] = {}
+        self._stack: list[str] = []
+        self._last_module: nn.Module | None = None
+        self._saved_inputs: dict[nn.Module, list[Tensor | None]] = {}
+        self._mode: _FunctionalSites | None = None
+        self._mode_depth = 0
+        self._handles: list[RemovableHandle] = []
+        self._discovery_handles: list[RemovableHandle] = []
+        self.found_functional = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> SiteRecorder:
+        try:
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook and leave no function mode behind; safe to call twice."""
+        for handle in self._handles + self._discovery_handles:
+            handle.remove()
+        self._handles.clear()
+        self._discovery_handles.clear()
+        while self._mode_depth > 0:
+            self._exit_mode()
+        self._saved_inputs.clear()
+        self._stack.clear()
+
+    def end_discovery(self) -> None:
+        """After the first forward: keep the function mode only if it found functional sites."""
+        if self.found_functional:
+            return
+        for handle in self._discovery_handles:
+            handle.remove()
+        self._discovery_handles.clear()
+
+    def _attach(self) -> None:
+        for name, module in self.model.named_modules():
+            kind = self.registry.for_module(module)
+            if kind is None and not looks_like_activation(module):
+                continue
+            self._module_kinds[module] = kind
+            self._handles.append(module.register_forward_pre_hook(self._module_pre_hook))
+            self._handles.append(
+                module.register_forward_hook(self._module_post_hook, always_call=True)
+            )
+        root = self.model
+        self._handles.append(root.register_forward_pre_hook(self._root_pre_hook, prepend=True))
+        if self.functional:
+            self._discovery_handles.append(
+                root.register_forward_pre_hook(self._root_mode_enter, prepend=True)
+            )
+            self._discovery_handles.append(
+                root.register_forward_hook(self._root_mode_exit, always_call=True)
+            )
+            for module in self.model.modules():
+                name = self._names[module]
+                self._discovery_handles.append(
+                    module.register_forward_pre_hook(functools.partial(self._push, name))
+                )
+                self._discovery_handles.append(
+                    module.register_forward_hook(self._pop, always_call=True)
+                )
+
+    # -- bookkeeping hooks -------------------------------------------------------------------
+    def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
+        if not self._stack:  # a new top-level forward: call indices start again
+            self._module_calls.clear()
+            self._func_calls.clear()
+
+    def _root_mode_enter(self, module: nn.Module, args: Any) -> None:
+        self._mode = self._mode or _FunctionalSites(self)
+        self._mode.__enter__()
+        self._mode_depth += 1
+
+    def _root_mode_exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._mode_depth > 0:
+            self._exit_mode()
+
+    def _exit_mode(self) -> None:
+        assert self._mode is not None
+        self._mode.__exit__(None, None, None)
+        self._mode_depth -= 1
+
+    def _push(self, name: str, module: nn.Module, args: Any) -> None:
+        self._stack.append(name)
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+        self._last_module = module
+
+    # -- module sites --------------------------------------------------------------------------
+    def _module_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.module_site_depth += 1
+        z = args[0] if args else None
+        saved: Tensor | None = None
+        kind = self._module_kinds.get(module)
+        if _is_float_tensor(z) and getattr(module, "inplace", False):
+            if kind is None or not kind.from_output:
+                saved = z.detach().clone()  # the op will overwrite the true pre-activation
+        self._saved_inputs.setdefault(module, []).append(saved)
+
+    def _module_post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        # depth stays raised while measuring: derivatives call torch functions (torch.sigmoid...)
+        # that the function mode must not take for sites of their own.
+        try:
+            self._measure_module(module, args, output)
+        finally:
+            self.module_site_depth -= 1
+
+    def _measure_module(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        saved_stack = self._saved_inputs.get(module)
+        saved = saved_stack.pop() if saved_stack else None
+        if output is None or module in self._not_elementwise:
+            return
+        z = args[0] if args else None
+        if not (_is_float_tensor(z) and isinstance(output, Tensor)):
+            self._not_elementwise.add(module)
+            return
+        assert isinstance(z, Tensor)
+        if output.shape != z.shape:
+            self._not_elementwise.add(module)
+            return
+        index = self._module_calls.get(module, 0)
+        self._module_calls[module] = index + 1
+        key = SiteKey(self._names.get(module, type(module).__name__), None, index)
+        kind = self._module_kinds.get(module)
+        inplace = output is z or bool(getattr(module, "inplace", False))
+        if inplace:
+            pre = saved  # None for from_output kinds
+        else:
+            pre = z
+        if kind is None:
+            derivative = _autograd_derivative(module, self)
+            activation = type(module).__name__
+        else:
+            params = kind.module_params(module)
+            derivative = _bind_derivative(kind, params)
+            activation = kind.name
+        delta_bar = kind.delta_bar(module) if kind is not None and kind.delta_bar else None
+        self._record(key, activation, "module", pre, output, derivative, delta_bar)
+
+    # -- functional sites ----------------------------------------------------------------------
+    def functional_call(
+        self,
+        kind: ActivationKind,
+        binding: FunctionBinding,
+        func: Any,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> Any:
+        bound = binding.bind(args, kwargs)
+        inplace = binding.inplace or bound.get("inplace") is True
+        owner = self._stack[-1] if self._stack else ""
+        counter = (owner, kind.name)
+        index = self._func_calls.get(counter, 0)
+        self._func_calls[counter] = index + 1
+        key = SiteKey(owner, kind.name, index)
+        z: Tensor = args[0]
+        if key in self.skipped:
+            return func(*args, **kwargs)
+        pre: Tensor | None = z
+        if inplace:
+            pre = None if kind.from_output else z.detach().clone()
+        out = func(*args, **kwargs)
+        if isinstance(out, Tensor) and out.shape == z.shape:
+            self.found_functional = True
+            derivative = _bind_derivative(kind, kind.derivative_kwargs(bound))
+            self._record(key, kind.name, "functional", pre, out, derivative, None)
+        return out
+
+    # -- shared ----------------------------------------------------------------------------------
+    def _record(
+        self,
+        key: SiteKey,
+        activation: str,
+        kind: str,
+        z: Tensor | None,
+        a: Tensor,
+        derivative: DerivativeFn,
+        delta_bar: float | None,
+    ) -> None:
+        site = self.sites.get(key)
+        if site is None:
+            if key in self.skipped or not self._wanted(key):
+                self.skipped.add(key)
+                return
+            site = self._new_site(key, activation, kind, a, delta_bar)
+        dims = reduction_dims(a.dim(), site.feature_dim)
+        if a.dim() and a.shape[site.feature_dim] != site.neurons:
+            from neurodiag.errors import NeurodiagError
+
+            raise NeurodiagError(
+                f"site {key.candidate_names()[0]} had {site.neurons} neurons along dim "
+                f"{site.feature_dim} and now {a.shape[site.feature_dim]}; set its neuron dim with "
+                f"--feature-dim '{key.candidate_names()[0]}=DIM'"
+            )
+        obs = ForwardObservation(
+            z.detach() if z is not None else None, a.detach(), derivative, dims
+        )
+        with torch.no_grad():
+            site.observe(obs)
+        if site.stats.grad is not None and a.requires_grad:
+            a.register_hook(site.grad_hook(dims))
+
+    def _wanted(self, key: SiteKey) -> bool:
+        names = key.candidate_names()
+        if self.include and not any(fnmatchcase(n, p) for n in names for p in self.include):
+            return False
+        return not any(fnmatchcase(n, p) for n in names for p in self.exclude)
+
+    def _new_site(
+        self, key: SiteKey, activation: str, kind: str, a: Tensor, delta_bar: float | None
+    ) -> Site:
+        override = override_feature_dim(key.candidate_names(), self.feature_dims)
+        feature_dim = override if override is not None else auto_feature_dim(a.dim(), self._last_module)
+        if a.dim() == 0:
+            neurons = 1
+        else:
+            if not -a.dim() <= feature_dim < a.dim():
+                from neurodiag.errors import NeurodiagError
+
+                raise NeurodiagError(
+                    f"neuron dim {feature_dim} is out of range for site "
+                    f"{key.candidate_names()[0]} with shape {tuple(a.shape)}"
+                )
+            feature_dim %= a.dim()
+            neurons = a.shape[feature_dim]
+        stats = SiteStats(neurons, a.device, state_dtype(a.dtype), self.options)
+        site = Site(key, activation, kind, feature_dim, neurons, delta_bar, stats)
+        self.sites[key] = site
+        return site
+
+    def ordered_sites(self) -> list[tuple[str, Site]]:
+        """Sites in forward execution order (first seen first) with their display names."""
+        names = display_names(list(self.sites))
+        return [(names[key], site) for key, site in self.sites.items()]
+
+    def unmatched_includes(self) -> list[str]:
+        """--include globs that matched no site (usually a typo)."""
+        seen = [n for key in list(self.sites) + list(self.skipped) for n in key.candidate_names()]
+        final = [name for name, _ in self.ordered_sites()]
+        return [
+            p for p in self.include if not any(fnmatchcase(n, p) for n in seen + final)
+        ]
+
+
+def _bind_derivative(kind: ActivationKind, params: Mapping[str, Any]) -> DerivativeFn:
+    derivative = kind.derivative
+    if not params:
+        return derivative
+    return functools.partial(derivative, **params)
+
+
+def _autograd_derivative(module: nn.Module, recorder: SiteRecorder) -> DerivativeFn:
+    """σ'(z) of an unknown elementwise activation module by autograd on a fresh copy of z."""
+
+    def derivative(z: Tensor | None, a: Tensor) -> Tensor:
+        if z is None:
+            raise RuntimeError(
+                f"cannot differentiate in-place {type(module).__name__} without its input"
+            )
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            recorder.module_site_depth += 1
+            try:
+                out = module.forward(leaf.clone())
+            finally:
+                recorder.module_site_depth -= 1
+            (grad,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
+        return grad
+
+    return derivative

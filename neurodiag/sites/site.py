@@ -1,0 +1,66 @@
+"""One activation site: identity, naming and its statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from neurodiag.stats.observation import ForwardObservation
+from neurodiag.stats.site_stats import SiteStats
+
+ROOT_NAME = "<root>"
+
+
+@dataclass(frozen=True)
+class SiteKey:
+    """Stable identity across batches and ranks: qualified name, op (functional) and call index."""
+
+    module: str
+    op: str | None
+    index: int
+
+    def candidate_names(self) -> tuple[str, ...]:
+        """Names an --include/--exclude glob may match before the final name is known."""
+        if self.op is None:
+            base = self.module or ROOT_NAME
+            return (base, f"{base}#{self.index}")
+        return (f"{self.module or ROOT_NAME}:{self.op}#{self.index}",)
+
+
+@dataclass
+class Site:
+    key: SiteKey
+    activation: str
+    kind: str  # "module" | "functional"
+    feature_dim: int
+    neurons: int
+    delta_bar: float | None
+    stats: SiteStats
+
+    def observe(self, obs: ForwardObservation) -> None:
+        self.stats.observe(obs)
+
+    def grad_hook(self, dims: tuple[int, ...]):  # type: ignore[no-untyped-def]
+        stats = self.stats
+
+        def hook(grad: Tensor) -> None:
+            stats.observe_grad(grad.detach(), dims)
+
+        return hook
+
+
+def display_names(keys: list[SiteKey]) -> dict[SiteKey, str]:
+    """Module sites called once keep their plain name; reused modules get ``#i`` per call."""
+    calls: dict[str, int] = {}
+    for key in keys:
+        if key.op is None:
+            calls[key.module] = max(calls.get(key.module, 0), key.index + 1)
+    names: dict[SiteKey, str] = {}
+    for key in keys:
+        if key.op is None:
+            base = key.module or ROOT_NAME
+            names[key] = base if calls[key.module] == 1 else f"{base}#{key.index}"
+        else:
+            names[key] = key.candidate_names()[0]
+    return names
