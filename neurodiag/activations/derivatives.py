@@ -117,8 +117,8 @@ def mish(z: Tensor | None, a: Tensor | None) -> Tensor:
 
 def hardswish(z: Tensor | None, a: Tensor | None) -> Tensor:
     assert z is not None
-    # PyTorch: x < -3 -> 0; x <= 3 -> x/3 + 0.5; else 1.
-    return torch.where(z < -3, torch.zeros_like(z), torch.where(z <= 3, z / 3 + 0.5, 1.0))
+    # PyTorch's backward: x <= -3 -> 0; x < 3 -> x/3 + 0.5; else 1.
+    return torch.where(z <= -3, torch.zeros_like(z), torch.where(z < 3, z / 3 + 0.5, 1.0))
 
 
 def hardsigmoid(z: Tensor | None, a: Tensor | None) -> Tensor:
