@@ -1,0 +1,144 @@
+"""The CLI through typer's CliRunner: outputs parse, bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from neurodiag.cli import app
+from neurodiag.report.model import COLUMNS
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+
+SMALL_MLP = """
+import torch
+from torch import nn
+
+def build_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.GELU(),
+                          nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].bias[:4] = -100.0  # half of the first site is dead by construction
+    return model
+"""
+
+
+@pytest.fixture()
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.py"
+    path.write_text(SMALL_MLP)
+    return path
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_scan_csv_parses_with_pandas(model_file: Path) -> None:
+    code, out, err = _invoke("scan", str(model_file), "--format", "csv", "--max-batches", "2")
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out), dtype={"site": str})
+    assert list(frame.columns) == list(COLUMNS)
+    assert list(frame["site"]) == ["1", "3"]
+    assert frame.loc[0, "dead_pct"] == 50.0
+
+
+def test_scan_json_has_sites_and_header(model_file: Path) -> None:
+    code, out, err = _invoke("scan", str(model_file), "-f", "json", "--max-batches", "1")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["batches"] == 1 and "surrogate" in doc["loss"]
+    assert [set(site) for site in doc["sites"]] == [set(COLUMNS)] * 2
+
+
+def test_scan_table_shows_header_and_sites(model_file: Path) -> None:
+    code, out, err = _invoke("scan", str(model_file), "--max-batches", "1")
+    assert code == 0, err
+    assert "loss" in out and "relu" in out and "gelu" in out
+
+
+def test_scan_markdown_to_output_file(model_file: Path, tmp_path: Path) -> None:
+    target = tmp_path / "report.md"
+    code, out, err = _invoke(
+        "scan", str(model_file), "-f", "markdown", "-o", str(target), "--max-batches", "1"
+    )
+    assert code == 0, err
+    assert target.read_text().count("| ") > 2 and out == ""
+
+
+def test_scan_sample_plain_mlp_on_digits() -> None:
+    pytest.importorskip("sklearn")
+    code, out, err = _invoke(
+        "scan",
+        str(SAMPLES / "plain_mlp.py"),
+        "--data",
+        str(SAMPLES / "plain_mlp.yaml"),
+        "--max-batches",
+        "1",
+        "-f",
+        "csv",
+    )
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out))
+    assert len(frame) == 50 and (frame["activation"] == "relu").all()
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["scan", "missing_model.py"], "not found"),
+        (["scan", "{model}", "--data", "missing.yaml"], "missing.yaml"),
+        (["scan", "{model}", "--data", "{bad_yaml}"], "line"),
+        (["scan", "{raises}"], "ModuleNotFoundError"),
+        (["scan", "{model}", "--include", "nothing*"], "matched no site"),
+        (["scan", "{model}", "--input-shape", "a,b"], "--input-shape"),
+        (["scan", "{model}", "--feature-dim", "oops"], "GLOB=DIM"),
+        (["scan", "{model}", "--data", "{wrong_shape}"], "(batch, 4)"),
+        (["scan", "{model}", "-o", "/nonexistent-dir/out.csv", "-f", "csv"], "cannot write"),
+        (["scan", "{model}", "--device", "cuda"], "CUDA is not available"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], fragment: str, model_file: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("source: [unclosed\n")
+    raises = tmp_path / "raises.py"
+    raises.write_text("import not_a_real_module_xyz\n")
+    wrong_shape = tmp_path / "wrong.pt"
+    torch.save(torch.randn(4, 7), wrong_shape)
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    filled = [
+        a.format(model=model_file, bad_yaml=bad_yaml, raises=raises, wrong_shape=wrong_shape)
+        for a in args
+    ]
+    code, out, err = _invoke(*filled)
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in err + out
+
+
+def test_debug_shows_the_traceback() -> None:
+    from neurodiag.errors import NeurodiagError
+
+    result = runner.invoke(app, ["scan", "missing_model.py", "--debug"])
+    assert isinstance(result.exception, NeurodiagError)  # raised, so Python prints a traceback
+
+
+def test_version() -> None:
+    code, out, _ = _invoke("--version")
+    assert code == 0 and out.startswith("neurodiag ")
