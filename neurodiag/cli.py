@@ -188,7 +188,10 @@ WeightsOpt = Annotated[
     Path | None, typer.Option("--weights", "-w", help="State dict or checkpoint (weights_only).")
 ]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run the scan.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for data order, synthetic data, loss.")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", help="Seed for data order, synthetic data and the loss [default: 0]."),
+]
 BatchSizeOpt = Annotated[
     int | None, typer.Option("--batch-size", min=1, help="Batch size (overrides the YAML).")
 ]
@@ -230,7 +233,7 @@ def scan(
     data: DataOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = Device.auto,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     batch_size: BatchSizeOpt = None,
     max_batches: NumBatchesOpt = None,
     input_shape: InputShapeOpt = None,
@@ -280,7 +283,7 @@ def scan(
                     exclude=exclude,
                     feature_dims=parse_feature_dims(feature_dim),
                     max_batches=max_batches,
-                    seed=seed,
+                    seed=seed if seed is not None else 0,
                     on_batch=on_batch,
                     model_name=loaded.name,
                     data_name=source.description,

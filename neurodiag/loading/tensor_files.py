@@ -1,0 +1,79 @@
+"""Tensor files: ``.pt``/``.pth`` (torch.save), ``.npz`` and ``.npy`` (numpy).
+
+- ``.pt``/``.pth``: read with ``torch.load(weights_only=True)``; holds a tensor ``x``, a tuple or
+  list ``(x, y)`` (or ``(x1, ..., xk, y)``), or a dict with key ``x`` and optional ``y``.
+- ``.npz``: arrays ``x`` and optional ``y``; without an ``x`` key the first array is ``x`` and the
+  second (if any) ``y``.
+- ``.npy``: one array ``x``.
+Arrays follow the dtype rule of ``neurodiag.loading.batching`` (float32 / int64).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurodiag.errors import NeurodiagError
+from neurodiag.loading.batching import TensorBatches, to_tensor
+from neurodiag.loading.datasource import DataOptions, DataSource
+from neurodiag.loading.pyfile import describe_exception, list_names
+from neurodiag.loading.weights import read_checkpoint
+
+
+def load_torch_file(spec: str, options: DataOptions) -> DataSource:
+    """x (and y) from a file written by ``torch.save``."""
+    content = read_checkpoint(spec, what="data file")
+    return _source(spec, _arrays_from_object(content, spec), options)
+
+
+def _arrays_from_object(content: Any, spec: str) -> list[Any]:
+    if isinstance(content, dict):
+        if "x" not in content:
+            keys = list_names([str(k) for k in content])
+            raise NeurodiagError(
+                f"data file '{spec}' holds a dict with keys {keys}; expected key 'x' "
+                "and optionally 'y'"
+            )
+        return [content["x"]] + ([content["y"]] if content.get("y") is not None else [])
+    if isinstance(content, (tuple, list)):
+        if not content:
+            raise NeurodiagError(f"data file '{spec}' holds an empty {type(content).__name__}")
+        return list(content)
+    return [content]
+
+
+def load_numpy_file(spec: str, options: DataOptions) -> DataSource:
+    """x (and y) from ``.npy``/``.npz``; pickled object arrays are refused."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise NeurodiagError(f"data file '{spec}' not found; check the path")
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        else:
+            arrays = {"x": np.load(path, allow_pickle=False)}
+    except Exception as exc:
+        raise NeurodiagError(
+            f"cannot read data file '{spec}' ({describe_exception(exc)}); "
+            "save numeric arrays with numpy.save/numpy.savez"
+        ) from exc
+    return _source(spec, _pick_xy(arrays, spec), options)
+
+
+def _pick_xy(arrays: dict[str, Any], spec: str) -> list[Any]:
+    if "x" in arrays:
+        return [arrays["x"]] + ([arrays["y"]] if "y" in arrays else [])
+    if not arrays:
+        raise NeurodiagError(f"data file '{spec}' holds no arrays; save x (and y) in it")
+    return list(arrays.values())[:2]
+
+
+def _source(spec: str, arrays: list[Any], options: DataOptions) -> DataSource:
+    label = f"data file '{spec}'"
+    tensors = tuple(to_tensor(a, label=label) for a in arrays)
+    batches = TensorBatches(tensors if len(tensors) > 1 else tensors[0], options, label=label)
+    description = f"{spec} ({batches.total} samples, {options.batching_note()})"
+    return DataSource(batches, description, batches.num_samples)

@@ -1,0 +1,30 @@
+"""The paper's plain deep MLP: 50 hidden Linear(100) + ReLU layers, no residuals, no normalisation.
+
+Demonstrates dead ReLU neurons piling up with depth when nothing (skip connections, normalisation)
+keeps the pre-activations centred. The defaults fit scikit-learn's digits (64 features, 10
+classes); ``plain_mlp.yaml`` scans it on that data. Swap the activation with
+``build_model(activation=nn.GELU)`` or by name with neurodiag's activation swapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+
+def build_model(
+    in_features: int = 64,
+    width: int = 100,
+    depth: int = 50,
+    num_classes: int = 10,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """``depth`` hidden layers of ``width`` units, each Linear followed by its own activation."""
+    layers: list[nn.Module] = []
+    features = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(features, width), activation()]
+        features = width
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
