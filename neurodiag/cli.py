@@ -98,11 +98,15 @@ def resolve_device(device: Device) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device is Device.cuda and not torch.cuda.is_available():
-        raise NeurodiagError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        raise NeurodiagError(
+            "--device cuda was asked for but CUDA is not available; use --device cpu"
+        )
     if device is Device.mps and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise NeurodiagError("--device mps was asked for but MPS is not available; use --device cpu")
+        raise NeurodiagError(
+            "--device mps was asked for but MPS is not available; use --device cpu"
+        )
     return torch.device(device.value)
 
 
@@ -129,7 +133,9 @@ def parse_feature_dims(items: list[str]) -> dict[str, int]:
         except ValueError:
             sep = ""
         if not sep or not glob:
-            raise NeurodiagError(f"--feature-dim {item!r} must look like 'GLOB=DIM', e.g. 'attn*=-1'")
+            raise NeurodiagError(
+                f"--feature-dim {item!r} must look like 'GLOB=DIM', e.g. 'attn*=-1'"
+            )
     return dims
 
 
@@ -160,7 +166,7 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
     """Print or write the report in the chosen format."""
     from neurodiag.report import render, render_table
 
-    if output is None and fmt is OutputFormat.table:
+    if output is None and fmt is OutputFormat.table and sys.stdout.isatty():
         render_table(report, Console(highlight=False))
         return
     text = render(report, fmt.value)

@@ -85,9 +85,7 @@ class LossResolver:
     def _default(self, out: Tensor, targets: Tensor | None) -> Tensor:
         if targets is None:
             self.name = "surrogate: random projection (no targets)"
-            r = torch.randn(
-                out.shape, generator=self.generator, device=out.device, dtype=out.dtype
-            )
+            r = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)
             return (out * r).sum() / max(1, out.shape[0] if out.dim() else 1)
         targets = targets.to(out.device)
         if not targets.is_floating_point() and not targets.is_complex():

@@ -37,10 +37,10 @@ class ScanInterrupted(Exception):
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -195,7 +195,7 @@ def _step(
     )
     if isinstance(fed.kwargs.get("labels"), Tensor):
         fed.targets = fed.kwargs["labels"]
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
     if not leaves and not params:  # a frozen model fed token ids: grads for the scan only
         params = [p.requires_grad_(True) for p in model.parameters() if p.is_floating_point()]
     try:
@@ -239,7 +239,7 @@ def expected_input(model: nn.Module) -> str | None:
         if isinstance(module, nn.Linear):
             return f"(batch, {module.in_features}) float features"
         if isinstance(module, nn.modules.conv._ConvNd):
-            spatial = ", ".join("H W D".split()[: len(module.kernel_size)])
+            spatial = ", ".join(["H", "W", "D"][: len(module.kernel_size)])
             return f"(batch, {module.in_channels}, {spatial}) float images"
         if isinstance(module, nn.Embedding):
             return f"(batch, seq) integer ids below {module.num_embeddings}"

@@ -1,9 +1,12 @@
 """The paper's plain deep MLP: 50 hidden Linear(100) + ReLU layers, no residuals, no normalisation.
 
 Demonstrates dead ReLU neurons piling up with depth when nothing (skip connections, normalisation)
-keeps the pre-activations centred. The defaults fit scikit-learn's digits (64 features, 10
-classes); ``plain_mlp.yaml`` scans it on that data. Swap the activation with
-``build_model(activation=nn.GELU)`` or by name with neurodiag's activation swapping.
+keeps the pre-activations centred. Weights use He (Kaiming-normal) initialisation with zero biases,
+the standard for deep ReLU nets: with PyTorch's default Linear init the signal shrinks by ~3x per
+layer, reaches float32 denormals by layer ~40 and makes every matmul ~100x slower on a CPU.
+The defaults fit scikit-learn's digits (64 features, 10 classes); ``plain_mlp.yaml`` scans it on
+that data. Swap the activation with ``build_model(activation=nn.GELU)`` or by name with
+neurodiag's activation swapping.
 """
 
 from __future__ import annotations
@@ -27,4 +30,8 @@ def build_model(
         layers += [nn.Linear(features, width), activation()]
         features = width
     layers.append(nn.Linear(features, num_classes))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)

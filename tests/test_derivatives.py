@@ -37,15 +37,21 @@ MODULES = [
 # PyTorch evaluates these constants in float32 even for float64 tensors (1/6, 1/alpha)
 LOOSE = {"Hardsigmoid": 1e-6, "celu": 1e-6}
 
-Z = torch.cat(
-    [
-        torch.linspace(-8, 8, 161, dtype=torch.float64),
-        torch.tensor([-3.0, 0.0, 3.0, 6.0, -0.7, 1.3, 0.3, 20.0, 25.0], dtype=torch.float64),
-    ]
-).reshape(-1, 1).repeat(1, 4)  # (positions, 4 neurons) so PReLU has per-channel weights
+Z = (
+    torch.cat(
+        [
+            torch.linspace(-8, 8, 161, dtype=torch.float64),
+            torch.tensor([-3.0, 0.0, 3.0, 6.0, -0.7, 1.3, 0.3, 20.0, 25.0], dtype=torch.float64),
+        ]
+    )
+    .reshape(-1, 1)
+    .repeat(1, 4)
+)  # (positions, 4 neurons) so PReLU has per-channel weights
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: type(m).__name__ + str(getattr(m, "approximate", "")))
+@pytest.mark.parametrize(
+    "module", MODULES, ids=lambda m: type(m).__name__ + str(getattr(m, "approximate", ""))
+)
 def test_registry_derivative_matches_autograd(module: nn.Module) -> None:
     module = module.double()
     kind = REGISTRY.for_module(module)
@@ -113,7 +119,7 @@ def test_inplace_functions_are_marked() -> None:
 def test_registry_refuses_silent_override_and_lists_names() -> None:
     with pytest.raises(ValueError, match="already registered"):
         REGISTRY.register(REGISTRY["relu"])
-    with pytest.raises(KeyError, match="known: .*gelu.*relu"):
+    with pytest.raises(KeyError, match=r"known: .*gelu.*relu"):
         REGISTRY["nope"]
 
 

@@ -93,7 +93,7 @@ def test_model_is_restored_when_the_forward_raises_midway() -> None:
 
     model = Boom()
     before = _snapshot(model)
-    with pytest.raises(NeurodiagError, match="RuntimeError.*boom"):
+    with pytest.raises(NeurodiagError, match=r"RuntimeError.*boom"):
         neurodiag.scan(model, [torch.randn(2, 3)] * 3)
     _assert_same(model, before)
     # no torch function mode left behind: a later functional call is not intercepted

@@ -21,7 +21,9 @@ def _flatten(t: Tensor, feature_dim: int) -> Tensor:
     return t.movedim(feature_dim, -1).reshape(-1, t.shape[feature_dim])
 
 
-def brute_force(name: str, model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]) -> dict[str, dict[str, float]]:
+def brute_force(
+    name: str, model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]
+) -> dict[str, dict[str, float]]:
     ref_model = copy.deepcopy(model).eval()
     per_site: dict[str, dict[str, list[Tensor]]] = {}
     order: list[str] = []
@@ -74,7 +76,9 @@ def test_scan_matches_brute_force(name: str) -> None:
         assert got["dormant_pct"] == pytest.approx(want["dormant_pct"], abs=1e-9), site
         assert got["grad_dormant_pct"] == pytest.approx(want["grad_dormant_pct"], abs=1e-9), site
         assert got["mag"] == pytest.approx(want["mag"], rel=1e-9), site
-        assert got["min_abs_deriv"] == pytest.approx(want["min_abs_deriv"], rel=1e-9, abs=1e-12), site
+        assert got["min_abs_deriv"] == pytest.approx(want["min_abs_deriv"], rel=1e-9, abs=1e-12), (
+            site
+        )
         assert got["nonfinite"] == 0
 
 

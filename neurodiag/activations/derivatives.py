@@ -150,3 +150,18 @@ def prelu(z: Tensor | None, a: Tensor | None, weight: Tensor | None = None) -> T
     if w.numel() > 1 and x.dim() >= 2:
         w = w.reshape((1, -1) + (1,) * (x.dim() - 2))
     return torch.where(x > 0, torch.ones((), dtype=x.dtype, device=x.device), w.to(x.dtype))
+
+
+def nrelu(z: Tensor | None, a: Tensor | None) -> Tensor:
+    # N-ReLU: the noise that replaces negative inputs in training does not depend on z, so the
+    # derivative is ReLU's; it needs z because in training a > 0 can come from a negative z.
+    assert z is not None
+    return (z > 0).to(z.dtype)
+
+
+def golu(z: Tensor | None, a: Tensor | None) -> Tensor:
+    # d/dz z·exp(−e^{−z}) = exp(−e^{−z}) + z·exp(−z − e^{−z}); the second term is written as one
+    # exp so that very negative z gives 0 instead of 0·inf.
+    assert z is not None
+    e = torch.exp(-z)
+    return torch.exp(-e) + z * torch.exp(-z - e)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neurodiag.activations import derivatives as d
+from neurodiag.activations.golu import GoLU
+from neurodiag.activations.nrelu import NReLU
 
 Derivative = Callable[..., Tensor]
 
@@ -328,9 +330,19 @@ def _default_registry() -> ActivationRegistry:
             "prelu",
             d.prelu,
             module_types=(nn.PReLU,),
-            module_params=lambda m: {"weight": m.weight.detach()},
+            module_params=lambda m: {"weight": m.get_parameter("weight").detach()},
             functions=(_fn(F.prelu, "weight"), _fn(torch.prelu, "weight")),
             derivative_params=("weight",),
+        ),
+        ActivationKind(
+            "nrelu",
+            d.nrelu,
+            module_types=(NReLU,),
+        ),
+        ActivationKind(
+            "golu",
+            d.golu,
+            module_types=(GoLU,),
         ),
         ActivationKind(
             "bernstein",

@@ -79,7 +79,7 @@ class Report:
     def to_frame(self) -> pd.DataFrame:
         """One row per site in forward execution order, columns exactly ``COLUMNS``."""
         frame = pd.DataFrame(self.rows, columns=list(COLUMNS))
-        return frame.astype(
+        typed: pd.DataFrame = frame.astype(
             {
                 "neurons": "int64",
                 "nonfinite": "int64",
@@ -92,6 +92,7 @@ class Report:
                 "bound_ok": "object",
             }
         )
+        return typed
 
     @property
     def sites(self) -> list[str]:

@@ -63,6 +63,8 @@ def _sites_table(records: list[dict[str, Any]]) -> Table:
     # leaves ~28 characters for site names such as ``encoder.layer.0.mlp:gelu#0``.
     table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
     table.add_column("", no_wrap=True)
+    # Rich measures the combining "δ̄" heading one cell off, which can fold short site names.
+    site_min = min(_SITE_MIN_WIDTH, max(len(str(r["site"])) for r in [{"site": "site"}, *records]))
     for column in COLUMNS:
         heading, justify = _HEADINGS[column]
         # Only the site column gives way on a narrow console (it folds, so the full name is
@@ -73,6 +75,7 @@ def _sites_table(records: list[dict[str, Any]]) -> Table:
             justify=justify,
             no_wrap=not wraps,
             overflow="fold" if wraps else "ellipsis",
+            min_width=site_min if wraps else None,
         )
     for record in records:
         unhealthy = is_unhealthy(record)

@@ -62,6 +62,10 @@ def _is_float_tensor(x: Any) -> bool:
     return isinstance(x, Tensor) and x.is_floating_point()
 
 
+def _inplace(module: nn.Module) -> bool:
+    return bool(getattr(module, "inplace", False))
+
+
 class SiteRecorder:
     """Attach to ``model`` on enter, detach on exit; accumulates per-site statistics.
 
@@ -142,7 +146,7 @@ class SiteRecorder:
         self._discovery_handles.clear()
 
     def _attach(self) -> None:
-        for name, module in self.model.named_modules():
+        for module in self.model.modules():
             kind = self.registry.for_module(module)
             if kind is None and not looks_like_activation(module):
                 continue
@@ -177,7 +181,7 @@ class SiteRecorder:
 
     def _root_mode_enter(self, module: nn.Module, args: Any) -> None:
         self._mode = self._mode or _FunctionalSites(self)
-        self._mode.__enter__()
+        self._mode.__enter__()  # type: ignore[no-untyped-call]
         self._mode_depth += 1
 
     def _root_mode_exit(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -186,7 +190,7 @@ class SiteRecorder:
 
     def _exit_mode(self) -> None:
         assert self._mode is not None
-        self._mode.__exit__(None, None, None)
+        self._mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
         self._mode_depth -= 1
 
     def _push(self, name: str, module: nn.Module, args: Any) -> None:
@@ -203,9 +207,9 @@ class SiteRecorder:
         z = args[0] if args else None
         saved: Tensor | None = None
         kind = self._module_kinds.get(module)
-        if _is_float_tensor(z) and getattr(module, "inplace", False):
-            if kind is None or not kind.from_output:
-                saved = z.detach().clone()  # the op will overwrite the true pre-activation
+        needs_copy = kind is None or not kind.from_output
+        if isinstance(z, Tensor) and z.is_floating_point() and needs_copy and _inplace(module):
+            saved = z.detach().clone()  # the op will overwrite the true pre-activation
         self._saved_inputs.setdefault(module, []).append(saved)
 
     def _module_post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -234,10 +238,7 @@ class SiteRecorder:
         key = SiteKey(self._names.get(module, type(module).__name__), None, index)
         kind = self._module_kinds.get(module)
         inplace = output is z or bool(getattr(module, "inplace", False))
-        if inplace:
-            pre = saved  # None for from_output kinds
-        else:
-            pre = z
+        pre = saved if inplace else z  # saved is None for in-place from_output kinds
         if kind is None:
             derivative = _autograd_derivative(module, self)
             activation = type(module).__name__
@@ -309,7 +310,7 @@ class SiteRecorder:
         with torch.no_grad():
             site.observe(obs)
         if site.stats.grad is not None and a.requires_grad:
-            a.register_hook(site.grad_hook(dims))
+            a.register_hook(site.grad_hook(dims))  # type: ignore[no-untyped-call]
 
     def _wanted(self, key: SiteKey) -> bool:
         names = key.candidate_names()
@@ -321,7 +322,9 @@ class SiteRecorder:
         self, key: SiteKey, activation: str, kind: str, a: Tensor, delta_bar: float | None
     ) -> Site:
         override = override_feature_dim(key.candidate_names(), self.feature_dims)
-        feature_dim = override if override is not None else auto_feature_dim(a.dim(), self._last_module)
+        feature_dim = (
+            override if override is not None else auto_feature_dim(a.dim(), self._last_module)
+        )
         if a.dim() == 0:
             neurons = 1
         else:
@@ -348,9 +351,7 @@ class SiteRecorder:
         """--include globs that matched no site (usually a typo)."""
         seen = [n for key in list(self.sites) + list(self.skipped) for n in key.candidate_names()]
         final = [name for name, _ in self.ordered_sites()]
-        return [
-            p for p in self.include if not any(fnmatchcase(n, p) for n in seen + final)
-        ]
+        return [p for p in self.include if not any(fnmatchcase(n, p) for n in seen + final)]
 
 
 def _bind_derivative(kind: ActivationKind, params: Mapping[str, Any]) -> DerivativeFn:

@@ -33,7 +33,9 @@ class DerivativeMax(_PerNeuron):
 
     def __init__(self, neurons: int, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(neurons, device, dtype)
-        self.add_state("max_abs_deriv", torch.full((neurons,), -math.inf, device=device, dtype=dtype), "max")
+        self.add_state(
+            "max_abs_deriv", torch.full((neurons,), -math.inf, device=device, dtype=dtype), "max"
+        )
 
     def update(self, obs: ForwardObservation) -> None:
         torch.maximum(self.max_abs_deriv, obs.batch_max_abs_deriv, out=self.max_abs_deriv)
@@ -46,7 +48,9 @@ class DerivativeMin(_PerNeuron):
 
     def __init__(self, neurons: int, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(neurons, device, dtype)
-        self.add_state("min_abs_deriv", torch.full((neurons,), math.inf, device=device, dtype=dtype), "min")
+        self.add_state(
+            "min_abs_deriv", torch.full((neurons,), math.inf, device=device, dtype=dtype), "min"
+        )
 
     def update(self, obs: ForwardObservation) -> None:
         torch.minimum(self.min_abs_deriv, obs.batch_min_abs_deriv, out=self.min_abs_deriv)

@@ -7,6 +7,7 @@ There is no "mean" state: means are kept as sums and counts and divided at the e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor
 
 Reduce = Literal["sum", "min", "max"]
 
-_MERGE = {
+_MERGE: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "sum": torch.add,
     "min": torch.minimum,
     "max": torch.maximum,

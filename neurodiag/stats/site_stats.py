@@ -72,7 +72,9 @@ class SiteStats:
             if options.dead_window == "batch"
             else None
         )
-        self._forward = [
+        self._forward: list[
+            DerivativeMax | DerivativeMin | ActivationMagnitude | NonFinite | BatchDead
+        ] = [
             acc
             for acc in (self.deriv_max, self.deriv_min, self.act, self.nonfinite, self.batch_dead)
             if acc is not None
@@ -85,7 +87,7 @@ class SiteStats:
 
     def observe(self, obs: ForwardObservation) -> None:
         for acc in self._forward:
-            acc.update(obs)  # type: ignore[attr-defined]
+            acc.update(obs)
 
     def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
         if self.grad is not None:
@@ -119,7 +121,9 @@ class SiteStats:
             mean_grad = self.grad.sum_abs_grad.detach().cpu() / grad_positions
             grad_scores = fn.normalized_scores(mean_grad)
             grad_dormant: float = fn.dormant_percent(grad_scores, opts.tau)
-            mag = fn.mean_abs_gradient(self.grad.sum_abs_grad.detach().cpu(), self.grad.grad_positions)
+            mag = fn.mean_abs_gradient(
+                self.grad.sum_abs_grad.detach().cpu(), self.grad.grad_positions
+            )
         else:
             mean_grad = torch.full_like(mean_act, math.nan)
             grad_scores = mean_grad.clone()
