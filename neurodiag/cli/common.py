@@ -1,8 +1,4 @@
-"""The ``neurodiag`` command: Typer commands that parse options, call the library and render.
-
-No measurement logic lives here. User errors (``NeurodiagError``) become one line on stderr and
-exit code 2; ``--debug`` shows the traceback instead.
-"""
+"""Shared pieces of the CLI: the Typer app, option types, error handling, progress, output."""
 
 from __future__ import annotations
 
@@ -211,7 +207,7 @@ InputShapeOpt = Annotated[
 TargetOpt = Annotated[str | None, typer.Option("--target", help="CSV/Parquet target column.")]
 EpsOpt = Annotated[float, typer.Option("--eps", min=0.0, help="Dead if |σ'(z)| ≤ eps everywhere.")]
 TauOpt = Annotated[float, typer.Option("--tau", min=0.0, help="Dormant if normalised score ≤ tau.")]
-WindowOpt = Annotated[
+DeadWindowOpt = Annotated[
     DeadWindow,
     typer.Option("--dead-window", help="scan: dead over the whole scan; batch: per-batch average."),
 ]
@@ -227,87 +223,9 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar (TTY).")]
 
 
-@app.command()
-def scan(
-    model: Annotated[
-        str,
-        typer.Argument(
-            help="file.py, file.py:factory or package.module:attr (the file is executed).",
-            show_default=False,
-        ),
-    ],
-    data: DataOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = Device.auto,
-    seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
-    max_batches: NumBatchesOpt = None,
-    input_shape: InputShapeOpt = None,
-    target: TargetOpt = None,
-    eps: EpsOpt = 1e-3,
-    tau: TauOpt = 0.1,
-    dead_window: WindowOpt = DeadWindow.scan,
-    mode: ModeOpt = Mode.eval,
-    include: IncludeOpt = [],  # noqa: B006 - typer needs a literal default
-    exclude: ExcludeOpt = [],  # noqa: B006
-    feature_dim: FeatureDimOpt = [],  # noqa: B006
-    fmt: FormatOpt = OutputFormat.table,
-    output: OutputOpt = None,
-    debug: DebugOpt = False,
-    progress: ProgressOpt = True,
-) -> None:
-    """Scan every activation site of MODEL and report dead/dormant neurons and gradient flow."""
-    from neurodiag.loading import load_data, load_model
-    from neurodiag.scan import ScanInterrupted
-    from neurodiag.scan import scan as run_scan
-
-    with user_errors(debug):
-        torch_device = resolve_device(device)
-        loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
-        source = load_data(
-            data,
-            model=loaded.model,
-            loaded=loaded,
-            batch_size=batch_size,
-            num_batches=max_batches,
-            seed=seed,
-            input_shape=parse_shape(input_shape),
-            target=target,
-        )
-        total = _count(source.batches, max_batches)
-        try:
-            with progress_bar(total, progress) as on_batch:
-                report = run_scan(
-                    loaded.model,
-                    source.batches,
-                    loss_fn=loaded.hook("loss_fn"),
-                    eps=eps,
-                    tau=tau,
-                    dead_window=dead_window.value,
-                    mode=mode.value,
-                    include=include,
-                    exclude=exclude,
-                    feature_dims=parse_feature_dims(feature_dim),
-                    max_batches=max_batches,
-                    seed=seed if seed is not None else 0,
-                    on_batch=on_batch,
-                    model_name=loaded.name,
-                    data_name=source.description,
-                )
-        except ScanInterrupted as stop:
-            emit(stop.report, fmt, output)
-            raise _fail("interrupted; the report above is partial", EXIT_INTERRUPTED) from None
-        emit(report, fmt, output)
-
-
 def _count(batches: Any, cap: int | None) -> int | None:
     try:
         n = len(batches)
     except TypeError:
         return cap
     return min(n, cap) if cap else n
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
