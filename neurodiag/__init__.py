@@ -2,12 +2,14 @@
 
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
+from neurodiag.monitor import Monitor
 from neurodiag.scan import ScanInterrupted, scan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COLUMNS",
+    "Monitor",
     "NeurodiagError",
     "Report",
     "ScanHeader",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from neurodiag.activations.registry import REGISTRY, ActivationRegistry
@@ -21,7 +22,9 @@ from neurodiag.loss import LossResolver, UserLoss
 from neurodiag.model_state import preserved
 from neurodiag.report.model import Report, ScanHeader, SiteNeurons
 from neurodiag.sites.capture import SiteRecorder
+from neurodiag.sites.site import Site, SiteKey, display_names
 from neurodiag.stats.site_stats import StatOptions
+from neurodiag.stats.sync import all_reduce_sites
 
 MODES = ("eval", "train")
 DEFAULT_EPS = 1e-3
@@ -100,6 +103,7 @@ def scan(
     state = _Progress()
     resolver = LossResolver(loss_fn, _generator(device, seed))
     interrupted = False
+    rank, world = distributed_rank_world()
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with preserved(model), torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
@@ -109,14 +113,19 @@ def scan(
                 for index, batch in enumerate(data):
                     if max_batches is not None and index >= max_batches:
                         break
+                    if index % world != rank:  # rank r takes batches r, r + W, r + 2W, ...
+                        continue
                     _step(model, batch, device, dtype, resolver, state)
-                    if index == 0:
-                        recorder.end_discovery()
+                    if state.batches == 1:
                         _check_includes(recorder)
                     if on_batch is not None:
                         on_batch(index + 1)
             except KeyboardInterrupt:
                 interrupted = True
+    sites = recorder.sites
+    if world > 1:
+        sites = all_reduce_sites(sites, options, device)
+        state.reduce(device)
     if state.batches == 0 and not interrupted:
         raise NeurodiagError("the data yielded no batches; check --data (is the dataset empty?)")
     header = ScanHeader(
@@ -136,16 +145,19 @@ def scan(
         partial=interrupted,
         notes=tuple(state.notes) + (() if recorder.sites else ("no activation sites found",)),
     )
-    report = build_report(recorder, header)
+    report = build_report(sites, header)
     if interrupted:
         raise ScanInterrupted(report)
     return report
 
 
-def build_report(recorder: SiteRecorder, header: ScanHeader) -> Report:
+def build_report(sites: dict[SiteKey, Site], header: ScanHeader) -> Report:
+    """Summarise each site (the one host read of a scan) into report rows, in forward order."""
     rows: list[dict[str, Any]] = []
     neurons: dict[str, SiteNeurons] = {}
-    for name, site in recorder.ordered_sites():
+    names = display_names(list(sites))
+    for key, site in sites.items():
+        name = names[key]
         summary = site.stats.summarize(site.delta_bar)
         rows.append({"site": name, "activation": site.activation, "kind": site.kind, **summary.row})
         neurons[name] = SiteNeurons(**summary.neurons)
@@ -157,6 +169,19 @@ class _Progress:
         self.batches = 0
         self.samples = 0
         self.notes: list[str] = []
+
+    def reduce(self, device: torch.device) -> None:
+        """Sum the counts over ranks (notes and the loss name are rank 0's)."""
+        counts = torch.tensor([self.batches, self.samples], device=device, dtype=torch.int64)
+        dist.all_reduce(counts)
+        self.batches, self.samples = (int(v) for v in counts.tolist())
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

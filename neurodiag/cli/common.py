@@ -71,7 +71,10 @@ def main_callback(
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
+    if is_rank_zero():
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"error: {message}", markup=False
+        )
     return typer.Exit(code)
 
 
@@ -84,6 +87,31 @@ def user_errors(debug: bool) -> Iterator[None]:
         if debug:
             raise
         raise _fail(str(exc)) from None
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, gloo on CPU, nccl on CUDA.
+
+    Returns the device this rank runs on (``cuda:LOCAL_RANK`` on GPUs).
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def is_rank_zero() -> bool:
+    """Only rank 0 prints reports and errors; the other ranks stay silent."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -162,6 +190,8 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
     """Print or write the report in the chosen format."""
     from neurodiag.report import render, render_table
 
+    if not is_rank_zero():
+        return
     if output is None and fmt is OutputFormat.table and sys.stdout.isatty():
         render_table(report, Console(highlight=False))
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
 import typer
 
 from neurodiag.cli.common import (
@@ -35,6 +36,8 @@ from neurodiag.cli.common import (
     _fail,
     app,
     emit,
+    init_distributed,
+    is_rank_zero,
     parse_feature_dims,
     parse_shape,
     progress_bar,
@@ -78,7 +81,10 @@ def scan(
     from neurodiag.scan import scan as run_scan
 
     with user_errors(debug):
-        torch_device = resolve_device(device)
+        torch_device = init_distributed(resolve_device(device))
+        # Seed before building the model: a model file that initialises randomly is then the
+        # same model on every run and on every rank of a torchrun job.
+        torch.manual_seed(seed if seed is not None else 0)
         loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
         source = load_data(
             data,
@@ -92,7 +98,7 @@ def scan(
         )
         total = _count(source.batches, max_batches)
         try:
-            with progress_bar(total, progress) as on_batch:
+            with progress_bar(total, progress and is_rank_zero()) as on_batch:
                 report = run_scan(
                     loaded.model,
                     source.batches,

@@ -58,6 +58,11 @@ class _FunctionalSites(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _strip_wrapper(name: str) -> str:
+    """DDP/DataParallel wrap the model as ``module``: report the user's own names."""
+    return name.removeprefix("module.") if name != "module" else ""
+
+
 def _is_float_tensor(x: Any) -> bool:
     return isinstance(x, Tensor) and x.is_floating_point()
 
@@ -95,7 +100,7 @@ class SiteRecorder:
         self.sites: dict[SiteKey, Site] = {}
         self.skipped: set[SiteKey] = set()
         self.module_site_depth = 0
-        self._names = {m: n for n, m in model.named_modules()}
+        self._names = {m: _strip_wrapper(n) for n, m in model.named_modules()}
         self._module_kinds: dict[nn.Module, ActivationKind | None] = {}
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
@@ -108,6 +113,7 @@ class SiteRecorder:
         self._handles: list[RemovableHandle] = []
         self._discovery_handles: list[RemovableHandle] = []
         self.found_functional = False
+        self.forwards = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> SiteRecorder:
@@ -178,8 +184,14 @@ class SiteRecorder:
         if not self._stack:  # a new top-level forward: call indices start again
             self._module_calls.clear()
             self._func_calls.clear()
+            # a forward that raised may have skipped our post-hooks: start from a clean slate
+            self.module_site_depth = 0
+            self._saved_inputs.clear()
 
     def _root_mode_enter(self, module: nn.Module, args: Any) -> None:
+        if not self._stack:
+            while self._mode_depth > 0:  # left over from a forward that raised
+                self._exit_mode()
         self._mode = self._mode or _FunctionalSites(self)
         self._mode.__enter__()  # type: ignore[no-untyped-call]
         self._mode_depth += 1
@@ -187,6 +199,10 @@ class SiteRecorder:
     def _root_mode_exit(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._mode_depth > 0:
             self._exit_mode()
+        if not self._stack[1:]:  # the first top-level forward is complete
+            self.forwards += 1
+            if self.forwards == 1:
+                self.end_discovery()
 
     def _exit_mode(self) -> None:
         assert self._mode is not None

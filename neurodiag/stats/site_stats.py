@@ -61,6 +61,8 @@ class SiteStats:
         self, neurons: int, device: torch.device, dtype: torch.dtype, options: StatOptions
     ) -> None:
         self.neurons = neurons
+        self.device = device
+        self.dtype = dtype
         self.options = options
         self.deriv_max = DerivativeMax(neurons, device, dtype)
         self.deriv_min = DerivativeMin(neurons, device, dtype)

@@ -1,0 +1,168 @@
+"""``neurodiag.Monitor``: the scan's statistics inside the user's own training loop.
+
+No extra forward or backward: the same hooks as ``scan`` ride along the user's forward passes and
+``loss.backward()`` calls. Hooks are attached on ``__enter__`` and removed on ``__exit__``, also
+when the loop raises. With ``every=N`` the statistics of each window of N forward passes are
+summarised into ``history`` (one host read per window, none per step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import torch.distributed as dist
+from torch import nn
+
+from neurodiag.activations.registry import REGISTRY, ActivationRegistry
+from neurodiag.report.model import Report, ScanHeader
+from neurodiag.scan import DEFAULT_EPS, DEFAULT_TAU, build_report, model_device, model_dtype
+from neurodiag.sites.capture import SiteRecorder
+from neurodiag.sites.site import SiteKey
+from neurodiag.stats.site_stats import SiteStats, StatOptions
+from neurodiag.stats.sync import all_reduce_sites, copy_site
+
+
+class Monitor:
+    """Context manager around a training loop; ``report()`` returns the same Report as ``scan``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        every: int | None = None,
+        eps: float = DEFAULT_EPS,
+        tau: float = DEFAULT_TAU,
+        dead_window: str = "scan",
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        feature_dims: Mapping[str, int] | None = None,
+        registry: ActivationRegistry = REGISTRY,
+    ) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.model = model
+        self.every = every
+        self.options = StatOptions(eps=eps, tau=tau, dead_window=dead_window)
+        self._recorder = SiteRecorder(
+            model,
+            self.options,
+            registry=registry,
+            include=include,
+            exclude=exclude,
+            feature_dims=feature_dims,
+        )
+        self._totals: dict[SiteKey, SiteStats] = {}
+        self._steps = 0
+        self._window_start = 0
+        self._handle: Any = None
+        self._started = 0.0
+        self.history: list[dict[str, Any]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> Monitor:
+        self._started = time.perf_counter()
+        self._recorder.__enter__()
+        try:
+            self._handle = self.model.register_forward_pre_hook(self._on_forward)
+        except BaseException:
+            self._recorder.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None and self.every is not None:
+                self._close_window()
+        finally:
+            if self._handle is not None:
+                self._handle.remove()
+                self._handle = None
+            self._recorder.close()
+
+    def _on_forward(self, module: nn.Module, args: Any) -> None:
+        # The window of step k is complete (its backward done) when step k+1 starts.
+        if self.every is not None and self._steps - self._window_start >= self.every:
+            self._close_window()
+        self._steps += 1
+
+    # -- results -------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Forward passes seen so far."""
+        return self._steps
+
+    def report(self) -> Report:
+        """Everything measured since ``__enter__``; reduced across ranks under torch.distributed."""
+        recorder = self._recorder
+        merged: dict[SiteKey, SiteStats] = {}
+        for key, site in recorder.sites.items():
+            total = self._fresh_like(site.stats)
+            total.merge(site.stats)
+            if key in self._totals:
+                total.merge(self._totals[key])
+            merged[key] = total
+        sites = {key: copy_site(site, merged[key]) for key, site in recorder.sites.items()}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sites = all_reduce_sites(sites, self.options)
+        header = ScanHeader(
+            model=type(_unwrap(self.model)).__name__,
+            data="training loop (Monitor)",
+            loss="the training loop's own",
+            samples=0,
+            batches=self._steps,
+            device=str(model_device(self.model)),
+            dtype=str(model_dtype(self.model)).removeprefix("torch."),
+            seed=None,
+            wall_time_s=time.perf_counter() - self._started,
+            eps=self.options.eps,
+            tau=self.options.tau,
+            dead_window=self.options.dead_window,
+            mode="train" if self.model.training else "eval",
+            notes=() if sites else ("no activation sites found",),
+        )
+        return build_report(sites, header)
+
+    def _fresh_like(self, stats: SiteStats) -> SiteStats:
+        return SiteStats(stats.neurons, stats.device, stats.dtype, self.options)
+
+    def _close_window(self) -> None:
+        """Summarise the window into history and fold it into the running totals."""
+        if self._steps == self._window_start:
+            return
+        rows = []
+        for key, site in self._recorder.sites.items():
+            rows.append(site.stats.summarize(site.delta_bar).row)
+            if key in self._totals:
+                self._totals[key].merge(site.stats)
+            else:
+                self._totals[key] = site.stats
+            site.stats = self._fresh_like(site.stats)
+        self.history.append(_window_summary(self._steps, rows))
+        self._window_start = self._steps
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def _window_summary(step: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    dead = [float(r["dead_pct"]) for r in rows]
+    mins = [float(r["min_abs_deriv"]) for r in rows if not math.isnan(float(r["min_abs_deriv"]))]
+    return {
+        "step": step,
+        "mean_dead_pct": sum(dead) / len(dead) if dead else math.nan,
+        "max_dead_pct": max(dead) if dead else math.nan,
+        "first_site_mag": float(rows[0]["mag"]) if rows else math.nan,
+        "min_abs_deriv": min(mins) if mins else math.nan,
+        "nonfinite": sum(int(r["nonfinite"]) for r in rows),
+    }

@@ -1,0 +1,64 @@
+"""A 2-process gloo scan equals a 1-process scan of the same data (torchmetrics-style tester)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import neurodiag
+from tests.fixtures.models import ZOO, make_batches
+
+WORLD = 2
+
+
+def _worker(rank: int, init_file: str, result_file: str, n_batches: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        model = ZOO["functional"]().double()
+        batches = make_batches("functional", model, n_batches=n_batches)
+        report = neurodiag.scan(model, batches)
+        if rank == 0:
+            torch.save(
+                {"frame": report.to_frame().to_dict("list"), "batches": report.header.batches},
+                result_file,
+            )
+        torch.manual_seed(0)
+        model_m = ZOO["functional"]().double().eval()
+        with neurodiag.Monitor(model_m) as monitor:
+            for i, (x, y) in enumerate(batches):
+                if i % WORLD == rank:
+                    torch.nn.functional.cross_entropy(model_m(x), y).backward()
+        monitored = monitor.report()
+        if rank == 0:
+            torch.save({"frame": monitored.to_frame().to_dict("list")}, result_file + ".monitor")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("n_batches", [5, 1])  # 1 batch: rank 1 sees no data at all
+def test_two_process_scan_equals_single_process(n_batches: int) -> None:
+    torch.manual_seed(0)
+    model = ZOO["functional"]().double()
+    batches = make_batches("functional", model, n_batches=n_batches)
+    expected = neurodiag.scan(model, batches).to_frame()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        result_file = os.path.join(tmp, "result.pt")
+        mp.start_processes(
+            _worker, args=(init_file, result_file, n_batches), nprocs=WORLD, start_method="spawn"
+        )
+        got = torch.load(result_file, weights_only=False)
+        monitored = torch.load(result_file + ".monitor", weights_only=False)
+    assert got["batches"] == n_batches
+    for frame in (got["frame"], monitored["frame"]):
+        assert frame["site"] == list(expected["site"])
+        for column in ("neurons", "dead_pct", "dormant_pct", "grad_dormant_pct", "nonfinite"):
+            assert frame[column] == list(expected[column]), column
+        assert frame["min_abs_deriv"] == pytest.approx(list(expected["min_abs_deriv"]), rel=1e-12)
+        assert frame["mag"] == pytest.approx(list(expected["mag"]), rel=1e-9)

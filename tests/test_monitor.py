@@ -1,0 +1,73 @@
+"""Monitor inside a hand-written training loop: same numbers as scan, no hook left behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import neurodiag
+from tests.fixtures.models import ZOO, make_batches
+from tests.test_scan_behaviour import _hook_counts
+
+
+def test_monitor_matches_scan_on_the_same_batches() -> None:
+    torch.manual_seed(0)
+    model = ZOO["functional"]().double().eval()
+    batches = make_batches("functional", model)
+    expected = neurodiag.scan(model, batches).to_frame()
+    with neurodiag.Monitor(model) as monitor:
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+    got = monitor.report().to_frame()
+    assert list(got["site"]) == list(expected["site"])
+    for column in ("neurons", "dead_pct", "dormant_pct", "grad_dormant_pct", "nonfinite"):
+        assert list(got[column]) == list(expected[column]), column
+    for column in ("mag", "min_abs_deriv"):
+        assert got[column].tolist() == pytest.approx(expected[column].tolist(), rel=1e-9)
+
+
+def test_monitor_in_an_sgd_loop_reports_every_site_and_leaves_no_hook() -> None:
+    torch.manual_seed(0)
+    model = ZOO["conv"]()
+    hooks_before = _hook_counts(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 3, 6, 6)
+    y = torch.randint(0, 2, (8,))
+    with neurodiag.Monitor(model, every=2) as monitor:
+        for _ in range(5):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert _hook_counts(model) == hooks_before
+    report = monitor.report()
+    assert report.sites == ["act", "act2"]
+    assert report.header.batches == 5
+    # every=2 over 5 steps: windows end at steps 2, 4 and (on exit) 5
+    assert [h["step"] for h in monitor.history] == [2, 4, 5]
+    assert report.row("act")["dead_pct"] == pytest.approx(100 * 2 / 6)  # bias -100 channels
+
+
+def test_monitor_removes_hooks_when_the_loop_raises() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+    before = _hook_counts(model)
+    with pytest.raises(ValueError, match="stop"), neurodiag.Monitor(model):
+        model(torch.randn(2, 3)).sum().backward()
+        raise ValueError("stop")
+    assert _hook_counts(model) == before
+    assert torch.overrides._get_current_function_mode() is None
+
+
+def test_monitor_adds_no_forward_or_backward() -> None:
+    calls = []
+    model = nn.Sequential(nn.Linear(3, 3), nn.GELU(), nn.Linear(3, 1))
+    model[0].register_forward_hook(lambda *a: calls.append("forward"))
+    with neurodiag.Monitor(model):
+        model(torch.randn(2, 3)).sum().backward()
+    assert calls == ["forward"]
+
+
+def test_monitor_rejects_bad_every() -> None:
+    with pytest.raises(ValueError, match="every"):
+        neurodiag.Monitor(nn.ReLU(), every=0)
