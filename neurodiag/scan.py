@@ -39,6 +39,18 @@ class ScanInterrupted(Exception):
         self.report = report
 
 
+def unwrap_compiled(model: nn.Module) -> tuple[nn.Module, bool]:
+    """A ``torch.compile``d model is scanned through the eager module it wraps.
+
+    Hooks and a torch function mode do not survive Dynamo tracing reliably, and the compiled
+    module shares its parameters with the original, so the numbers are those of the same model.
+    """
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return original, True
+    return model, False
+
+
 def model_device(model: nn.Module) -> torch.device:
     for param in model.parameters():
         return param.device
@@ -68,6 +80,7 @@ def scan(
     feature_dims: Mapping[str, int] | None = None,
     max_batches: int | None = None,
     seed: int = 0,
+    timeout_s: float | None = None,
     gradients: bool = True,
     registry: ActivationRegistry = REGISTRY,
     on_batch: Callable[[int], None] | None = None,
@@ -89,6 +102,10 @@ def scan(
         raise NeurodiagError(str(exc)) from None
     if max_batches is not None and max_batches < 1:
         raise NeurodiagError(f"max_batches must be >= 1, got {max_batches}")
+    notes: list[str] = []
+    model, compiled = unwrap_compiled(model)
+    if compiled:
+        notes.append("scanned the eager module behind torch.compile (same weights)")
     device = model_device(model)
     dtype = model_dtype(model)
     started = time.perf_counter()
@@ -101,6 +118,8 @@ def scan(
         feature_dims=feature_dims,
     )
     state = _Progress()
+    state.notes.extend(notes)
+    timed_out = False
     resolver = LossResolver(loss_fn, _generator(device, seed))
     interrupted = False
     rank, world = distributed_rank_world()
@@ -120,6 +139,10 @@ def scan(
                         _check_includes(recorder)
                     if on_batch is not None:
                         on_batch(index + 1)
+                    if timeout_s is not None and time.perf_counter() - started >= timeout_s:
+                        timed_out = True
+                        state.notes.append(f"stopped by the timeout of {timeout_s:g} s")
+                        break
             except KeyboardInterrupt:
                 interrupted = True
     sites = recorder.sites
@@ -142,7 +165,7 @@ def scan(
         tau=tau,
         dead_window=dead_window,
         mode=mode,
-        partial=interrupted,
+        partial=interrupted or timed_out,
         notes=tuple(state.notes) + (() if recorder.sites else ("no activation sites found",)),
     )
     report = build_report(sites, header)

@@ -259,3 +259,61 @@ def test_copy_of_model_not_needed() -> None:
     second = neurodiag.scan(copy.deepcopy(model), batches).to_frame()
     third = neurodiag.scan(model, batches).to_frame()
     assert first.drop(columns=[]).equals(second) and first.equals(third)
+
+
+class CheckpointedMLP(nn.Module):
+    def __init__(self, use_checkpoint: bool) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.GELU())
+        self.head = nn.Linear(8, 2)
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_checkpoint:
+            from torch.utils.checkpoint import checkpoint
+
+            h = checkpoint(self.block, x, use_reentrant=False)
+        else:
+            h = self.block(x)
+        return self.head(F.silu(h))
+
+
+def test_activation_checkpointing_does_not_double_count() -> None:
+    torch.manual_seed(0)
+    plain = CheckpointedMLP(use_checkpoint=False).double()
+    ckpt = copy.deepcopy(plain)
+    ckpt.use_checkpoint = True
+    batches = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 2, (6,)))] * 2
+    a = neurodiag.scan(plain, batches).to_frame()
+    b = neurodiag.scan(ckpt, batches).to_frame()
+    assert a.equals(b)
+
+
+def test_keyboard_interrupt_returns_a_partial_report() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+
+    def batches():  # type: ignore[no-untyped-def]
+        yield torch.randn(2, 3)
+        raise KeyboardInterrupt
+
+    before = _snapshot(model)
+    with pytest.raises(neurodiag.ScanInterrupted) as info:
+        neurodiag.scan(model, batches())
+    report = info.value.report
+    assert report.header.partial and report.header.batches == 1 and report.sites == ["1"]
+    _assert_same(model, before)
+
+
+def test_timeout_stops_early_and_marks_the_report_partial() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    report = neurodiag.scan(model, [torch.randn(2, 3)] * 50, timeout_s=0.0)
+    assert report.header.batches == 1 and report.header.partial
+    assert any("timeout" in note for note in report.header.notes)
+
+
+def test_compiled_model_is_scanned_through_its_eager_module() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    compiled = torch.compile(model)
+    report = neurodiag.scan(compiled, [torch.randn(2, 3)])
+    assert report.sites == ["1"]
+    assert any("torch.compile" in note for note in report.header.notes)

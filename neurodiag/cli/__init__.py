@@ -4,13 +4,41 @@ No measurement logic lives here. User errors (``NeurodiagError``) become one lin
 exit code 2; ``--debug`` shows the traceback instead. One module per command.
 """
 
+import importlib
+
 from neurodiag.cli import scan as _scan  # noqa: F401  (registers the command)
 from neurodiag.cli.common import app
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Usage-error classes of the click that typer uses (recent typer vendors its own)."""
+    found: list[type[Exception]] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).UsageError)
+        except (ImportError, AttributeError):  # pragma: no cover - depends on typer's release
+            continue
+    return tuple(found)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; usage errors become one line and exit 2, like input errors."""
+    import sys
+
+    from neurodiag.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, is_rank_zero
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except _usage_errors() as exc:
+        if is_rank_zero():
+            ctx = getattr(exc, "ctx", None)
+            command = ctx.command_path if ctx is not None else "neurodiag"
+            message = exc.format_message().rstrip(".")  # type: ignore[attr-defined]
+            print(f"error: {message}; see '{command} --help'", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

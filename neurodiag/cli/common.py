@@ -230,6 +230,10 @@ BatchSizeOpt = Annotated[
 NumBatchesOpt = Annotated[
     int | None, typer.Option("--max-batches", "--num-batches", min=1, help="Stop after N batches.")
 ]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--timeout", min=0.0, help="Stop after SECONDS; the report is marked partial."),
+]
 InputShapeOpt = Annotated[
     str | None,
     typer.Option("--input-shape", help="Synthetic input shape without batch dim, e.g. 3,32,32."),

@@ -58,6 +58,15 @@ class _FunctionalSites(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _recomputing() -> bool:
+    """True inside a backward pass: activation checkpointing re-running a forward.
+
+    Such calls are not new data (counting them would double the forward statistics); the
+    gradients still reach the hooks registered on the original forward's outputs.
+    """
+    return bool(torch._C._current_graph_task_id() != -1)
+
+
 def _strip_wrapper(name: str) -> str:
     """DDP/DataParallel wrap the model as ``module``: report the user's own names."""
     return name.removeprefix("module.") if name != "module" else ""
@@ -199,7 +208,9 @@ class SiteRecorder:
     def _root_mode_exit(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._mode_depth > 0:
             self._exit_mode()
-        if not self._stack[1:]:  # the first top-level forward is complete
+        # Only after a forward that completed (output given): on the exception path PyTorch
+        # iterates the hook dict itself, so removing hooks there would break the iteration.
+        if output is not None and not self._stack[1:]:
             self.forwards += 1
             if self.forwards == 1:
                 self.end_discovery()
@@ -239,7 +250,7 @@ class SiteRecorder:
     def _measure_module(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         saved_stack = self._saved_inputs.get(module)
         saved = saved_stack.pop() if saved_stack else None
-        if output is None or module in self._not_elementwise:
+        if output is None or module in self._not_elementwise or _recomputing():
             return
         z = args[0] if args else None
         if not (_is_float_tensor(z) and isinstance(output, Tensor)):
@@ -274,6 +285,8 @@ class SiteRecorder:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
     ) -> Any:
+        if _recomputing():
+            return func(*args, **kwargs)
         bound = binding.bind(args, kwargs)
         inplace = binding.inplace or bound.get("inplace") is True
         owner = self._stack[-1] if self._stack else ""
