@@ -1,5 +1,7 @@
 """neurodiag: dead neurons and gradient flow at every activation site of a PyTorch model."""
 
+from neurodiag.activations.bernstein import Bernstein
+from neurodiag.activations.swap import swap_activations
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
 from neurodiag.monitor import Monitor
@@ -9,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "COLUMNS",
+    "Bernstein",
     "Monitor",
     "NeurodiagError",
     "Report",
@@ -17,4 +20,5 @@ __all__ = [
     "SiteNeurons",
     "__version__",
     "scan",
+    "swap_activations",
 ]

@@ -199,6 +199,11 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
+    write_text(output, text)
+
+
+def write_text(output: Path, text: str) -> None:
+    """Write an --output file; an unwritable path is a one-line user error."""
     try:
         output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     except OSError as exc:

@@ -1,0 +1,543 @@
+"""``swap_activations``: a deep copy of a model with every activation site replaced by a spec.
+
+The user's model is never touched: everything happens on ``copy.deepcopy(model)``.
+
+- Module sites (what a scan reports as kind "module") are replaced by module surgery. With an
+  ``example_batch``, one calibration forward through neurodiag's ``SiteRecorder`` finds the sites
+  exactly as a scan does (elementwise check, feature dim, width); per-neuron activations
+  (Bernstein) get one coefficient set per neuron of the site. A module called several times with
+  different widths gets shared coefficients. Without an example batch, modules are recognised by
+  the registry or the name rule alone and Bernstein coefficients are shared (a note says so).
+- Functional sites (``F.relu(x)`` inside a forward) cannot be replaced by surgery. They are
+  replaced through a torch function mode that a pre/post hook pair on the copy's root module
+  enters and leaves around every forward; the new modules live under ``neurodiag_swapped`` so
+  they train and save with the model. Limits: a site is identified by the innermost module whose
+  forward made the call, the op and its call index, so control flow must call the same ops in the
+  same order every forward; calling ``model.forward(x)`` directly (bypassing hooks), TorchScript
+  and torch.compile skip the replacement; in-place calls (``x.relu_()``,
+  ``F.relu(x, inplace=True)``) are left alone and reported, because replacing them out of place
+  would silently break code that relies on the side effect. Functional sites need the example
+  batch to be found at all. A scan of the swapped model names a replaced functional site
+  ``neurodiag_swapped.<old site name>`` (a module site); functional sites left in the same
+  forward are renumbered by the scan, since the replaced calls no longer happen.
+- A new module with ``init_from`` (Bernstein) is fitted to the activation it replaces on its
+  [l, u], so a trained model keeps (approximately) its function.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from neurodiag.activations.registry import REGISTRY, looks_like_activation
+from neurodiag.activations.specs import AUTO_RANGE_STDS, ActivationSpec, parse_spec
+from neurodiag.batch import map_tensors, split_batch
+from neurodiag.errors import NeurodiagError
+from neurodiag.model_state import preserved
+from neurodiag.scan import model_device, model_dtype
+from neurodiag.sites.capture import SiteRecorder
+from neurodiag.sites.site import ROOT_NAME, SiteKey
+from neurodiag.stats.site_stats import StatOptions
+
+SWAP_ATTRIBUTE = "neurodiag_swapped"
+_INIT_ERRORS = (RuntimeError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class SwappedSite:
+    """One replaced site: its scan name, kind, the old activation and the new module's width."""
+
+    site: str
+    kind: str
+    old: str
+    num_features: int | None
+
+
+@dataclass
+class SwapResult:
+    """The swapped copy plus what was (not) swapped and why, for reports and warnings."""
+
+    model: nn.Module
+    spec: ActivationSpec
+    swapped: list[SwappedSite] = field(default_factory=list)
+    not_swapped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def swap_activations(
+    model: nn.Module,
+    spec: str | ActivationSpec,
+    sites: Sequence[str] | None = None,
+    *,
+    example_batch: Any = None,
+) -> nn.Module:
+    """A deep copy of ``model`` with its activation sites replaced by ``spec``.
+
+    ``sites`` restricts the swap to sites whose scan name matches one of the globs.
+    ``example_batch`` (one batch as a scan sees it: ``x``, ``(x, y)`` or a dict) lets the swap
+    find functional sites and per-site widths; notes about sites left alone become warnings.
+    """
+    result = swap_with_report(model, spec, sites, example_batch=example_batch)
+    for site, reason in result.not_swapped:
+        warnings.warn(f"site {site} not swapped: {reason}", stacklevel=2)
+    for note in result.notes:
+        warnings.warn(note, stacklevel=2)
+    return result.model
+
+
+def swap_with_report(
+    model: nn.Module,
+    spec: str | ActivationSpec,
+    sites: Sequence[str] | None = None,
+    *,
+    example_batch: Any = None,
+) -> SwapResult:
+    """``swap_activations`` returning a ``SwapResult`` instead of warning."""
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    try:
+        clone = copy.deepcopy(model)
+    except Exception as exc:
+        raise NeurodiagError(f"cannot deep-copy the model to swap activations: {exc}") from exc
+    result = SwapResult(clone, parsed)
+    if example_batch is None:
+        _swap_modules_blind(result, tuple(sites or ()))
+    else:
+        _swap_calibrated(result, tuple(sites or ()), example_batch)
+    return result
+
+
+# -- without an example batch ---------------------------------------------------------------------
+def _swap_modules_blind(result: SwapResult, globs: tuple[str, ...]) -> None:
+    spec = result.spec
+    if spec.auto_range:
+        raise NeurodiagError(
+            f"activation {spec.name!r} uses range=auto, which needs an example batch to measure "
+            "each site's pre-activations"
+        )
+    found = [
+        (name, module)
+        for name, module in result.model.named_modules()
+        if REGISTRY.for_module(module) is not None or looks_like_activation(module)
+    ]
+    chosen = [(n, m) for n, m in found if _matches((n or ROOT_NAME,), globs)]
+    _check_globs(globs, [n or ROOT_NAME for n, _ in found])
+    for name, old in chosen:
+        new = _replacement(spec, old, None, 1, None, result)
+        _replace_module(result, name, old, new)
+        result.swapped.append(SwappedSite(name or ROOT_NAME, "module", _label(old), None))
+    result.notes.append(
+        "no example batch: modules were swapped by type/name without a forward pass, and "
+        "functional activation calls (F.relu, ...) were not looked for"
+    )
+    if spec.per_neuron and chosen:
+        result.notes.append(
+            f"no example batch: {spec.name} uses one coefficient set shared by all neurons of a "
+            "site (pass example_batch for per-neuron coefficients)"
+        )
+
+
+# -- with an example batch ------------------------------------------------------------------------
+@dataclass
+class _SiteInfo:
+    key: SiteKey
+    name: str
+    kind: str
+    activation: str
+    feature_dim: int
+    neurons: int
+    bounds: tuple[float, float] | None
+
+
+def _swap_calibrated(result: SwapResult, globs: tuple[str, ...], batch: Any) -> None:
+    model = result.model
+    functional = _FunctionalSwap()
+    infos = _calibrate(model, functional, batch, result.spec.auto_range)
+    _check_globs(globs, [info.name for info in infos])
+    chosen = [i for i in infos if _matches((i.name, *i.key.candidate_names()), globs)]
+    by_module: dict[str, list[_SiteInfo]] = {}
+    for info in chosen:
+        if info.kind == "module":
+            by_module.setdefault(info.key.module, []).append(info)
+    modules = dict(model.named_modules())
+    for module_name, calls in by_module.items():
+        old = modules[module_name]
+        width, feature_dim = _width(calls, result)
+        new = _replacement(result.spec, old, width, feature_dim, _union(calls), result)
+        _replace_module(result, module_name, old, new)
+        for info in calls:
+            result.swapped.append(SwappedSite(info.name, "module", info.activation, width))
+    for info in (i for i in chosen if i.kind == "functional"):
+        call = functional.calls.get(info.key)
+        if call is None or call.inplace:
+            reason = "in-place functional call (x.relu_() style)" if call else "call not traced"
+            result.not_swapped.append((info.name, reason))
+            continue
+        width = info.neurons if result.spec.per_neuron else None
+        new = _replacement(result.spec, call, width, info.feature_dim, info.bounds, result)
+        functional.add(info.key, info.name, new)
+        result.swapped.append(SwappedSite(info.name, "functional", info.activation, width))
+    if functional.targets:
+        functional.install(result.model)
+    if not infos:
+        result.notes.append("no activation sites found; the copy is unchanged")
+
+
+class _Calibration(SiteRecorder):
+    """A SiteRecorder that also keeps the moments of each site's pre-activations (range=auto)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, StatOptions(gradients=False))
+        self.moments: dict[SiteKey, list[float]] = {}
+
+    def _record(
+        self,
+        key: SiteKey,
+        activation: str,
+        kind: str,
+        z: Tensor | None,
+        a: Tensor,
+        derivative: Callable[[Tensor | None, Tensor], Tensor],
+        delta_bar: float | None,
+    ) -> None:
+        super()._record(key, activation, kind, z, a, derivative, delta_bar)
+        if key in self.sites and z is not None:
+            zd = z.detach().double()
+            acc = self.moments.setdefault(key, [0.0, 0.0, 0.0])
+            acc[0] += zd.numel()
+            acc[1] += float(zd.sum())
+            acc[2] += float((zd * zd).sum())
+
+
+def _calibrate(
+    model: nn.Module, functional: _FunctionalSwap, batch: Any, auto_range: bool
+) -> list[_SiteInfo]:
+    """One eval-mode forward (no grad, model state and RNG restored) that finds every site."""
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for module in inplace:  # so the recorder sees every pre-activation z (range=auto)
+        module.inplace = False  # type: ignore[assignment]
+    recorder = _Calibration(model)
+    try:
+        with (
+            preserved(model),
+            torch.random.fork_rng(devices=[]),
+            torch.no_grad(),
+            functional.recording(model),
+            recorder,
+        ):
+            model.eval()
+            _forward(model, batch)
+    except NeurodiagError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NeurodiagError(f"the example batch failed in the model's forward: {first}") from exc
+    finally:
+        for module in inplace:
+            module.inplace = True  # type: ignore[assignment]
+    infos = []
+    for name, site in recorder.ordered_sites():
+        moments = recorder.moments.get(site.key)
+        infos.append(
+            _SiteInfo(
+                site.key,
+                name,
+                site.kind,
+                site.activation,
+                site.feature_dim,
+                site.neurons,
+                _auto_bounds(moments, name) if auto_range and moments else None,
+            )
+        )
+    return infos
+
+
+def _forward(model: nn.Module, batch: Any) -> Any:
+    device, dtype = _device_dtype(model)
+
+    def to_model(t: Tensor) -> Tensor:
+        t = t.to(device)
+        return t.to(dtype) if t.is_floating_point() else t
+
+    try:
+        split = split_batch(batch)
+    except (TypeError, ValueError) as exc:
+        raise NeurodiagError(f"bad example batch: {exc}") from exc
+    return model(*map_tensors(split.args, to_model), **map_tensors(split.kwargs, to_model))
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    return model_device(model), model_dtype(model)
+
+
+def _auto_bounds(moments: list[float], name: str) -> tuple[float, float]:
+    """[mean − 3·std, mean + 3·std] of z at the site; ±1 around the mean if z is constant."""
+    count, total, squares = moments
+    mean = total / count
+    std = max(squares / count - mean * mean, 0.0) ** 0.5
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise NeurodiagError(f"site {name}: pre-activations are not finite; cannot use range=auto")
+    half = AUTO_RANGE_STDS * std if std > 0 else 1.0
+    return mean - half, mean + half
+
+
+def _union(calls: list[_SiteInfo]) -> tuple[float, float] | None:
+    bounds = [c.bounds for c in calls if c.bounds is not None]
+    if not bounds:
+        return None
+    return min(b[0] for b in bounds), max(b[1] for b in bounds)
+
+
+def _width(calls: list[_SiteInfo], result: SwapResult) -> tuple[int | None, int]:
+    """Per-neuron width of a module site, or None when its calls disagree (shared coefficients)."""
+    shapes = {(c.neurons, c.feature_dim) for c in calls}
+    neurons, feature_dim = min(shapes)
+    if not result.spec.per_neuron:
+        return None, feature_dim
+    if len(shapes) > 1:
+        result.notes.append(
+            f"{calls[0].key.module}: called with different widths {sorted(shapes)}; its "
+            f"{result.spec.name} shares one coefficient set across neurons"
+        )
+        return None, feature_dim
+    return neurons, feature_dim
+
+
+# -- building and placing replacements ------------------------------------------------------------
+def _replacement(
+    spec: ActivationSpec,
+    old: nn.Module | _Call,
+    width: int | None,
+    feature_dim: int,
+    bounds: tuple[float, float] | None,
+    result: SwapResult,
+) -> nn.Module:
+    """Build the new module on the model's device/dtype, fitted to ``old`` if it can be."""
+    device, dtype = _device_dtype(result.model)
+    new = spec.build(width, feature_dim, bounds=bounds).to(device=device, dtype=dtype)
+    init_from = getattr(new, "init_from", None)
+    if callable(init_from):
+        try:
+            init_from(_as_function(old, device, dtype))
+        except _INIT_ERRORS as exc:
+            result.notes.append(f"{spec.name} replacing {_label(old)} kept its default init: {exc}")
+    return new
+
+
+def _as_function(
+    old: nn.Module | _Call, device: torch.device, dtype: torch.dtype
+) -> Callable[[Tensor], Tensor]:
+    """The old activation as a deterministic function on a CPU float64 grid (eval behaviour)."""
+    if isinstance(old, nn.Module):
+        old.eval()  # the old module leaves the copy; eval makes N-ReLU/dropout-like ones fixed
+    target: Callable[[Tensor], Tensor] = old.apply if isinstance(old, _Call) else old
+
+    def fn(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            # a copy: an in-place old activation must not overwrite the caller's grid
+            return target(x.to(device=device, dtype=dtype, copy=True)).to("cpu", torch.float64)
+
+    return fn
+
+
+def _replace_module(result: SwapResult, name: str, old: nn.Module, new: nn.Module) -> None:
+    """Point every reference to ``old`` inside the copy (aliases too) at ``new``."""
+    if name == "":
+        result.model = new
+        return
+    for parent in result.model.modules():
+        for child_name, child in list(parent._modules.items()):
+            if child is old:
+                setattr(parent, child_name, new)
+
+
+def _label(old: nn.Module | _Call) -> str:
+    """The registry's kind name (``relu``), as a scan reports it; else the class/function name."""
+    if isinstance(old, _Call):
+        return str(getattr(old.func, "__name__", old.func))
+    kind = REGISTRY.for_module(old)
+    return kind.name if kind is not None else type(old).__name__
+
+
+def _matches(names: tuple[str, ...], globs: tuple[str, ...]) -> bool:
+    return not globs or any(fnmatchcase(n, g) for n in names for g in globs)
+
+
+def _check_globs(globs: tuple[str, ...], names: list[str]) -> None:
+    unmatched = [g for g in globs if not any(fnmatchcase(n, g) for n in names)]
+    if unmatched:
+        shown = ", ".join(names[:12]) or "(none)"
+        raise NeurodiagError(
+            f"sites {', '.join(repr(g) for g in unmatched)} matched no activation site; "
+            f"sites: {shown}{' ...' if len(names) > 12 else ''}"
+        )
+
+
+# -- functional sites ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Call:
+    """A functional activation call seen in calibration: enough to re-run it for init_from."""
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    inplace: bool
+
+    def apply(self, x: Tensor) -> Tensor:
+        out: Tensor = self.func(x, *self.args, **self.kwargs)
+        return out
+
+
+class _FunctionalSwap(nn.Module):
+    """Holds the replacements of functional sites and the hooks that route calls to them.
+
+    Keys follow ``SiteRecorder`` exactly: (innermost module whose forward made the call, op, call
+    index within that module's forward in one top-level forward); calls made inside an activation
+    module's own forward are not sites. The hooks are bound methods of this module, so
+    ``copy.deepcopy`` of the swapped model copies them consistently.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: dict[tuple[str, str, int], str] = {}
+        self.calls: dict[SiteKey, _Call] = {}
+        self._recording = False
+        self._stack: list[str] = []
+        self._activation_depth = 0
+        self._counts: dict[tuple[str, str], int] = {}
+        self._modes: list[_RouteMode] = []
+
+    def add(self, key: SiteKey, name: str, module: nn.Module) -> None:
+        child = name.replace(".", "/")
+        self.add_module(child, module)
+        self.targets[(key.module, key.op or "", key.index)] = child
+
+    def install(self, model: nn.Module) -> None:
+        """Attach for good: the copy routes its functional sites on every forward."""
+        name, count = SWAP_ATTRIBUTE, 0
+        while hasattr(model, name):  # swapping an already swapped model keeps both routers
+            count += 1
+            name = f"{SWAP_ATTRIBUTE}_{count}"
+        model.add_module(name, self)
+        self._attach(model)
+
+    def recording(self, model: nn.Module) -> _Attached:
+        """Attach only for a calibration forward that records the calls (for init_from)."""
+        return _Attached(self, model)
+
+    def _attach(self, model: nn.Module) -> list[Any]:
+        handles = [
+            model.register_forward_pre_hook(self._enter, prepend=True),
+            model.register_forward_hook(self._exit, always_call=True),
+        ]
+        for name, module in model.named_modules():
+            if module is self or any(module is m for m in self.children()):
+                continue
+            activation = REGISTRY.for_module(module) is not None or looks_like_activation(module)
+            push = functools.partial(self._push, name, activation)
+            pop = functools.partial(self._pop, activation)
+            handles.append(module.register_forward_pre_hook(push))
+            handles.append(module.register_forward_hook(pop, always_call=True))
+        return handles
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        if not self._modes:
+            self._counts.clear()
+        mode = _RouteMode(self)
+        mode.__enter__()  # type: ignore[no-untyped-call]
+        self._modes.append(mode)
+
+    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.leave_mode()
+
+    def leave_mode(self) -> None:
+        if self._modes:
+            self._modes.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+    def _push(self, name: str, activation: bool, module: nn.Module, args: Any) -> None:
+        self._stack.append(name)
+        self._activation_depth += activation
+
+    def _pop(self, activation: bool, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+        self._activation_depth -= activation
+
+    def route(self, func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        hit = REGISTRY.for_function(func)
+        x = args[0] if args else None
+        if hit is None or self._activation_depth > 0 or not _is_float(x):
+            return func(*args, **kwargs)
+        kind, binding = hit
+        owner = self._stack[-1] if self._stack else ""
+        index = self._counts.get((owner, kind.name), 0)
+        self._counts[(owner, kind.name)] = index + 1
+        if self._recording:
+            inplace = binding.inplace or binding.bind(args, kwargs).get("inplace") is True
+            key = SiteKey(owner, kind.name, index)
+            self.calls[key] = _Call(func, tuple(args[1:]), dict(kwargs), inplace)
+            return func(*args, **kwargs)
+        child = self.targets.get((owner, kind.name, index))
+        if child is None:
+            return func(*args, **kwargs)
+        return self.get_submodule(child)(x)
+
+
+class _Attached:
+    """Context manager: hooks on, recording on; all removed on exit whatever happened."""
+
+    def __init__(self, swap: _FunctionalSwap, model: nn.Module) -> None:
+        self.swap = swap
+        self.model = model
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _Attached:
+        self.swap._recording = True
+        self.handles = self.swap._attach(self.model)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        while self.swap._modes:
+            self.swap.leave_mode()
+        self.swap._recording = False
+        self.swap._stack.clear()
+        self.swap._activation_depth = 0
+
+
+class _RouteMode(TorchFunctionMode):
+    """Sends registered activation functions to ``_FunctionalSwap.route``; all else passes."""
+
+    def __init__(self, swap: _FunctionalSwap) -> None:
+        super().__init__()
+        self.swap = swap
+        self.functions = REGISTRY.functions
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in self.functions:
+            return self.swap.route(func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+def _is_float(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.is_floating_point()
+
+
+__all__ = ["SWAP_ATTRIBUTE", "SwapResult", "SwappedSite", "swap_activations", "swap_with_report"]

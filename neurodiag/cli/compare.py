@@ -1,0 +1,167 @@
+"""``neurodiag compare``: the baseline vs activation variants, scanned or briefly trained alike."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from neurodiag.cli.common import (
+    BatchSizeOpt,
+    DataOpt,
+    DeadWindow,
+    DeadWindowOpt,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    EpsOpt,
+    FormatOpt,
+    InputShapeOpt,
+    Mode,
+    ModeOpt,
+    NumBatchesOpt,
+    OutputFormat,
+    OutputOpt,
+    SeedOpt,
+    TargetOpt,
+    TauOpt,
+    WeightsOpt,
+    app,
+    init_distributed,
+    is_rank_zero,
+    parse_shape,
+    resolve_device,
+    user_errors,
+    write_text,
+)
+from neurodiag.errors import NeurodiagError
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+@app.command()
+def compare(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="file.py, file.py:factory or package.module:attr (the file is executed).",
+            metavar="MODEL",
+            show_default=False,
+        ),
+    ],
+    activation: Annotated[
+        list[str],
+        typer.Option(
+            "--activation",
+            "-a",
+            help="Activation spec to compare with the model as it is: relu, lrelu0.01, gelu, "
+            "selu, elu, silu, tanh, sigmoid, nrelu0.1, golu, bern9, bern15, "
+            "bern9:delta=0.01:range=-5,5 (repeat the option for several).",
+        ),
+    ],
+    data: DataOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    max_batches: NumBatchesOpt = None,
+    input_shape: InputShapeOpt = None,
+    target: TargetOpt = None,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=0, help="Training epochs (0: scan only).")
+    ] = 0,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Stop after this many optimizer steps.")
+    ] = None,
+    optimizer: Annotated[
+        Optimizer, typer.Option("--optimizer", help="Optimizer.")
+    ] = Optimizer.adam,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            "--holdout",
+            min=0.0,
+            max=0.9,
+            help="Fraction of samples held out for accuracy when training (0: none).",
+        ),
+    ] = 0.2,
+    eps: EpsOpt = 1e-3,
+    tau: TauOpt = 0.1,
+    dead_window: DeadWindowOpt = DeadWindow.scan,
+    mode: ModeOpt = Mode.eval,
+    per_site: Annotated[
+        bool, typer.Option("--per-site", help="Also every variant's sites.")
+    ] = False,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="PNG: dead % by depth, first-site MAG by epoch, min |σ'|."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare MODEL with its activations swapped, on the same data, seed and initial weights."""
+    from neurodiag.compare import compare as run_compare
+    from neurodiag.compare.split import holdout_split
+    from neurodiag.loading import load_data, load_model
+    from neurodiag.report.render_compare import render_comparison
+
+    with user_errors(debug):
+        if not activation:
+            raise NeurodiagError("give at least one --activation, e.g. --activation bern9")
+        torch_device = init_distributed(resolve_device(device))
+        base_seed = seed if seed is not None else 0
+        torch.manual_seed(base_seed)
+        loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
+        source = load_data(
+            data,
+            model=loaded.model,
+            loaded=loaded,
+            batch_size=batch_size,
+            num_batches=max_batches,
+            seed=seed,
+            input_shape=parse_shape(input_shape),
+            target=target,
+        )
+        train: list[object] = list(source.batches)
+        held_out = None
+        if (epochs or steps) and holdout > 0:
+            split = holdout_split(train, holdout, base_seed)
+            if split is not None:
+                train, held_out = split
+        comparison = run_compare(
+            loaded.model,
+            train,
+            activation,
+            epochs=epochs,
+            steps=steps,
+            optimizer=optimizer.value,
+            lr=lr,
+            seed=base_seed,
+            eval_data=held_out,
+            loss_fn=loaded.hook("loss_fn"),
+            eps=eps,
+            tau=tau,
+            dead_window=dead_window.value,
+            mode=mode.value,
+        )
+        if not is_rank_zero():
+            return
+        text = render_comparison(comparison, fmt.value, per_site=per_site)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            write_text(output, text)
+        if plot is not None:
+            from neurodiag.plots import plot_comparison
+
+            plot_comparison(comparison, plot)

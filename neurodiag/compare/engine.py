@@ -1,0 +1,208 @@
+"""``compare``: train the model and swapped-activation variants under identical conditions.
+
+Per variant: the same initial weights (deep copies), the same batches in the same order, the
+global RNG seeded with ``seed`` inside ``torch.random.fork_rng`` (the caller's RNG is untouched),
+then after each epoch a ``neurodiag.scan`` of the training data. Two calls with the same seed give
+identical numbers on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurodiag.compare.summary import Comparison, VariantResult, site_summary
+from neurodiag.compare.training import (
+    EpochBatches,
+    Runner,
+    epoch_lengths,
+    make_optimizer,
+    optimizer_class,
+)
+from neurodiag.compare.variants import BASELINE, Variant, build_variants, parse_specs
+from neurodiag.errors import NeurodiagError
+from neurodiag.loss import UserLoss
+from neurodiag.report.model import Report
+from neurodiag.scan import model_device, scan
+
+
+@dataclass(frozen=True)
+class CompareProgress:
+    """Passed to ``on_step`` after every optimizer step and every scan; ``done``/``total`` count
+    both over all variants, so a single progress bar can follow the whole comparison."""
+
+    variant: str
+    phase: str  # "train" | "scan"
+    epoch: int
+    done: int
+    total: int
+
+
+def compare(
+    model: nn.Module,
+    data: Iterable[Any],
+    specs: Sequence[str],
+    *,
+    epochs: int = 0,
+    steps: int | None = None,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    seed: int = 0,
+    eval_data: Iterable[Any] | None = None,
+    loss_fn: UserLoss | None = None,
+    scan_batches: int | None = None,
+    on_step: Callable[[CompareProgress], None] | None = None,
+    **scan_options: Any,
+) -> Comparison:
+    """Compare ``model`` ("baseline") with one copy per activation spec in ``specs``.
+
+    ``epochs == 0`` and ``steps is None``: one scan of each variant at initialisation. Otherwise
+    each variant trains (``optimizer`` adam/adamw/sgd at ``lr``; the scan's default loss:
+    cross-entropy for class ids, MSE for float targets) for ``epochs`` passes over ``data``,
+    stopping after ``steps`` optimizer steps in total if given. ``batch_size`` re-batches and
+    reshuffles the samples each epoch; without it the batches are used as given, in order.
+    After each epoch (and at epoch 0) the variant is scanned on the training data
+    (``scan_batches`` caps the batches; ``scan_options`` go to ``neurodiag.scan``), its eval-mode
+    training loss is measured and, with ``eval_data``, its accuracy when targets are class ids.
+    """
+    _check(epochs, steps, lr, batch_size, scan_batches, optimizer)
+    parsed = parse_specs(specs)
+    started = time.perf_counter()
+    batches = EpochBatches(data, batch_size, seed)
+    eval_batches = list(eval_data) if eval_data is not None else None
+    plan = epoch_lengths(epochs, steps, len(batches))
+    variants = build_variants(model, parsed, batches.epoch(0)[0], seed)
+    progress = _Progress(on_step, len(variants) * (sum(plan) + len(plan) + 1))
+    scan_data = batches.epoch(0)[:scan_batches]
+    context = _Context(batches, scan_data, eval_batches, plan, optimizer, lr, seed, loss_fn)
+    results = [_run(variant, context, progress, scan_options) for variant in variants]
+    settings = {
+        "optimizer": optimizer,
+        "lr": lr,
+        "batch_size": batch_size,
+        "epochs_requested": epochs,
+        "steps": steps,
+        "scan_batches": scan_batches,
+        "batches_per_epoch": len(batches),
+        **{k: v for k, v in scan_options.items() if isinstance(v, (int, float, str, bool))},
+    }
+    return Comparison(results, seed, len(plan), settings, time.perf_counter() - started)
+
+
+@dataclass
+class _Context:
+    batches: EpochBatches
+    scan_data: list[Any]  # the training batches in their own order, capped by scan_batches
+    eval_batches: list[Any] | None
+    plan: list[int]
+    optimizer: str
+    lr: float
+    seed: int
+    loss_fn: UserLoss | None
+
+
+class _Progress:
+    def __init__(self, callback: Callable[[CompareProgress], None] | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+
+    def tick(self, variant: str, phase: str, epoch: int) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(CompareProgress(variant, phase, epoch, self.done, self.total))
+
+
+def _run(
+    variant: Variant, ctx: _Context, progress: _Progress, scan_options: dict[str, Any]
+) -> VariantResult:
+    """Train and scan one variant with the global RNG seeded identically for every variant."""
+    device = model_device(variant.model)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(ctx.seed)
+        runner = Runner(variant.model, ctx.loss_fn, ctx.seed)
+        opt = make_optimizer(ctx.optimizer, variant.model, ctx.lr) if ctx.plan else None
+        history: list[dict[str, Any]] = []
+        report = _record(variant, runner, ctx, history, 0, 0, scan_options, progress)
+        if variant.name == BASELINE:
+            variant.activation = _activations(report)
+        step = 0
+        for epoch, length in enumerate(ctx.plan, start=1):
+            assert opt is not None
+            for batch in ctx.batches.epoch(epoch)[:length]:
+                loss = runner.step(batch, opt)
+                step += 1
+                if not math.isfinite(loss) and not any("non-finite" in n for n in variant.notes):
+                    variant.notes.append(f"training loss became non-finite at step {step}")
+                progress.tick(variant.name, "train", epoch)
+            report = _record(variant, runner, ctx, history, epoch, step, scan_options, progress)
+    return VariantResult(
+        variant.name, variant.activation, history, report, variant.model, variant.notes
+    )
+
+
+def _record(
+    variant: Variant,
+    runner: Runner,
+    ctx: _Context,
+    history: list[dict[str, Any]],
+    epoch: int,
+    step: int,
+    scan_options: dict[str, Any],
+    progress: _Progress,
+) -> Report:
+    data = ctx.scan_data
+    report = scan(
+        variant.model,
+        data,
+        loss_fn=ctx.loss_fn,
+        seed=ctx.seed,
+        model_name=variant.name,
+        data_name="training data",
+        **scan_options,
+    )
+    accuracy = runner.accuracy(ctx.eval_batches) if ctx.eval_batches is not None else None
+    entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": runner.mean_loss(data)}
+    entry["accuracy"] = accuracy
+    entry.update(site_summary(report))
+    history.append(entry)
+    progress.tick(variant.name, "scan", epoch)
+    return report
+
+
+def _activations(report: Report) -> str:
+    """The baseline's activation kinds in forward order, e.g. ``relu`` or ``gelu+tanh``."""
+    kinds = dict.fromkeys(str(row["activation"]) for row in report.rows)
+    return "+".join(kinds) or "none"
+
+
+def _check(
+    epochs: int,
+    steps: int | None,
+    lr: float,
+    batch_size: int | None,
+    scan_batches: int | None,
+    optimizer: str,
+) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise NeurodiagError(f"epochs must be an integer >= 0, got {epochs!r}")
+    for name, value in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("scan_batches", scan_batches),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise NeurodiagError(f"{name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise NeurodiagError(f"lr must be a number > 0, got {lr!r}")
+    optimizer_class(optimizer)  # fail before any work

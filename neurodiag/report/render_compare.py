@@ -1,0 +1,128 @@
+"""Renderers for a comparison: the side-by-side summary (and per-site detail) of its variants.
+
+They read only the ``Comparison``'s frames and dict, never a model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from neurodiag.compare.summary import Comparison
+from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing
+from neurodiag.report.render_markdown import pipe_table
+
+COMPARE_FORMATS = ("table", "csv", "json", "markdown")
+
+_SUMMARY_HEADINGS = {
+    "variant": "variant",
+    "activation": "activation",
+    "mean_dead_pct": "mean dead %",
+    "max_dead_pct": "max dead %",
+    "first_site_mag": "first-site MAG",
+    "min_abs_deriv": "min |σ'|",
+    "delta_bar": "δ̄",
+    "bound_ok": "bound ok",
+    "loss": "loss",
+    "accuracy": "accuracy",
+}
+
+
+def _cell(column: str, value: Any) -> str:
+    if column in ("variant", "activation"):
+        return str(value)
+    if column in ("mean_dead_pct", "max_dead_pct"):
+        return fmt_cell("dead_pct", value)
+    if column in ("first_site_mag", "min_abs_deriv", "delta_bar"):
+        return "" if column == "delta_bar" and is_missing(value) else fmt_cell("mag", value)
+    if column == "bound_ok":
+        return fmt_cell("bound_ok", value)
+    if column == "accuracy":
+        return "–" if is_missing(value) else f"{100 * float(value):.1f}%"
+    return (
+        "–"
+        if is_missing(value)
+        else fmt_sci(float(value))
+        if abs(float(value)) < 1e-3
+        else f"{float(value):.4f}"
+    )
+
+
+def _frame(comparison: Comparison, per_site: bool) -> pd.DataFrame:
+    return comparison.per_site_frame() if per_site else comparison.summary_frame()
+
+
+def compare_table(comparison: Comparison, per_site: bool = False, width: int | None = None) -> str:
+    """Rich text: settings line, the summary table, and optionally every variant's sites."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width or 10_000, color_system=None, force_terminal=False)
+    settings = comparison.settings
+    console.print(
+        f"compare  seed {comparison.seed} · epochs {comparison.epochs} · "
+        f"optimizer {settings.get('optimizer')} · lr {settings.get('lr')} · "
+        f"time {fmt_duration(comparison.wall_time_s)}"
+    )
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+    frame = comparison.summary_frame()
+    for column in frame.columns:
+        table.add_column(_SUMMARY_HEADINGS.get(column, column), no_wrap=True)
+    for record in frame.to_dict("records"):
+        table.add_row(*[_cell(str(c), record[c]) for c in frame.columns])
+    console.print(table)
+    if per_site:
+        sites = comparison.per_site_frame()
+        detail = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+        for column in sites.columns:
+            detail.add_column(str(column), no_wrap=True)
+        for record in sites.to_dict("records"):
+            detail.add_row(*[fmt_cell(str(c), record[c]) for c in sites.columns])
+        console.print(detail)
+    for variant in comparison.variants:
+        for note in variant.notes:
+            console.print(f"note  {variant.name}: {note}")
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def compare_csv(comparison: Comparison, per_site: bool = False) -> str:
+    return _frame(comparison, per_site).to_csv(index=False, lineterminator="\n")
+
+
+def compare_json(comparison: Comparison) -> str:
+    return json.dumps(comparison.to_dict(), indent=2, allow_nan=False, default=_plain) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        item = value.item()
+        return None if isinstance(item, float) and not math.isfinite(item) else item
+    return str(value)
+
+
+def compare_markdown(comparison: Comparison, per_site: bool = False) -> str:
+    frame = _frame(comparison, per_site)
+    columns = [str(c) for c in frame.columns]
+    rows = [
+        [_cell(c, r[c]) if not per_site else fmt_cell(c, r[c]) for c in columns]
+        for r in frame.to_dict("records")
+    ]
+    align = ["left" if c in ("variant", "activation", "site", "kind") else "right" for c in columns]
+    return "## neurodiag compare\n\n" + pipe_table(columns, rows, align) + "\n"
+
+
+def render_comparison(comparison: Comparison, fmt: str, *, per_site: bool = False) -> str:
+    if fmt == "table":
+        return compare_table(comparison, per_site)
+    if fmt == "csv":
+        return compare_csv(comparison, per_site)
+    if fmt == "json":
+        return compare_json(comparison)
+    if fmt == "markdown":
+        return compare_markdown(comparison, per_site)
+    raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(COMPARE_FORMATS)}")

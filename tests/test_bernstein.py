@@ -1,0 +1,375 @@
+"""Tests for the monotone Bernstein activation (neurodiag.activations.bernstein).
+
+Run this file as a script to print forward+backward timings against GELU (not a test).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from neurodiag.activations.bernstein import Bernstein
+
+F64 = torch.float64
+
+
+def _randomise(m: Bernstein, seed: int = 0, scale: float = 1.0) -> Bernstein:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        m.c0.copy_(torch.randn(m.c0.shape, generator=gen, dtype=m.c0.dtype) * scale)
+        m.theta.copy_(torch.randn(m.theta.shape, generator=gen, dtype=m.theta.dtype) * scale)
+    return m
+
+
+def _coeffs_like(m: Bernstein, x: Tensor, k: int) -> Tensor:
+    """Column k of the coefficients, shaped to broadcast against x along the feature dim."""
+    c = m.coefficients.detach().to(F64)[:, k]
+    if m.num_features is None:
+        return c.reshape(())
+    shape = [1] * x.ndim
+    shape[0 if x.ndim == 1 else m.feature_dim] = -1
+    return c.reshape(shape)
+
+
+def brute_inside(m: Bernstein, x: Tensor) -> Tensor:
+    """The defining sum Σ c_k C(n,k) (x−l)^k (u−x)^(n−k) / (u−l)^n, in float64."""
+    n, lo, hi = m.degree, m.lower, m.upper
+    total = torch.zeros_like(x, dtype=F64)
+    for k in range(n + 1):
+        basis = math.comb(n, k) * (x - lo) ** k * (hi - x) ** (n - k) / (hi - lo) ** n
+        total = total + _coeffs_like(m, x, k) * basis
+    return total
+
+
+def brute_slope(m: Bernstein, x: Tensor) -> Tensor:
+    """d/dx of the defining sum: n/(u−l) Σ (c_{k+1} − c_k) b_{n−1,k}(x), in float64."""
+    n, lo, hi = m.degree, m.lower, m.upper
+    total = torch.zeros_like(x, dtype=F64)
+    for k in range(n):
+        diff = _coeffs_like(m, x, k + 1) - _coeffs_like(m, x, k)
+        basis = math.comb(n - 1, k) * (x - lo) ** k * (hi - x) ** (n - 1 - k) / (hi - lo) ** (n - 1)
+        total = total + diff * basis
+    return total * n / (hi - lo)
+
+
+def brute(m: Bernstein, x: Tensor) -> Tensor:
+    """Defining sum on [l, u], linear continuation with the boundary slope outside."""
+    lo, hi = m.lower, m.upper
+    xc = x.clamp(lo, hi)
+    return brute_inside(m, xc) + (x - xc) * brute_slope(m, xc)
+
+
+# (num_features, feature_dim, input shape): shared and per-neuron, 1-D to 4-D, sequences.
+LAYOUTS = [
+    (None, 1, (7, 5)),
+    (5, 1, (7, 5)),
+    (None, 1, (2, 3, 2, 3)),
+    (3, 1, (2, 3, 2, 3)),
+    (4, -1, (3, 5, 4)),
+    (6, 1, (6,)),
+]
+
+
+@pytest.mark.parametrize(("num_features", "feature_dim", "shape"), LAYOUTS)
+@pytest.mark.parametrize("chunk", [0, 13, 1 << 16])
+def test_value_matches_defining_sum_and_linear_extension(
+    num_features: int | None, feature_dim: int, shape: tuple[int, ...], chunk: int
+) -> None:
+    m = _randomise(Bernstein(7, 0.05, -2.0, 3.0, num_features, feature_dim).double())
+    m.chunk_elements = chunk
+    gen = torch.Generator().manual_seed(1)
+    inside = torch.rand(shape, generator=gen, dtype=F64) * 5.0 - 2.0
+    torch.testing.assert_close(m(inside), brute_inside(m, inside), rtol=1e-12, atol=1e-12)
+    outside = torch.randn(shape, generator=gen, dtype=F64) * 20.0
+    torch.testing.assert_close(m(outside), brute(m, outside), rtol=1e-12, atol=1e-10)
+    assert bool(((outside < -2.0) | (outside > 3.0)).any())  # the extension was exercised
+
+
+@pytest.mark.parametrize(("num_features", "feature_dim", "shape"), LAYOUTS)
+def test_derivative_matches_autograd_and_formula(
+    num_features: int | None, feature_dim: int, shape: tuple[int, ...]
+) -> None:
+    m = _randomise(Bernstein(9, 0.01, -5.0, 5.0, num_features, feature_dim).double(), seed=3)
+    x = (
+        torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(4)) * 8.0
+    ).requires_grad_()
+    (grad,) = torch.autograd.grad(m(x).sum(), x)
+    d = m.derivative(x)
+    assert d.shape == x.shape and d.dtype == F64 and not d.requires_grad
+    torch.testing.assert_close(d, grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        d, brute_slope(m, x.detach().clamp(-5.0, 5.0)), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_continuous_with_continuous_slope_at_both_ends() -> None:
+    m = _randomise(Bernstein(9, num_features=4).double(), seed=5)
+    for end in (m.lower, m.upper):
+        eps = 1e-7
+        x = torch.tensor([[end - eps] * 4, [end] * 4, [end + eps] * 4], dtype=F64)
+        y = m(x)
+        slope = m.derivative(x)
+        # A jump would show up as a difference much larger than slope·eps.
+        torch.testing.assert_close(y[0], y[1] - slope[1] * eps, rtol=0, atol=1e-12)
+        torch.testing.assert_close(y[2], y[1] + slope[1] * eps, rtol=0, atol=1e-12)
+        torch.testing.assert_close(slope[0], slope[2], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("num_features", "feature_dim", "shape"), LAYOUTS)
+@pytest.mark.parametrize("chunk", [0, 7, 1 << 16])
+def test_gradcheck_input_and_parameters(
+    num_features: int | None, feature_dim: int, shape: tuple[int, ...], chunk: int
+) -> None:
+    m = _randomise(Bernstein(5, 0.02, -1.5, 2.0, num_features, feature_dim).double(), seed=6)
+    m.chunk_elements = chunk
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(shape, generator=gen, dtype=F64) * 2.0).requires_grad_()
+
+    def run(x: Tensor, c0: Tensor, theta: Tensor) -> Tensor:
+        out: Tensor = torch.func.functional_call(m, {"c0": c0, "theta": theta}, (x,))
+        return out
+
+    c0 = m.c0.detach().clone().requires_grad_()
+    theta = m.theta.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(run, (x, c0, theta))
+
+
+def test_gradcheck_only_parameters_and_only_input() -> None:
+    m = _randomise(Bernstein(4, num_features=3).double(), seed=8)
+    x = torch.randn(5, 3, dtype=F64) * 6.0
+    assert torch.autograd.gradcheck(
+        lambda c0, th: torch.func.functional_call(m, {"c0": c0, "theta": th}, (x,)),
+        (m.c0.detach().clone().requires_grad_(), m.theta.detach().clone().requires_grad_()),
+    )
+    m.requires_grad_(False)
+    xr = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(m, (xr,))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    degree=st.integers(1, 15),
+    delta=st.floats(1e-4, 1.0),
+    lower=st.floats(-100.0, 100.0),
+    width=st.floats(1e-2, 200.0),
+    c0=st.floats(-1e3, 1e3),
+    theta=st.lists(st.floats(-60.0, 20.0), min_size=15, max_size=15),
+    xs=st.lists(st.one_of(st.floats(-1e6, 1e6), st.floats(-2.0, 2.0)), min_size=1, max_size=12),
+)
+def test_slope_never_below_delta_bar(
+    degree: int,
+    delta: float,
+    lower: float,
+    width: float,
+    c0: float,
+    theta: list[float],
+    xs: list[float],
+) -> None:
+    upper = lower + width
+    m = Bernstein(degree, delta, lower, upper, num_features=2).double()
+    with torch.no_grad():
+        m.c0.copy_(torch.tensor([c0, -c0]))
+        m.theta.copy_(torch.tensor([theta[:degree], theta[::-1][:degree]], dtype=F64))
+    assert m.delta_bar == degree * delta / (upper - lower)
+    assert bool((m.coefficients.diff(dim=1) >= delta * (1 - 1e-9) - 1e-9 * abs(c0)).all())
+    # Points far outside, inside, and exactly at the ends, in both columns (features).
+    col = torch.tensor([*xs, lower, upper, lower + 0.5 * width], dtype=F64)
+    x = torch.stack([col, col.flip(0)], dim=1)
+    d = m.derivative(x)
+    assert bool((d >= m.delta_bar * (1 - 1e-6) - 1e-300).all()), (d.min().item(), m.delta_bar)
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(m(x).sum(), x)
+    assert bool((grad >= m.delta_bar * (1 - 1e-6)).all())
+
+
+def _on_grid(m: Bernstein, x: Tensor) -> Tensor:
+    """σ on a 1-D grid, for every neuron: shape (len(x), F)."""
+    width = m.num_features or 1
+    return m(x.unsqueeze(1).expand(-1, width))
+
+
+def _max_error(m: Bernstein, fn: object) -> float:
+    x = torch.linspace(m.lower, m.upper, 10_001, dtype=F64)
+    return float((_on_grid(m, x).detach() - fn(x).unsqueeze(1)).abs().max())  # type: ignore[operator]
+
+
+def _bernstein_operator_mse(m: Bernstein, fn: object) -> float:
+    """L2 error of the classic Bernstein operator c_k = fn(node_k), made feasible.
+
+    Increments are raised to δ(1 + 1e-3) and c_0 shifted to zero mean error: a feasible point of
+    init_from's least-squares problem, so init_from must do at least as well.
+    """
+    n = m.degree
+    nodes = torch.linspace(m.lower, m.upper, n + 1, dtype=F64)
+    c = fn(nodes)  # type: ignore[operator]
+    inc = c.diff().clamp(min=m.delta * (1 + 1e-3))
+    ref = Bernstein(n, m.delta, m.lower, m.upper).double()
+    with torch.no_grad():
+        ref.theta.copy_(torch.log(torch.expm1(inc - m.delta)).unsqueeze(0))
+        grid = torch.linspace(m.lower, m.upper, 2001, dtype=F64)
+        ref.c0.zero_()
+        ref.c0.add_((fn(grid) - ref(grid)).mean())  # type: ignore[operator]
+        return float(((ref(grid) - fn(grid)) ** 2).mean())  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("fn", "bound"),
+    [
+        # The kink costs most: the Bernstein operator's error there is about
+        # (u−l)/(2·sqrt(2πn)) = 0.66 for n = 9 on [−5, 5] (measured 0.68); the monotone
+        # least-squares fit reaches 0.35. GELU is smoother: 0.28 (operator: 0.58).
+        (torch.relu, 0.36),
+        (F.gelu, 0.29),
+    ],
+)
+def test_init_from_fits_and_stays_monotone(fn: object, bound: float) -> None:
+    m = Bernstein(num_features=3).double()
+    assert m.init_from(fn) is m  # type: ignore[arg-type]
+    assert _max_error(m, fn) <= bound
+    grid = torch.linspace(m.lower, m.upper, 2001, dtype=F64)
+    mse = float(((_on_grid(m, grid)[:, 0].detach() - fn(grid)) ** 2).mean())  # type: ignore[operator]
+    assert mse <= _bernstein_operator_mse(m, fn) + 1e-12
+    c = m.coefficients.detach()
+    assert bool((c.diff(dim=1) >= m.delta).all())
+    torch.testing.assert_close(c[0], c[2])  # every neuron gets the same fit
+
+
+def test_init_from_identity_is_exact_and_new_modules_start_as_relu_fit() -> None:
+    m = Bernstein(5, 0.01, -2.0, 2.0).double().init_from(lambda x: 0.7 * x + 1.0)
+    x = torch.linspace(-4, 4, 101, dtype=F64)  # includes the linear extension
+    torch.testing.assert_close(m(x), 0.7 * x + 1.0, rtol=0, atol=1e-9)
+    fresh = Bernstein().double()
+    assert _max_error(fresh, torch.relu) <= 0.36
+    with pytest.raises(ValueError, match="finite"):
+        Bernstein().init_from(lambda x: x / 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_agrees_with_float64(dtype: torch.dtype) -> None:
+    m = _randomise(Bernstein(9, num_features=6), seed=9, scale=0.5)
+    m.chunk_elements = 50  # exercise chunked casting too
+    x = torch.randn(4, 6, 3, 3, generator=torch.Generator().manual_seed(10)) * 4.0
+    xd = x.to(dtype).requires_grad_()
+    y = m(xd)
+    assert y.dtype == dtype
+    # Inputs are rounded to dtype first; compare on the rounded inputs.
+    ref = _randomise(Bernstein(9, num_features=6), seed=9, scale=0.5).double()(xd.detach().double())
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * 10)
+    y.backward(torch.ones_like(y))
+    assert xd.grad is not None and xd.grad.dtype == dtype
+    assert m.theta.grad is not None and m.theta.grad.dtype == torch.float32
+    d = m.derivative(xd.detach())
+    assert d.dtype == torch.float32  # not rounded to bf16: keeps σ' ≥ δ̄ visible
+    assert bool((d >= m.delta_bar * (1 - 1e-6)).all())
+
+
+def test_bf16_parameters_keep_the_bound() -> None:
+    m = Bernstein(9, delta=0.011, num_features=4).to(torch.bfloat16)  # as swap_activations does
+    m.init_from(torch.relu)
+    x = torch.linspace(-20, 20, 4001).unsqueeze(1).expand(-1, 4).to(torch.bfloat16)
+    assert m(x).dtype == torch.bfloat16
+    assert m.increments.dtype == torch.float32
+    assert bool((m.derivative(x) >= m.delta_bar * (1 - 1e-6)).all())
+
+
+def test_float32_bound_holds_for_relu_init_far_out() -> None:
+    m = Bernstein(9, num_features=8)
+    x = torch.cat([torch.linspace(-1e4, 1e4, 2001), torch.linspace(-6, 6, 4001)])
+    x = x.unsqueeze(1).expand(-1, 8).contiguous()
+    d = m.derivative(x)
+    # the tolerance neurodiag's report uses for float32
+    assert bool((d >= m.delta_bar * (1 - 1e-5) - 1e-7).all())
+
+
+def test_saves_nothing_larger_than_the_input() -> None:
+    m = Bernstein(9, num_features=16)
+    x = torch.randn(64, 16, 8, 8, requires_grad=True)
+    sizes: list[int] = []
+
+    def pack(t: Tensor) -> Tensor:
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = m(x)
+    assert sizes, "nothing was saved at all"
+    assert max(sizes) <= x.numel()
+    assert sum(s == x.numel() for s in sizes) == 1  # x itself, and no full-size intermediate
+    y.sum().backward()
+    assert x.grad is not None and m.theta.grad is not None
+
+
+def test_non_contiguous_inputs() -> None:
+    m = _randomise(Bernstein(6, num_features=5).double(), seed=11)
+    m.chunk_elements = 30
+    x = torch.randn(3, 5, 4, 6, dtype=F64).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(m(x), brute(m, x), rtol=1e-12, atol=1e-12)
+    xt = torch.randn(5, 7, dtype=F64).t()  # (7, 5), transposed strides
+    torch.testing.assert_close(m(xt), brute(m, xt), rtol=1e-12, atol=1e-12)
+    xe = torch.randn(1, 5, 1, 1, dtype=F64).expand(3, 5, 4, 6)
+    torch.testing.assert_close(m(xe), brute(m, xe), rtol=1e-12, atol=1e-12)
+
+
+def test_argument_and_input_validation() -> None:
+    with pytest.raises(ValueError, match="degree"):
+        Bernstein(0)
+    with pytest.raises(ValueError, match="delta"):
+        Bernstein(delta=0.0)
+    with pytest.raises(ValueError, match="lower < upper"):
+        Bernstein(lower=1.0, upper=1.0)
+    with pytest.raises(ValueError, match="num_features"):
+        Bernstein(num_features=0)
+    m = Bernstein(num_features=4)
+    with pytest.raises(ValueError, match="expected 4 features"):
+        m(torch.randn(2, 3))
+    with pytest.raises(TypeError, match="floating"):
+        m(torch.ones(2, 4, dtype=torch.long))
+    shared = Bernstein()
+    assert shared(torch.tensor(0.5)).shape == ()
+    text = repr(Bernstein(7, 0.02, -3.0, 4.0, num_features=10, feature_dim=-1))
+    for part in ("degree=7", "delta=0.02", "range=(-3.0, 4.0)", "num_features=10"):
+        assert part in text
+    assert Bernstein().delta_bar == pytest.approx(9 * 0.01 / 10)
+    assert Bernstein().coefficients.shape == (1, 10)
+    assert Bernstein(4, num_features=3).coefficients.shape == (3, 5)
+
+
+def _bench() -> None:  # pragma: no cover - manual timing, `python tests/test_bernstein.py`
+    import statistics
+    import time
+
+    def median_ms(fn: object, x: Tensor, g: Tensor, reps: int = 9) -> float:
+        times = []
+        for i in range(reps + 2):
+            t0 = time.process_time()
+            fn(x).backward(g)  # type: ignore[operator]
+            if i >= 2:
+                times.append(time.process_time() - t0)
+        return statistics.median(times) * 1e3
+
+    for threads in (1, torch.get_num_threads()):
+        torch.set_num_threads(threads)
+        for features, shape in ((100, (256, 100)), (128, (64, 128, 32, 32))):
+            x = torch.randn(*shape, requires_grad=True)
+            g = torch.randn(*shape)
+            m = Bernstein(9, num_features=features)
+            gelu = [median_ms(F.gelu, x, g)]
+            bern = []
+            for _ in range(3):  # interleave: the machine may be shared
+                bern.append(median_ms(m, x, g))
+                gelu.append(median_ms(F.gelu, x, g))
+            b, ge = statistics.median(bern), statistics.median(gelu)
+            print(
+                f"threads={threads} {shape}: gelu {ge:.2f} ms, bernstein {b:.2f} ms, x{b / ge:.1f}"
+            )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _bench()

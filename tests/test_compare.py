@@ -1,0 +1,254 @@
+"""compare: identical starts, identical data, deterministic numbers, the paper's effect."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from neurodiag.activations.bernstein import Bernstein
+from neurodiag.compare import SUMMARY_COLUMNS, CompareProgress, Comparison, compare
+from neurodiag.compare.training import EpochBatches, epoch_lengths
+from neurodiag.errors import NeurodiagError
+from neurodiag.report.model import COLUMNS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids spin-waits when the 2 cores are busy (10x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def deep_relu_mlp(depth: int = 10, width: int = 16, bias: float = -0.3) -> nn.Sequential:
+    """A plain deep ReLU MLP whose negative bias init kills neurons layer after layer."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    features = 64
+    for _ in range(depth):
+        linear = nn.Linear(features, width)
+        with torch.no_grad():
+            linear.bias.fill_(bias)
+        layers += [linear, nn.ReLU()]
+        features = width
+    layers.append(nn.Linear(features, 10))
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+    """400 training and 200 held-out digits, standardised, in batches of 50."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    features, targets = datasets.load_digits(return_X_y=True)
+    x = torch.tensor(features, dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    y = torch.tensor(targets, dtype=torch.int64)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    train, held = order[:400], order[400:600]
+    batches = [(x[train[i : i + 50]], y[train[i : i + 50]]) for i in range(0, 400, 50)]
+    return batches, [(x[held], y[held])]
+
+
+def small_data(n_batches: int = 3) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g))
+        for _ in range(n_batches)
+    ]
+
+
+def _without_times(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "wall_time_s"}
+
+
+def test_same_seed_gives_identical_numbers_and_leaves_the_caller_alone() -> None:
+    model = deep_relu_mlp(depth=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    runs = [
+        compare(model, small_data(), ["bern9", "nrelu0.1"], epochs=2, lr=1e-2, seed=3)
+        for _ in range(2)
+    ]
+    first, second = (_without_times(r.to_dict()) for r in runs)
+    assert first == second
+    assert torch.equal(rng, torch.get_rng_state())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    other = compare(model, small_data(), ["bern9", "nrelu0.1"], epochs=2, lr=1e-2, seed=4)
+    assert _without_times(other.to_dict()) != first  # the seed matters (N-ReLU noise)
+
+
+def test_variants_start_from_identical_weights() -> None:
+    model = deep_relu_mlp(depth=3)
+    result = compare(model, small_data(1), ["bern9", "gelu", "lrelu0.05"])
+    expected = {k: v for k, v in model.state_dict().items()}
+    for variant in result.variants:
+        state = variant.model.state_dict()
+        shared = [k for k in state if k in expected]
+        assert len(shared) == len(expected), variant.name  # every Linear weight is there
+        for key in shared:
+            assert torch.equal(state[key], expected[key]), (variant.name, key)
+    assert [h["epoch"] for h in result.variants[0].history] == [0]
+
+
+def test_variants_see_the_same_batches_in_the_same_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, list[float]] = {}
+    from neurodiag.compare import training
+
+    original = training.Runner.step
+
+    def spy(self: training.Runner, batch: Any, optimizer: torch.optim.Optimizer) -> float:
+        seen.setdefault(id(self.model), []).append(float(batch[0].sum()))  # type: ignore[arg-type]
+        return original(self, batch, optimizer)
+
+    monkeypatch.setattr(training.Runner, "step", spy)
+    compare(deep_relu_mlp(depth=2), small_data(4), ["bern9", "gelu"], epochs=2, batch_size=10)
+    orders = list(seen.values())
+    assert len(orders) == 3 and len(orders[0]) == 2 * 7
+    assert orders[0] == orders[1] == orders[2]
+    assert orders[0][:7] != orders[0][7:]  # reshuffled between epochs
+
+
+def test_bernstein_keeps_a_deep_relu_mlp_alive_on_digits(
+    digits: tuple[list[Any], list[Any]],
+) -> None:
+    train, held = digits
+    result = compare(deep_relu_mlp(), train, ["bern9"], epochs=2, lr=1e-2, eval_data=held, seed=0)
+    summary = result.summary_frame().set_index("variant")
+    assert summary.loc["baseline", "mean_dead_pct"] >= 30.0  # the bias init killed neurons
+    assert summary.loc["bern9", "mean_dead_pct"] < summary.loc["baseline", "mean_dead_pct"]
+    assert summary.loc["bern9", "bound_ok"] is True
+    assert summary.loc["baseline", "bound_ok"] is None
+    assert math.isnan(summary.loc["baseline", "delta_bar"])
+    bern = result.variant("bern9")
+    for row in bern.sites:
+        assert row["activation"] == "bernstein"
+        assert row["min_abs_deriv"] >= row["delta_bar"] * (1 - 1e-6)
+    assert [h["epoch"] for h in bern.history] == [0, 1, 2]
+    assert all(h["bound_ok"] is True for h in bern.history)
+    assert all(0.0 <= h["accuracy"] <= 1.0 for h in bern.history)
+
+
+def test_to_dict_has_the_documented_keys_and_is_json() -> None:
+    result = compare(deep_relu_mlp(depth=2), small_data(2), ["bern9"], epochs=1)
+    out = result.to_dict()
+    assert {"variants", "seed", "epochs"} <= set(out)
+    json.dumps(out, allow_nan=False)  # NaN became None
+    for variant in out["variants"]:
+        assert {"name", "activation", "history", "sites", "summary"} <= set(variant)
+        assert set(variant["summary"]) == set(SUMMARY_COLUMNS)
+        for entry in variant["history"]:
+            assert {
+                "epoch",
+                "loss",
+                "accuracy",
+                "mean_dead_pct",
+                "max_dead_pct",
+                "first_site_mag",
+                "min_abs_deriv",
+                "bound_ok",
+            } <= set(entry)
+        assert set(variant["sites"][0]) == set(COLUMNS)
+    assert [v["name"] for v in out["variants"]] == ["baseline", "bern9"]
+    assert out["variants"][0]["activation"] == "relu"
+    assert out["variants"][0]["history"][0]["accuracy"] is None  # no eval_data
+
+
+def test_frames_have_the_documented_columns() -> None:
+    result = compare(deep_relu_mlp(depth=2), small_data(1), ["gelu"])
+    assert list(result.summary_frame().columns) == list(SUMMARY_COLUMNS)
+    per_site = result.per_site_frame()
+    assert list(per_site.columns) == ["variant", *COLUMNS]
+    assert list(per_site["variant"]) == ["baseline"] * 2 + ["gelu"] * 2
+
+
+def test_steps_cap_training_and_progress_counts_up_to_total() -> None:
+    events: list[CompareProgress] = []
+    result = compare(
+        deep_relu_mlp(depth=2), small_data(2), ["bern9"], steps=3, on_step=events.append
+    )
+    history = result.variant("bern9").history
+    assert [(h["epoch"], h["step"]) for h in history] == [(0, 0), (1, 2), (2, 3)]
+    assert [e.done for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].done == events[-1].total == 2 * (3 + 3)
+    assert {e.phase for e in events} == {"train", "scan"}
+
+
+def test_epoch_lengths() -> None:
+    assert epoch_lengths(2, None, 4) == [4, 4]
+    assert epoch_lengths(0, None, 4) == []
+    assert epoch_lengths(0, 10, 4) == [4, 4, 2]
+    assert epoch_lengths(2, 5, 4) == [4, 1]
+    assert epoch_lengths(3, 100, 4) == [4, 4, 4]
+
+
+def test_rebatching_keeps_epoch_zero_in_order_and_reshuffles_reproducibly() -> None:
+    data = [torch.arange(0, 5), torch.arange(5, 10)]
+    batches = EpochBatches(data, batch_size=4, seed=0)
+    assert len(batches) == 3
+    assert torch.equal(torch.cat(batches.epoch(0)), torch.arange(10))
+    one = torch.cat(batches.epoch(1))
+    assert sorted(one.tolist()) == list(range(10)) and not torch.equal(one, torch.arange(10))
+    assert torch.equal(one, torch.cat(EpochBatches(data, 4, 0).epoch(1)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"specs": ["relu7"]}, "unknown activation 'relu7'"),
+        ({"specs": ["bern9", "bern9:delta=0.01"]}, "repeated: bern9"),
+        ({"specs": "bern9"}, "list of activation specs"),
+        ({"specs": ["gelu"], "optimizer": "lbfgs"}, "unknown optimizer"),
+        ({"specs": ["gelu"], "epochs": -1}, "epochs must be"),
+        ({"specs": ["gelu"], "lr": 0.0}, "lr must be"),
+        ({"specs": ["gelu"], "batch_size": 0}, "batch_size must be"),
+    ],
+)
+def test_bad_arguments_fail_before_training(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(NeurodiagError, match=message):
+        compare(deep_relu_mlp(depth=1), small_data(1), **kwargs)
+
+
+def test_plots_write_png_files(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from neurodiag.plots import plot_comparison, plot_scan
+
+    result = compare(deep_relu_mlp(depth=3), small_data(1), ["bern9"], epochs=1)
+    figure = plot_comparison(result, tmp_path / "compare.png")
+    single = plot_scan(result.variants[0].report, tmp_path / "scan.png")
+    for path in (figure, single):
+        data = path.read_bytes()
+        assert len(data) > 10_000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_without_matplotlib_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from neurodiag.plots import plot_scan
+
+    result = compare(deep_relu_mlp(depth=1), small_data(1), [])
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(NeurodiagError, match=r"pip install 'neurodiag\[plot\]'"):
+        plot_scan(result.variants[0].report, "unused.png")
+
+
+def test_comparison_lookup_names_the_variants() -> None:
+    result = Comparison([], seed=0, epochs=0)
+    with pytest.raises(KeyError, match="no variant named 'x'"):
+        result.variant("x")
+
+
+def test_bernstein_parameters_are_trained() -> None:
+    result = compare(deep_relu_mlp(depth=2), small_data(2), ["bern9"], epochs=1, lr=1e-2)
+    fresh = compare(deep_relu_mlp(depth=2), small_data(2), ["bern9"])
+    trained = [m for m in result.variant("bern9").model.modules() if isinstance(m, Bernstein)]
+    initial = [m for m in fresh.variant("bern9").model.modules() if isinstance(m, Bernstein)]
+    assert len(trained) == 2
+    assert any(not torch.equal(a.theta, b.theta) for a, b in zip(trained, initial, strict=True))
