@@ -1,0 +1,680 @@
+#!/usr/bin/env python
+"""Overhead of ``neurodiag.scan`` (and ``neurodiag.Monitor``) against a plain forward+backward loop.
+
+A script, not a test. Run from the repository root::
+
+    python benchmarks/overhead.py                      # all models, 7 repeats
+    python benchmarks/overhead.py --models a,b --repeats 11 --json
+    python benchmarks/overhead.py --profile            # + cProfile of 3 scan passes per model
+    python benchmarks/overhead.py --threads 1          # steadier on a busy machine (not default)
+
+Variants, all on the same model object and the same pre-built batches, in one process:
+
+* ``plain``   -- per batch: forward, cross-entropy on random integer targets, ``loss.backward()``,
+  ``model.zero_grad(set_to_none=True)`` (a training step without the optimizer).
+* ``scan``    -- ``neurodiag.scan(model, batches, mode=...)`` (hooks attached and removed, report
+  built, per call).
+* ``monitor`` -- ``with neurodiag.Monitor(model) as m: <the plain loop>`` then ``m.report()``, only
+  if ``neurodiag.Monitor`` exists ("n/a" otherwise).
+
+Every repetition runs each variant once, interleaved (plain, scan, monitor, then reversed on the
+next repetition) so that load from other jobs on the machine hits all variants alike; the table
+shows medians. The models run in the same train/eval mode in every variant (``--mode``, default
+eval = ``scan``'s default), so the ratios measure neurodiag's hooks and nothing else.
+
+Peak memory: see ``PeakTensorMemory`` and benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import functools
+import gc
+import importlib.util
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import neurodiag
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Targets on a CPU (ratio limits); "mem" is extra peak tensor memory in % of the plain peak.
+SCAN_TARGETS = {"a": 1.50, "b": 1.15}
+MONITOR_TARGETS = {"b": 1.10}
+MEM_TARGET_PCT = 5.0
+BERNSTEIN_TARGET = 3.0
+
+
+# --------------------------------------------------------------------------------------------
+# models (a) (b) (c)
+# --------------------------------------------------------------------------------------------
+def load_plain_mlp() -> nn.Module:
+    """sample_models/plain_mlp.py build_model(): 50 x (Linear(100) + ReLU), 64 in, 10 classes."""
+    path = ROOT / "sample_models" / "plain_mlp.py"
+    spec = importlib.util.spec_from_file_location("_bench_plain_mlp", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_model()
+
+
+class SmallCNN(nn.Module):
+    """4 x (Conv3x3 + BatchNorm + ReLU(inplace=True)), 32-32-64-64 channels.
+
+    The third conv has stride 2 (32x32 -> 16x16) to keep a default run short on 2 cores; then a
+    global average pool and Linear(64, 10).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for out_ch, stride in ((32, 1), (32, 1), (64, 2), (64, 1)):
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True),
+            ]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+class SmallTransformer(nn.Module):
+    """One nn.TransformerEncoderLayer (d_model 128, 4 heads, MLP 512, GELU; batch_first).
+
+    The layer calls F.gelu functionally, so neurodiag finds that site through its torch function
+    mode. Mean over the sequence, then Linear(128, 10).
+    """
+
+    def __init__(self, d_model: int = 128, num_classes: int = 10) -> None:
+        super().__init__()
+        self.block = nn.TransformerEncoderLayer(
+            d_model, nhead=4, dim_feedforward=512, dropout=0.0, activation="gelu",
+            batch_first=True,
+        )
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.block(x).mean(dim=1))
+
+
+@dataclass
+class Case:
+    key: str
+    name: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]  # one batch, batch size first
+    default_batches: int
+    num_classes: int = 10
+
+
+CASES = {
+    "a": Case("a", "plain MLP 50x100 (ReLU), batch 256", load_plain_mlp, (256, 64), 8),
+    "b": Case("b", "CNN 4 conv+BN+ReLU(inplace), batch 64", SmallCNN, (64, 3, 32, 32), 4),
+    "c": Case("c", "transformer block (F.gelu), batch 32x64", SmallTransformer, (32, 64, 128), 4),
+}
+
+
+def make_batches(
+    case: Case, n: int, device: torch.device, generator: torch.Generator
+) -> list[tuple[Tensor, Tensor]]:
+    batches = []
+    for _ in range(n):
+        x = torch.randn(case.input_shape, generator=generator)
+        y = torch.randint(0, case.num_classes, case.input_shape[:1], generator=generator)
+        batches.append((x.to(device), y.to(device)))
+    return batches
+
+
+# --------------------------------------------------------------------------------------------
+# the variants
+# --------------------------------------------------------------------------------------------
+def plain_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+
+def scan_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]], mode: str) -> Any:
+    return neurodiag.scan(model, batches, mode=mode)
+
+
+def monitor_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Any:
+    with neurodiag.Monitor(model) as monitor:
+        plain_pass(model, batches)
+    # Read the results once per pass, as a user would (scan builds its report per call, too).
+    return monitor.report() if hasattr(monitor, "report") else None
+
+
+def has_monitor() -> bool:
+    return hasattr(neurodiag, "Monitor")
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    variants: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant; every repetition runs all variants, order alternating."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        order = names if rep % 2 == 0 else names[::-1]
+        for name in order:
+            gc.collect()
+            times[name].append(time_once(variants[name], device))
+    return times
+
+
+# --------------------------------------------------------------------------------------------
+# peak memory
+# --------------------------------------------------------------------------------------------
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of live tensor storages created while active (CPU; a dispatch-level tracker).
+
+    Every op output whose storage is new (not an input's storage: views and in-place ops do not
+    count) is counted until its storage is freed (weakref on the storage, whose Python object
+    PyTorch keeps unique). Autograd's saved tensors, gradients, ``.grad`` and everything the hooks
+    allocate go through the dispatcher, forward and backward, so this is the CPU counterpart of
+    ``torch.cuda.max_memory_allocated()`` minus what existed before: bytes requested by tensors,
+    not RSS (no allocator slack, no oneDNN scratch buffers, no Python objects).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, weakref.ref[Any]] = {}
+
+    def _track(self, storage: Any, nbytes: int) -> None:
+        key = id(storage)
+
+        def freed(_ref: Any, key: int = key, nbytes: int = nbytes) -> None:
+            if self._live.pop(key, None) is not None:
+                self.current -= nbytes
+
+        self._live[key] = weakref.ref(storage, freed)
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, Tensor) and t.device.type != "meta"
+        }
+        for t in tree_leaves(out):
+            if not isinstance(t, Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            if storage.data_ptr() in inputs or id(storage) in self._live:
+                continue
+            nbytes = storage.nbytes()
+            if nbytes:
+                self._track(storage, nbytes)
+        return out
+
+
+def resident_bytes(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> int:
+    """Bytes of the tensors that exist before a pass: parameters, buffers, batches."""
+    seen: dict[int, int] = {}
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [t for batch in batches for t in batch]
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device, static: int) -> int:
+    """Peak tensor bytes during fn(): ``static`` (what existed before) + the peak of new bytes."""
+    gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    tracker = PeakTensorMemory()
+    with tracker:
+        result = fn()
+    del result
+    return static + tracker.peak
+
+
+# --------------------------------------------------------------------------------------------
+# per-model benchmark
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ModelResult:
+    key: str
+    name: str
+    batches: int
+    times_ms: dict[str, list[float]] = field(default_factory=dict)
+    peak_bytes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def median(self, variant: str) -> float | None:
+        values = self.times_ms.get(variant)
+        return statistics.median(values) if values else None
+
+    def ratio(self, variant: str) -> float | None:
+        plain, other = self.median("plain"), self.median(variant)
+        return other / plain if plain and other is not None else None
+
+    def paired_ratios(self, variant: str) -> list[float]:
+        return [
+            o / p for p, o in zip(self.times_ms.get("plain", []), self.times_ms.get(variant, []))
+        ]
+
+    def min_ratio(self, variant: str) -> float | None:
+        plain, other = self.times_ms.get("plain"), self.times_ms.get(variant)
+        return min(other) / min(plain) if plain and other else None
+
+    def extra_mem_pct(self, variant: str) -> float | None:
+        plain, other = self.peak_bytes.get("plain"), self.peak_bytes.get(variant)
+        if not plain or other is None:
+            return None
+        return 100.0 * (other - plain) / plain
+
+
+def bench_model(
+    case: Case, n_batches: int, repeats: int, device: torch.device, mode: str, measure_memory: bool
+) -> ModelResult:
+    torch.manual_seed(0)
+    model = case.build().to(device)
+    model.train(mode == "train")
+    batches = make_batches(case, n_batches, device, torch.Generator().manual_seed(1))
+    result = ModelResult(case.key, case.name, n_batches)
+
+    variants: dict[str, Callable[[], Any]] = {
+        "plain": lambda: plain_pass(model, batches),
+        "scan": lambda: scan_pass(model, batches, mode),
+    }
+    if has_monitor():
+        try:
+            monitor_pass(model, batches)
+            variants["monitor"] = lambda: monitor_pass(model, batches)
+        except Exception as exc:  # an API this script does not know yet: say so, keep going
+            result.notes.append(f"Monitor failed: {type(exc).__name__}: {exc}")
+
+    times = interleaved(variants, repeats, device)
+    result.times_ms = {name: [1e3 * t for t in ts] for name, ts in times.items()}
+
+    if measure_memory:
+        static = resident_bytes(model, batches)
+        for name, fn in variants.items():
+            result.peak_bytes[name] = peak_memory(fn, device, static)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# (d) Bernstein vs GELU
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ActResult:
+    shape: tuple[int, ...]
+    gelu_ms: list[float]
+    bernstein_ms: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.bernstein_ms) / statistics.median(self.gelu_ms)
+
+
+def bench_bernstein(repeats: int, device: torch.device) -> list[ActResult] | str:
+    try:
+        from neurodiag.activations.bernstein import Bernstein
+    except Exception as exc:
+        return f"n/a ({type(exc).__name__}: {exc})"
+    results = []
+    for shape in ((256, 100), (64, 128, 32, 32)):
+        modules = {
+            "gelu": nn.GELU().to(device),
+            "bernstein": Bernstein(9, num_features=shape[1]).to(device),
+        }
+        results.append(_bench_activations(shape, modules, repeats, device))
+    return results
+
+
+def _bench_activations(
+    shape: tuple[int, ...], modules: dict[str, nn.Module], repeats: int, device: torch.device
+) -> ActResult:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+    grad_out = torch.randn(shape, generator=gen).to(device)
+
+    def step(module: nn.Module) -> None:
+        module(x).backward(grad_out)
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+
+    # Calls per timing so that one timing lasts >= ~20 ms (small shapes are sub-millisecond).
+    step(modules["gelu"])
+    single = time_once(lambda: step(modules["gelu"]), device)
+    inner = max(1, math.ceil(0.02 / max(single, 1e-6)))
+
+    def loop(module: nn.Module) -> None:
+        for _ in range(inner):
+            step(module)
+
+    times = interleaved(
+        {name: functools.partial(loop, m) for name, m in modules.items()}, repeats, device
+    )
+    return ActResult(
+        shape,
+        [1e3 * t / inner for t in times["gelu"]],
+        [1e3 * t / inner for t in times["bernstein"]],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# cProfile of scan
+# --------------------------------------------------------------------------------------------
+def profile_scan(case: Case, n_batches: int, device: torch.device, mode: str, top: int) -> str:
+    torch.manual_seed(0)
+    model = case.build().to(device)
+    batches = make_batches(case, n_batches, device, torch.Generator().manual_seed(1))
+    scan_pass(model, batches, mode)  # warm-up
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(3):
+        scan_pass(model, batches, mode)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"neurodiag", top)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "neurodiag": getattr(neurodiag, "__version__", "?"),
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+    with contextlib.suppress(OSError):
+        env["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def verdict(value: float | None, limit: float) -> str:
+    if value is None:
+        return "n/a"
+    return "PASS" if value <= limit else "FAIL"
+
+
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in models:
+        if r.key in SCAN_TARGETS:
+            value = r.ratio("scan")
+            limit = SCAN_TARGETS[r.key]
+            out.append({"check": f"({r.key}) scan/plain", "value": value,
+                        "limit": limit, "result": verdict(value, limit)})
+        if r.key in MONITOR_TARGETS:
+            value = r.ratio("monitor")
+            out.append({"check": f"({r.key}) monitor/plain", "value": value,
+                        "limit": MONITOR_TARGETS[r.key],
+                        "result": verdict(value, MONITOR_TARGETS[r.key])})
+        for variant in ("scan", "monitor"):
+            if variant in r.times_ms and r.peak_bytes:
+                value = r.extra_mem_pct(variant)
+                out.append({"check": f"({r.key}) {variant} extra peak mem %", "value": value,
+                            "limit": MEM_TARGET_PCT, "result": verdict(value, MEM_TARGET_PCT)})
+    if isinstance(acts, list):
+        for a in acts:
+            out.append({"check": f"(d) Bernstein/GELU {tuple(a.shape)}", "value": a.ratio,
+                        "limit": BERNSTEIN_TARGET, "result": verdict(a.ratio, BERNSTEIN_TARGET)})
+    return out
+
+
+def print_table(
+    env: dict[str, Any],
+    args: argparse.Namespace,
+    models: list[ModelResult],
+    acts: list[ActResult] | str | None,
+) -> None:
+    print(f"torch {env['torch']} | neurodiag {env['neurodiag']} | python {env['python']} | "
+          f"device {env['device']}" + (f" ({env['gpu']})" if "gpu" in env else ""))
+    print(f"CPU: {env['cpu']} | os.cpu_count {env['cpu_count']} | torch threads {env['threads']} "
+          f"(interop {env['interop_threads']}) | load avg {env.get('loadavg', '?')}")
+    if args.threads is not None:
+        print(f"NOTE: torch threads set to {args.threads} by --threads (not torch's default)")
+    print(f"mode={args.mode}, repeats={args.repeats} (median, interleaved), "
+          f"neurodiag.Monitor: {'present' if has_monitor() else 'absent'}")
+    if models:
+        print()
+        head = (f"{'model':<44} {'batches':>7} {'plain ms':>9} {'scan ms':>9} {'scan/plain':>16} "
+                f"{'monitor/plain':>16} {'scan +mem':>15} {'monitor +mem':>15}")
+        print(head)
+        print("-" * len(head))
+        for r in models:
+            scan_t = SCAN_TARGETS.get(r.key)
+            mon_t = MONITOR_TARGETS.get(r.key)
+            scan_ratio = fmt(r.ratio("scan"), ".2f", "x")
+            if scan_t:
+                scan_ratio += f" {verdict(r.ratio('scan'), scan_t)}<={scan_t:.2f}"
+            mon_ratio = fmt(r.ratio("monitor"), ".2f", "x")
+            if mon_t:
+                mon_ratio += (f" {verdict(r.ratio('monitor'), mon_t)}<={mon_t:.2f}"
+                              if "monitor" in r.times_ms else f" (<={mon_t:.2f})")
+            mems = []
+            for variant in ("scan", "monitor"):
+                pct = r.extra_mem_pct(variant)
+                mems.append(
+                    "n/a" if pct is None else f"{pct:+.1f}% {verdict(pct, MEM_TARGET_PCT)}"
+                )
+            print(f"({r.key}) {r.name:<40} {r.batches:>7} {fmt(r.median('plain'), '.1f'):>9} "
+                  f"{fmt(r.median('scan'), '.1f'):>9} {scan_ratio:>16} {mon_ratio:>16} "
+                  f"{mems[0]:>15} {mems[1]:>15}")
+        print()
+        print("spread: min-max ms/pass over the repeats; scan/plain of the minima (the least "
+              "disturbed runs); paired per-repetition scan/plain ratios, median [min-max]")
+        for r in models:
+            parts = [f"{v} {min(ts):.1f}-{max(ts):.1f}" for v, ts in r.times_ms.items()]
+            pr = r.paired_ratios("scan")
+            print(f"  ({r.key}) " + ", ".join(parts)
+                  + f"; min/min {fmt(r.min_ratio('scan'), '.2f', 'x')}"
+                  + f"; paired {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}]")
+            if r.peak_bytes:
+                print("       peak tensor MB: " + ", ".join(
+                    f"{v} {b / 2**20:.2f}" for v, b in r.peak_bytes.items()))
+            for note in r.notes:
+                print(f"       note: {note}")
+    if acts is not None:
+        print()
+        print("(d) Bernstein(9, num_features=F) vs nn.GELU(), forward+backward (median ms/call)")
+        if isinstance(acts, str):
+            print(f"  {acts}")
+        else:
+            for a in acts:
+                print(f"  {tuple(a.shape)!s:<18} gelu {statistics.median(a.gelu_ms):8.3f}  "
+                      f"bernstein {statistics.median(a.bernstein_ms):8.3f}  ratio {a.ratio:5.2f}x "
+                      f"{verdict(a.ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}")
+    print()
+    results = checks(models, acts)
+    passed = sum(c["result"] == "PASS" for c in results)
+    failed = [c["check"] for c in results if c["result"] == "FAIL"]
+    print(f"targets: {passed} PASS, {len(failed)} FAIL"
+          + (f" ({'; '.join(failed)})" if failed else ""))
+    memory = ("torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else
+              "peak bytes of live tensors (dispatch-level tracker), incl. params/buffers/batches")
+    print(f"memory: {memory}; +mem = (variant peak - plain peak) / plain peak")
+
+
+def to_json(
+    env: dict[str, Any],
+    args: argparse.Namespace,
+    models: list[ModelResult],
+    acts: list[ActResult] | str | None,
+) -> dict[str, Any]:
+    return {
+        "environment": env,
+        "settings": {
+            "repeats": args.repeats,
+            "batches": args.batches,
+            "threads_flag": args.threads,
+            "mode": args.mode,
+            "models": args.models,
+        },
+        "models": [
+            {
+                "key": r.key,
+                "name": r.name,
+                "batches": r.batches,
+                "median_ms": {v: r.median(v) for v in r.times_ms},
+                "times_ms": r.times_ms,
+                "ratio": {v: r.ratio(v) for v in r.times_ms if v != "plain"},
+                "ratio_of_minima": {v: r.min_ratio(v) for v in r.times_ms if v != "plain"},
+                "peak_bytes": r.peak_bytes,
+                "extra_peak_pct": {v: r.extra_mem_pct(v) for v in r.peak_bytes if v != "plain"},
+                "monitor": "monitor" in r.times_ms,
+                "notes": r.notes,
+            }
+            for r in models
+        ],
+        "bernstein_vs_gelu": acts if isinstance(acts, str) or acts is None else [
+            {"shape": list(a.shape), "gelu_ms": a.gelu_ms, "bernstein_ms": a.bernstein_ms,
+             "ratio": a.ratio}
+            for a in acts
+        ],
+        "checks": checks(models, acts),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (default 7)")
+    parser.add_argument("--batches", type=int, default=None,
+                        help="batches per pass (default 8 for (a), 4 for (b)/(c))")
+    parser.add_argument("--models", default="a,b,c,d", help="subset of a,b,c,d (default all)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--mode", choices=("eval", "train"), default="eval",
+                        help="model mode for every variant (default eval, scan's default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads(N) (default: leave torch's default). With "
+                             "other jobs on the cores, 1 thread avoids OpenMP barrier stalls")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a cProfile of 3 scan passes per model (a/b/c)")
+    parser.add_argument("--profile-top", type=int, default=25)
+    args = parser.parse_args(argv)
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in (*CASES, "d")]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from a,b,c,d")
+    args.keys = keys
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    env = environment(device)
+    log = sys.stderr if args.json else sys.stdout
+    models: list[ModelResult] = []
+    for key in args.keys:
+        if key not in CASES:
+            continue
+        case = CASES[key]
+        n = args.batches or case.default_batches
+        print(f"[{time.strftime('%H:%M:%S')}] ({key}) {case.name} ...", file=log, flush=True)
+        models.append(bench_model(case, n, args.repeats, device, args.mode, not args.no_memory))
+    acts: list[ActResult] | str | None = None
+    if "d" in args.keys:
+        print(f"[{time.strftime('%H:%M:%S')}] (d) Bernstein vs GELU ...", file=log, flush=True)
+        acts = bench_bernstein(args.repeats, device)
+    if args.json:
+        print(json.dumps(to_json(env, args, models, acts), indent=2))
+    else:
+        print()
+        print_table(env, args, models, acts)
+    if args.profile:
+        for key in args.keys:
+            if key in CASES:
+                case = CASES[key]
+                title = f"cProfile: 3 x neurodiag.scan on ({key}) {case.name}"
+                print(f"\n===== {title} =====", file=log)
+                print(profile_scan(case, args.batches or case.default_batches, device, args.mode,
+                                   args.profile_top), file=log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

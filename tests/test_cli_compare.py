@@ -1,0 +1,97 @@
+"""`neurodiag compare` through CliRunner: formats, determinism, errors, plot."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from neurodiag.cli import app
+
+runner = CliRunner()
+
+DEEP_MLP = """
+import torch
+from torch import nn
+
+def build_model():
+    layers = [nn.Linear(4, 12), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Linear(12, 12), nn.ReLU()]
+    layers.append(nn.Linear(12, 3))
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        model[2].bias[:6] = -20.0  # dead by construction
+    return model
+"""
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    model = tmp_path / "deep.py"
+    model.write_text(DEEP_MLP)
+    g = torch.Generator().manual_seed(0)
+    data = tmp_path / "data.pt"
+    torch.save((torch.randn(96, 4, generator=g), torch.randint(0, 3, (96,), generator=g)), data)
+    return model, data
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_compare_json_has_variants_with_history_sites_summary(files: tuple[Path, Path]) -> None:
+    model, data = files
+    code, out, err = _run(
+        "compare", str(model), "-d", str(data), "-a", "bern9", "-a", "lrelu0.01",
+        "--epochs", "1", "--batch-size", "32", "-f", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    names = [v["name"] for v in doc["variants"]]
+    assert names == ["baseline", "bern9", "lrelu0.01"]
+    for variant in doc["variants"]:
+        assert {"name", "activation", "history", "sites", "summary"} <= set(variant)
+        assert [h["epoch"] for h in variant["history"]] == [0, 1]
+        assert variant["history"][-1]["accuracy"] is not None  # held-out split
+    bern = doc["variants"][1]
+    assert bern["summary"]["bound_ok"] is True
+    baseline = doc["variants"][0]
+    assert baseline["summary"]["max_dead_pct"] >= 50.0
+    assert bern["summary"]["max_dead_pct"] == 0.0
+
+
+def test_compare_is_deterministic_for_a_seed(files: tuple[Path, Path]) -> None:
+    model, data = files
+    args = ("compare", str(model), "-d", str(data), "-a", "gelu", "--steps", "2", "-f", "csv")
+    first, second = _run(*args), _run(*args)
+    assert first[0] == 0, first[2]
+    frame = pd.read_csv(io.StringIO(first[1]))
+    assert list(frame["variant"]) == ["baseline", "gelu"]
+    assert first[1] == second[1]
+
+
+def test_compare_per_site_markdown_and_plot(files: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    model, data = files
+    png = tmp_path / "compare.png"
+    code, out, err = _run(
+        "compare", str(model), "-d", str(data), "-a", "bern9", "--per-site", "-f", "markdown",
+        "--plot", str(png),
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.count("| baseline |") == 4 and png.stat().st_size > 1000
+
+
+def test_compare_unknown_activation_is_one_line_exit_2(files: tuple[Path, Path]) -> None:
+    model, data = files
+    code, out, err = _run("compare", str(model), "-d", str(data), "-a", "relu7")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "relu7" in lines[0] and "bern" in lines[0]
