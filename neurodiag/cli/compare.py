@@ -146,6 +146,8 @@ def compare(
             steps=steps,
             optimizer=optimizer.value,
             lr=lr,
+            # with training, --batch-size also reshuffles the samples into new batches each epoch
+            batch_size=batch_size if (epochs or steps) else None,
             seed=base_seed,
             eval_data=held_out,
             loss_fn=loaded.hook("loss_fn"),

@@ -29,7 +29,12 @@ from neurodiag.activations.registry import (
 )
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
 from neurodiag.sites.site import Site, SiteKey, display_names
-from neurodiag.stats.observation import ForwardObservation, reduction_dims, state_dtype
+from neurodiag.stats.observation import (
+    NO_SHORTCUTS,
+    ForwardObservation,
+    Shortcuts,
+    state_dtype,
+)
 from neurodiag.stats.site_stats import SiteStats, StatOptions
 
 DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
@@ -269,12 +274,14 @@ class SiteRecorder:
         if kind is None:
             derivative = _autograd_derivative(module, self)
             activation = type(module).__name__
+            shortcuts = NO_SHORTCUTS
         else:
             params = kind.module_params(module)
             derivative = _bind_derivative(kind, params)
             activation = kind.name
+            shortcuts = _shortcuts(kind, params)
         delta_bar = kind.delta_bar(module) if kind is not None and kind.delta_bar else None
-        self._record(key, activation, "module", pre, output, derivative, delta_bar)
+        self._record(key, activation, "module", pre, output, derivative, delta_bar, shortcuts)
 
     # -- functional sites ----------------------------------------------------------------------
     def functional_call(
@@ -303,8 +310,10 @@ class SiteRecorder:
         out = func(*args, **kwargs)
         if isinstance(out, Tensor) and out.shape == z.shape:
             self.found_functional = True
-            derivative = _bind_derivative(kind, kind.derivative_kwargs(bound))
-            self._record(key, kind.name, "functional", pre, out, derivative, None)
+            params = kind.derivative_kwargs(bound)
+            derivative = _bind_derivative(kind, params)
+            shortcuts = _shortcuts(kind, params)
+            self._record(key, kind.name, "functional", pre, out, derivative, None, shortcuts)
         return out
 
     # -- shared ----------------------------------------------------------------------------------
@@ -317,6 +326,7 @@ class SiteRecorder:
         a: Tensor,
         derivative: DerivativeFn,
         delta_bar: float | None,
+        shortcuts: Shortcuts,
     ) -> None:
         site = self.sites.get(key)
         if site is None:
@@ -324,7 +334,7 @@ class SiteRecorder:
                 self.skipped.add(key)
                 return
             site = self._new_site(key, activation, kind, a, delta_bar)
-        dims = reduction_dims(a.dim(), site.feature_dim)
+        dims = site.dims(a.dim())
         if a.dim() and a.shape[site.feature_dim] != site.neurons:
             from neurodiag.errors import NeurodiagError
 
@@ -333,11 +343,11 @@ class SiteRecorder:
                 f"{site.feature_dim} and now {a.shape[site.feature_dim]}; set its neuron dim with "
                 f"--feature-dim '{key.candidate_names()[0]}=DIM'"
             )
+        # z and a are detached, so measuring builds no autograd graph (no no_grad needed)
         obs = ForwardObservation(
-            z.detach() if z is not None else None, a.detach(), derivative, dims
+            z.detach() if z is not None else None, a.detach(), derivative, dims, shortcuts
         )
-        with torch.no_grad():
-            site.observe(obs)
+        site.observe(obs)
         if site.stats.grad is not None and a.requires_grad:
             a.register_hook(site.grad_hook(dims))  # type: ignore[no-untyped-call]
 
@@ -381,6 +391,11 @@ class SiteRecorder:
         seen = [n for key in list(self.sites) + list(self.skipped) for n in key.candidate_names()]
         final = [name for name, _ in self.ordered_sites()]
         return [p for p in self.include if not any(fnmatchcase(n, p) for n in seen + final)]
+
+
+def _shortcuts(kind: ActivationKind, params: Mapping[str, Any]) -> Shortcuts:
+    monotone = kind.monotone_when is not None and kind.monotone_when(params)
+    return Shortcuts(monotone=monotone, nonnegative=kind.nonnegative, trust_z=True)
 
 
 def _bind_derivative(kind: ActivationKind, params: Mapping[str, Any]) -> DerivativeFn:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from neurodiag.stats.observation import ForwardObservation
+from neurodiag.stats.observation import ForwardObservation, reduction_dims
 from neurodiag.stats.site_stats import SiteStats
 
 ROOT_NAME = "<root>"
@@ -37,6 +37,14 @@ class Site:
     neurons: int
     delta_bar: float | None
     stats: SiteStats
+    _dims: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def dims(self, ndim: int) -> tuple[int, ...]:
+        """Reduction dims for a call with ``ndim`` dims (cached: the hot path asks every call)."""
+        cached = self._dims.get(ndim)
+        if cached is None:
+            cached = self._dims[ndim] = reduction_dims(ndim, self.feature_dim)
+        return cached
 
     def observe(self, obs: ForwardObservation) -> None:
         self.stats.observe(obs)

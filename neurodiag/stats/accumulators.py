@@ -13,7 +13,12 @@ import torch
 from torch import Tensor
 
 from neurodiag.stats.base import Accumulator
-from neurodiag.stats.observation import ForwardObservation, reduction_dims, state_dtype
+from neurodiag.stats.observation import (
+    ForwardObservation,
+    count_nonfinite,
+    reduction_dims,
+    state_dtype,
+)
 
 
 def _zeros(neurons: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -105,7 +110,7 @@ class NonFinite(Accumulator):
         self.count.add_(obs.nonfinite)
 
     def update_grad(self, grad: Tensor) -> None:
-        self.count.add_(torch.isfinite(grad).logical_not().sum())
+        self.count.add_(count_nonfinite(grad))
 
     count: Tensor
 
