@@ -47,6 +47,7 @@ from neurodiag.model_state import preserved
 from neurodiag.scan import model_device, model_dtype
 from neurodiag.sites.capture import SiteRecorder
 from neurodiag.sites.site import ROOT_NAME, SiteKey
+from neurodiag.stats.observation import Shortcuts
 from neurodiag.stats.site_stats import StatOptions
 
 SWAP_ATTRIBUTE = "neurodiag_swapped"
@@ -208,8 +209,9 @@ class _Calibration(SiteRecorder):
         a: Tensor,
         derivative: Callable[[Tensor | None, Tensor], Tensor],
         delta_bar: float | None,
+        shortcuts: Shortcuts,
     ) -> None:
-        super()._record(key, activation, kind, z, a, derivative, delta_bar)
+        super()._record(key, activation, kind, z, a, derivative, delta_bar, shortcuts)
         if key in self.sites and z is not None:
             zd = z.detach().double()
             acc = self.moments.setdefault(key, [0.0, 0.0, 0.0])
