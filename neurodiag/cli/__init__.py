@@ -6,6 +6,7 @@ exit code 2; ``--debug`` shows the traceback instead. One module per command.
 
 import importlib
 
+from neurodiag.cli import check as _check  # noqa: F401  (registers the command)
 from neurodiag.cli import compare as _compare  # noqa: F401  (registers the command)
 from neurodiag.cli import scan as _scan  # noqa: F401  (registers the command)
 from neurodiag.cli.common import app

@@ -1,0 +1,127 @@
+"""Check results for people: a terminal table, Markdown for a PR comment, GitHub annotations.
+
+Violations come first (what to fix), then the verdict and the facts needed to trust it (limits,
+config files read, scan header). Strings are rendered with a fixed width and no colour unless the
+caller asks, so golden files and CI logs are stable.
+"""
+
+from __future__ import annotations
+
+import io
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from neurodiag.check.evaluation import CheckResult
+from neurodiag.check.summary import headline, plural, requirement, summary_facts
+from neurodiag.check.text import fmt_value
+
+FAIL_STYLE = "bold red"
+OK_STYLE = "bold green"
+_NATURAL_WIDTH = 10_000
+_HEADINGS = ("site", "metric", "value", "limit", "reason")
+
+
+def violation_cells(result: CheckResult) -> list[list[str]]:
+    """One row of text per violation, in site order: site, metric, value, limit, reason."""
+    return [
+        [v.site, v.metric, fmt_value(v.metric, v.value), requirement(v), v.reason]
+        for v in result.violations
+    ]
+
+
+def render_check_table(result: CheckResult, console: Console) -> None:
+    """Print the violations table (if any), then the verdict and facts, to ``console``."""
+    rows = violation_cells(result)
+    if rows:
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+        for heading in _HEADINGS:
+            right = heading in ("value", "limit")
+            table.add_column(heading, justify="right" if right else "left", overflow="fold")
+        for cells in rows:
+            table.add_row(*cells, style=FAIL_STYLE)
+        console.print(table)
+        console.print()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in summary_facts(result):
+        style = (OK_STYLE if result.ok else FAIL_STYLE) if label == "result" else None
+        grid.add_row(Text(label), Text(value, style=style or ""))
+    console.print(grid)
+
+
+def to_check_table(result: CheckResult, *, width: int | None = None, color: bool = False) -> str:
+    """The table as a string; ``width=None`` keeps every line at its natural width."""
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width or _NATURAL_WIDTH,
+        color_system="truecolor" if color else None,
+        force_terminal=color,
+        force_jupyter=False,
+        highlight=False,
+        emoji=False,
+        markup=False,
+    )
+    render_check_table(result, console)
+    return "".join(line.rstrip(" ") + "\n" for line in buffer.getvalue().splitlines())
+
+
+def _md(text: str) -> str:
+    """Escape a Markdown table cell: ``|`` would end it, a newline would end the row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def to_check_markdown(result: CheckResult, *, width: int | None = None, color: bool = False) -> str:
+    """A PR comment: verdict heading, violations as a pipe table, facts as a list."""
+    mark = "✅" if result.ok else "❌"
+    parts = [f"## {mark} neurodiag check\n\n**{_md(headline(result))}**\n\n"]
+    rows = violation_cells(result)
+    if rows:
+        parts.append("| " + " | ".join(_HEADINGS) + " |\n")
+        parts.append("| --- | --- | ---: | ---: | --- |\n")
+        for site, *rest in rows:
+            cells = [f"`{_md(site)}`" if "`" not in site else _md(site), *map(_md, rest)]
+            parts.append("| " + " | ".join(cells) + " |\n")
+        parts.append("\n")
+    parts += [f"- **{label}**: {_md(value)}\n" for label, value in summary_facts(result)[1:]]
+    return "".join(parts)
+
+
+def _gh_data(text: str) -> str:
+    """Escape the message of a GitHub workflow command (``%``, CR and LF are special)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def to_check_github(result: CheckResult, *, width: int | None = None, color: bool = False) -> str:
+    """One ``::error`` annotation per violation, then a ``::notice`` with the verdict and facts.
+
+    New sites of a baseline comparison get a ``::notice`` each: worth a look, never a failure.
+    """
+    lines = [
+        f"::error title=neurodiag::{_gh_data(f'site {v.site} {v.describe()}; {v.reason}')}"
+        for v in result.violations
+    ]
+    if result.baseline is not None and result.baseline.new_sites:
+        new = result.baseline.new_sites
+        lines.append(
+            "::notice title=neurodiag::"
+            + _gh_data(f"{plural(len(new), 'new site')} not in the baseline: {', '.join(new)}")
+        )
+    facts = [value for label, value in summary_facts(result) if label in ("result", "model")]
+    header = result.report.header
+    facts.append(f"{header.samples:,} samples in {header.batches} batches")
+    lines.append("::notice title=neurodiag::" + _gh_data(" · ".join(facts)))
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "render_check_table",
+    "to_check_github",
+    "to_check_markdown",
+    "to_check_table",
+    "violation_cells",
+]

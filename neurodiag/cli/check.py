@@ -1,0 +1,351 @@
+"""``neurodiag check``: scan like ``neurodiag scan``, then gate on thresholds or a baseline.
+
+Exit codes: 0 healthy (or baseline written), 1 a threshold violated / a regression, 2 bad input
+(one line on stderr), 130 interrupted (no verdict). The measuring and judging live in
+``neurodiag.scan`` and ``neurodiag.check``; this module only parses options and writes output.
+Config files and the baseline are read before the scan, so a typo fails in milliseconds rather
+than after a long scan.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+
+from neurodiag.check import (
+    DEFAULT_MAG_FACTOR,
+    DEFAULT_TOLERANCE,
+    CheckResult,
+    compare_to_baseline,
+    evaluate,
+    load_baseline,
+    load_thresholds,
+    render_check,
+    save_baseline,
+)
+from neurodiag.check.render_text import render_check_table
+from neurodiag.cli.common import (
+    EXIT_INTERRUPTED,
+    BatchSizeOpt,
+    DataOpt,
+    DeadWindow,
+    DeadWindowOpt,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    EpsOpt,
+    ExcludeOpt,
+    FeatureDimOpt,
+    IncludeOpt,
+    InputShapeOpt,
+    Mode,
+    ModeOpt,
+    NumBatchesOpt,
+    OutputOpt,
+    ProgressOpt,
+    SeedOpt,
+    TargetOpt,
+    TauOpt,
+    TimeoutOpt,
+    WeightsOpt,
+    _count,
+    _fail,
+    app,
+    init_distributed,
+    is_rank_zero,
+    parse_feature_dims,
+    parse_shape,
+    progress_bar,
+    resolve_device,
+    user_errors,
+)
+from neurodiag.errors import NeurodiagError
+from neurodiag.report.model import Report
+
+EXIT_UNHEALTHY = 1
+
+
+class CheckFormat(str, Enum):
+    table = "table"
+    json = "json"
+    junit = "junit"
+    github = "github"
+    markdown = "markdown"
+    csv = "csv"
+
+
+def _pct(flag: str, what: str) -> Any:
+    """A percentage threshold option: click checks the 0-100 range before anything runs."""
+    return typer.Option(flag, min=0.0, max=100.0, help=f"Fail if {what} (percent, 0-100).")
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML thresholds file (thresholds/activations/sites); the tool.neurodiag "
+        "table of the nearest pyproject.toml is read too.",
+    ),
+]
+MaxDeadOpt = Annotated[float | None, _pct("--max-dead-pct", "a site's dead % is above this")]
+MaxDormantOpt = Annotated[
+    float | None, _pct("--max-dormant-pct", "a site's τ-dormant % is above this")
+]
+MaxGradDormantOpt = Annotated[
+    float | None, _pct("--max-grad-dormant-pct", "a site's gradient-dormant % is above this")
+]
+MinMagOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-mag", min=0.0, help="Fail if a site's MAG is below this (or no gradient reached it)."
+    ),
+]
+MinDerivOpt = Annotated[
+    float | None,
+    typer.Option("--min-deriv", min=0.0, help="Fail if a site's min |σ'(z)| is below this."),
+]
+MaxNonfiniteOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-nonfinite",
+        min=0,
+        help="Fail if a site saw more NaN/Inf values than this (default 0).",
+        show_default=False,
+    ),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        help="Saved scan JSON: fail only on regressions against it (thresholds are not used).",
+    ),
+]
+ToleranceOpt = Annotated[
+    float,
+    typer.Option(
+        "--tolerance", min=0.0, help="Baseline: allowed worsening of the % columns, in points."
+    ),
+]
+MagFactorOpt = Annotated[
+    float,
+    typer.Option("--mag-factor", min=1.0, help="Baseline: allowed shrink factor of MAG."),
+]
+UpdateBaselineOpt = Annotated[
+    bool,
+    typer.Option("--update-baseline", help="Write this scan to the --baseline FILE and exit 0."),
+]
+CheckFormatOpt = Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")]
+JunitOpt = Annotated[
+    Path | None,
+    typer.Option("--junit-xml", help="Also write JUnit XML to FILE (whatever --format is)."),
+]
+
+
+def _write(text: str, output: Path, option: str) -> None:
+    try:
+        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise NeurodiagError(
+            f"cannot write {option} {str(output)!r}: {exc.strerror or exc}; choose a writable path"
+        ) from None
+
+
+def emit_check(result: CheckResult, fmt: CheckFormat, output: Path | None) -> None:
+    """Print (in colour on a terminal) or write the result in the chosen format."""
+    if not is_rank_zero():
+        return
+    if output is None and fmt is CheckFormat.table and sys.stdout.isatty():
+        render_check_table(result, Console(highlight=False))
+        return
+    text = render_check(result, fmt.value)
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        _write(text, output, "--output")
+
+
+@app.command()
+def check(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="file.py, file.py:factory or package.module:attr (the file is executed).",
+            metavar="MODEL",
+            show_default=False,
+        ),
+    ],
+    data: DataOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    max_batches: NumBatchesOpt = None,
+    timeout: TimeoutOpt = None,
+    input_shape: InputShapeOpt = None,
+    target: TargetOpt = None,
+    eps: EpsOpt = 1e-3,
+    tau: TauOpt = 0.1,
+    dead_window: DeadWindowOpt = DeadWindow.scan,
+    mode: ModeOpt = Mode.eval,
+    include: IncludeOpt = [],  # noqa: B006 - typer needs a literal default
+    exclude: ExcludeOpt = [],  # noqa: B006
+    feature_dim: FeatureDimOpt = [],  # noqa: B006
+    config: ConfigOpt = None,
+    max_dead_pct: MaxDeadOpt = None,
+    max_dormant_pct: MaxDormantOpt = None,
+    max_grad_dormant_pct: MaxGradDormantOpt = None,
+    min_mag: MinMagOpt = None,
+    min_deriv: MinDerivOpt = None,
+    max_nonfinite: MaxNonfiniteOpt = None,
+    baseline: BaselineOpt = None,
+    tolerance: ToleranceOpt = DEFAULT_TOLERANCE,
+    mag_factor: MagFactorOpt = DEFAULT_MAG_FACTOR,
+    update_baseline: UpdateBaselineOpt = False,
+    fmt: CheckFormatOpt = CheckFormat.table,
+    output: OutputOpt = None,
+    junit_xml: JunitOpt = None,
+    debug: DebugOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Scan MODEL like `scan`, then exit 1 if a site breaks a threshold (or regressed).
+
+    Threshold precedence per site: first matching `sites` glob > `activations` entry > flags >
+    --config thresholds > pyproject.toml thresholds > defaults (max-nonfinite 0).
+    """
+    flags = {
+        "max_dead_pct": max_dead_pct,
+        "max_dormant_pct": max_dormant_pct,
+        "max_grad_dormant_pct": max_grad_dormant_pct,
+        "min_mag": min_mag,
+        "min_deriv": min_deriv,
+        "max_nonfinite": max_nonfinite,
+    }
+    with user_errors(debug):
+        if update_baseline and baseline is None:
+            raise NeurodiagError("--update-baseline needs --baseline FILE to write to")
+        given = ["--" + key.replace("_", "-") for key, value in flags.items() if value is not None]
+        if baseline is not None and (given or config is not None):
+            raise NeurodiagError(
+                f"{', '.join(given + (['--config'] if config else []))} cannot be combined with "
+                "--baseline: a baseline gate fails only on regressions; run check twice for both"
+            )
+        limits = load_thresholds(config, flags) if baseline is None else None
+        old = load_baseline(baseline) if baseline is not None and not update_baseline else None
+        report = _run_scan(
+            model,
+            data=data,
+            weights=weights,
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            timeout=timeout,
+            input_shape=input_shape,
+            target=target,
+            eps=eps,
+            tau=tau,
+            dead_window=dead_window,
+            mode=mode,
+            include=include,
+            exclude=exclude,
+            feature_dim=feature_dim,
+            progress=progress,
+        )
+        if update_baseline and baseline is not None:
+            if is_rank_zero():
+                save_baseline(report, baseline)
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"wrote baseline {baseline} ({len(report.rows)} sites)", markup=False
+            )
+            return
+        if old is not None and baseline is not None:
+            result = compare_to_baseline(
+                report, old, tolerance=tolerance, mag_factor=mag_factor, name=str(baseline)
+            )
+        else:
+            result = evaluate(report, limits)
+        emit_check(result, fmt, output)
+        if junit_xml is not None and is_rank_zero():
+            _write(render_check(result, "junit"), junit_xml, "--junit-xml")
+    if not result.ok:
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def _run_scan(
+    model: str,
+    *,
+    data: str | None,
+    weights: Path | None,
+    device: Device,
+    seed: int | None,
+    batch_size: int | None,
+    max_batches: int | None,
+    timeout: float | None,
+    input_shape: str | None,
+    target: str | None,
+    eps: float,
+    tau: float,
+    dead_window: DeadWindow,
+    mode: Mode,
+    include: list[str],
+    exclude: list[str],
+    feature_dim: list[str],
+    progress: bool,
+) -> Report:
+    """Exactly what ``neurodiag scan`` does between parsing and rendering (see cli/scan.py).
+
+    Ctrl-C gives no verdict: a scan cut short by the user must not pass (or fail) a gate. A
+    ``--timeout`` is different: it was asked for, so the batches seen get a verdict and the
+    output is marked partial.
+    """
+    from neurodiag.loading import load_data, load_model
+    from neurodiag.scan import ScanInterrupted
+    from neurodiag.scan import scan as run_scan
+
+    torch_device = init_distributed(resolve_device(device))
+    # Seed before building the model: a model file that initialises randomly is then the
+    # same model on every run and on every rank of a torchrun job.
+    torch.manual_seed(seed if seed is not None else 0)
+    loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
+    source = load_data(
+        data,
+        model=loaded.model,
+        loaded=loaded,
+        batch_size=batch_size,
+        num_batches=max_batches,
+        seed=seed,
+        input_shape=parse_shape(input_shape),
+        target=target,
+    )
+    total = _count(source.batches, max_batches)
+    try:
+        with progress_bar(total, progress and is_rank_zero()) as on_batch:
+            return run_scan(
+                loaded.model,
+                source.batches,
+                loss_fn=loaded.hook("loss_fn"),
+                eps=eps,
+                tau=tau,
+                dead_window=dead_window.value,
+                mode=mode.value,
+                include=include,
+                exclude=exclude,
+                feature_dims=parse_feature_dims(feature_dim),
+                max_batches=max_batches,
+                timeout_s=timeout,
+                seed=seed if seed is not None else 0,
+                on_batch=on_batch,
+                model_name=loaded.name,
+                data_name=source.description,
+            )
+    except ScanInterrupted:
+        raise _fail(
+            "interrupted; the scan did not finish, so there is no verdict", EXIT_INTERRUPTED
+        ) from None
