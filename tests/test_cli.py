@@ -142,3 +142,11 @@ def test_debug_shows_the_traceback() -> None:
 def test_version() -> None:
     code, out, _ = _invoke("--version")
     assert code == 0 and out.startswith("neurodiag ")
+
+
+def test_scan_plot_writes_a_png(model_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "scan.png"
+    code, _, err = _invoke("scan", str(model_file), "--max-batches", "1", "--plot", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -77,6 +78,9 @@ def scan(
     output: OutputOpt = None,
     debug: DebugOpt = False,
     progress: ProgressOpt = True,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="PNG of dead % and MAG by depth (matplotlib).")
+    ] = None,
 ) -> None:
     """Scan every activation site of MODEL and report dead/dormant neurons and gradient flow."""
     from neurodiag.loading import load_data, load_model
@@ -124,3 +128,7 @@ def scan(
             emit(stop.report, fmt, output)
             raise _fail("interrupted; the report above is partial", EXIT_INTERRUPTED) from None
         emit(report, fmt, output)
+        if plot is not None and is_rank_zero():
+            from neurodiag.plots import plot_scan
+
+            plot_scan(report, plot)
