@@ -14,7 +14,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 
@@ -48,21 +47,17 @@ from neurodiag.cli.common import (
     ModeOpt,
     NumBatchesOpt,
     OutputOpt,
+    PlotOpt,
     ProgressOpt,
     SeedOpt,
     TargetOpt,
     TauOpt,
     TimeoutOpt,
     WeightsOpt,
-    _count,
     _fail,
     app,
-    init_distributed,
     is_rank_zero,
-    parse_feature_dims,
-    parse_shape,
-    progress_bar,
-    resolve_device,
+    save_scan_plot,
     user_errors,
 )
 from neurodiag.errors import NeurodiagError
@@ -213,6 +208,7 @@ def check(
     junit_xml: JunitOpt = None,
     debug: DebugOpt = False,
     progress: ProgressOpt = True,
+    plot: PlotOpt = None,
 ) -> None:
     """Scan MODEL like `scan`, then exit 1 if a site breaks a threshold (or regressed).
 
@@ -258,6 +254,7 @@ def check(
             feature_dim=feature_dim,
             progress=progress,
         )
+        save_scan_plot(report, plot)
         if update_baseline and baseline is not None:
             if is_rank_zero():
                 save_baseline(report, baseline)
@@ -305,46 +302,30 @@ def _run_scan(
     ``--timeout`` is different: it was asked for, so the batches seen get a verdict and the
     output is marked partial.
     """
-    from neurodiag.loading import load_data, load_model
+    from neurodiag.cli.runner import scan_from_options
     from neurodiag.scan import ScanInterrupted
-    from neurodiag.scan import scan as run_scan
 
-    torch_device = init_distributed(resolve_device(device))
-    # Seed before building the model: a model file that initialises randomly is then the
-    # same model on every run and on every rank of a torchrun job.
-    torch.manual_seed(seed if seed is not None else 0)
-    loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
-    source = load_data(
-        data,
-        model=loaded.model,
-        loaded=loaded,
-        batch_size=batch_size,
-        num_batches=max_batches,
-        seed=seed,
-        input_shape=parse_shape(input_shape),
-        target=target,
-    )
-    total = _count(source.batches, max_batches)
     try:
-        with progress_bar(total, progress and is_rank_zero()) as on_batch:
-            return run_scan(
-                loaded.model,
-                source.batches,
-                loss_fn=loaded.hook("loss_fn"),
-                eps=eps,
-                tau=tau,
-                dead_window=dead_window.value,
-                mode=mode.value,
-                include=include,
-                exclude=exclude,
-                feature_dims=parse_feature_dims(feature_dim),
-                max_batches=max_batches,
-                timeout_s=timeout,
-                seed=seed if seed is not None else 0,
-                on_batch=on_batch,
-                model_name=loaded.name,
-                data_name=source.description,
-            )
+        return scan_from_options(
+            model,
+            data=data,
+            weights=weights,
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            timeout=timeout,
+            input_shape=input_shape,
+            target=target,
+            eps=eps,
+            tau=tau,
+            dead_window=dead_window,
+            mode=mode,
+            include=include,
+            exclude=exclude,
+            feature_dim=feature_dim,
+            progress=progress,
+        )
     except ScanInterrupted:
         raise _fail(
             "interrupted; the scan did not finish, so there is no verdict", EXIT_INTERRUPTED

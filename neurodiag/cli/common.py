@@ -202,6 +202,14 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
     write_text(output, text)
 
 
+def save_scan_plot(report: Report, plot: Path | None) -> None:
+    """``--plot``: dead % and MAG by depth, written by rank 0 only."""
+    if plot is not None and is_rank_zero():
+        from neurodiag.plots import plot_scan
+
+        plot_scan(report, plot)
+
+
 def write_text(output: Path, text: str) -> None:
     """Write an --output file; an unwritable path is a one-line user error."""
     try:
@@ -258,6 +266,9 @@ FeatureDimOpt = Annotated[
 ]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE.")]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="PNG of dead % and MAG by depth (matplotlib).")
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar (TTY).")]
 

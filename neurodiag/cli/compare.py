@@ -7,7 +7,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from neurodiag.cli.common import (
@@ -31,10 +30,7 @@ from neurodiag.cli.common import (
     TauOpt,
     WeightsOpt,
     app,
-    init_distributed,
     is_rank_zero,
-    parse_shape,
-    resolve_device,
     user_errors,
     write_text,
 )
@@ -110,26 +106,24 @@ def compare(
     debug: DebugOpt = False,
 ) -> None:
     """Compare MODEL with its activations swapped, on the same data, seed and initial weights."""
+    from neurodiag.cli.runner import load_model_and_data
     from neurodiag.compare import compare as run_compare
     from neurodiag.compare.split import holdout_split
-    from neurodiag.loading import load_data, load_model
     from neurodiag.report.render_compare import render_comparison
 
     with user_errors(debug):
         if not activation:
             raise NeurodiagError("give at least one --activation, e.g. --activation bern9")
-        torch_device = init_distributed(resolve_device(device))
         base_seed = seed if seed is not None else 0
-        torch.manual_seed(base_seed)
-        loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
-        source = load_data(
-            data,
-            model=loaded.model,
-            loaded=loaded,
-            batch_size=batch_size,
-            num_batches=max_batches,
+        loaded, source = load_model_and_data(
+            model,
+            data=data,
+            weights=weights,
+            device=device,
             seed=seed,
-            input_shape=parse_shape(input_shape),
+            batch_size=batch_size,
+            max_batches=max_batches,
+            input_shape=input_shape,
             target=target,
         )
         train: list[object] = list(source.batches)
