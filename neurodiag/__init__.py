@@ -3,8 +3,8 @@
 from neurodiag.activations.bernstein import Bernstein
 from neurodiag.activations.swap import swap_activations
 from neurodiag.errors import NeurodiagError
-from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
 from neurodiag.monitor import Monitor
+from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
 from neurodiag.scan import ScanInterrupted, scan
 
 __version__ = "0.1.0"

@@ -91,7 +91,7 @@ def test_compare_per_site_markdown_and_plot(files: tuple[Path, Path], tmp_path: 
 
 def test_compare_unknown_activation_is_one_line_exit_2(files: tuple[Path, Path]) -> None:
     model, data = files
-    code, out, err = _run("compare", str(model), "-d", str(data), "-a", "relu7")
+    code, _, err = _run("compare", str(model), "-d", str(data), "-a", "relu7")
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "relu7" in lines[0] and "bern" in lines[0]

@@ -7,14 +7,20 @@ re-parameterised so that c_{k+1} − c_k ≥ δ, the derivative
 can never fall below δ̄ = n·δ/(u−l): a neuron using it cannot die.
 
 Evaluation never builds the (n+1)-element basis per input element: it runs a division-free
-Horner-like recurrence in t = (x−l)/(u−l), s = 1−t whose terms are all products of non-negative
-factors, so the computed slope keeps the ≥ δ̄ guarantee up to rounding. Large inputs are processed
-in cache-sized chunks, which on CPU is several times faster than full-size elementwise ops.
+recurrence in t = (x−l)/(u−l), s = 1−t whose terms are all products of non-negative factors
+(a power-basis Horner scheme would be cheaper but ill-conditioned), so the computed slope keeps
+the ≥ δ̄ guarantee up to rounding. The backward pass recomputes everything from x; only x and the
+coefficients are saved. Eagerly, large inputs are processed in cache-sized chunks with reused
+buffers (O(n) ops per chunk, ~3–5× GELU on CPU for large tensors, more for small ones where
+per-op overhead dominates). Under ``torch.compile`` (opt-in: ``module.compile()`` or compiling
+the model) the same recurrences run unchunked and Inductor fuses them into a few loops.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +36,8 @@ __all__ = ["Bernstein"]
 _INIT_MARGIN = 1e-3
 # Points of the least-squares grid used by init_from.
 _INIT_GRID = 2001
+# Elements per thread in one chunk of the eager kernels (measured best on CPU: 64K-128K).
+_CHUNK_PER_THREAD = 1 << 16
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,23 +85,6 @@ def _new_output(x: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]
         return out, out.view(shape)
 
 
-def _chunks(shape: tuple[int, int, int], chunk: int) -> list[tuple[slice, slice]]:
-    """Index ranges over (A, ·, B) covering about `chunk` elements each.
-
-    Chunking keeps the O(n) temporaries of the recurrences in L2 cache instead of streaming
-    each of them through main memory.
-    """
-    a, f, b = shape
-    full = slice(None)
-    if a * f * b <= chunk:
-        return [(full, full)]
-    if f * b <= chunk:
-        rows = chunk // (f * b)
-        return [(slice(i, i + rows), full) for i in range(0, a, rows)]
-    cols = max(1, chunk // f)
-    return [(slice(i, i + 1), slice(j, j + cols)) for i in range(a) for j in range(0, b, cols)]
-
-
 class _Scratch:
     """One allocation of `count` chunk-sized buffers, re-viewed per chunk shape.
 
@@ -115,6 +106,12 @@ class _Scratch:
         return views
 
 
+@functools.lru_cache(maxsize=64)
+def _cpu_scalar(value: float) -> Tensor:
+    """A cached 0-d CPU tensor: broadcasts against tensors on any device without a transfer."""
+    return torch.tensor(value, dtype=torch.float64)
+
+
 class _Plan:
     """Per-call scalars and tiny per-feature tensors, shaped (F, 1) to broadcast on (a, F, b)."""
 
@@ -122,31 +119,38 @@ class _Plan:
         self,
         c0: Tensor,
         incs: Tensor,
-        binom: Tensor,
-        binom_d: Tensor,
+        binoms: Tensor,
         lower: float,
         upper: float,
         dtype: torch.dtype,
     ) -> None:
         n = incs.shape[1]
         h = upper - lower
-        c0 = c0.to(dtype)
         incs = incs.to(dtype)
         self.n = n
         self.dtype = dtype
         self.lower = lower
         self.inv_h = 1.0 / h
+        self.binoms = binoms.to(dtype)  # C(n,k) for k = 1..n, then C(n−1,k) for k = 0..n−1
+        # One (F, 2n+3) table, split into rows: few small ops per call.
+        cols = torch.cat(
+            [
+                torch.cumsum(incs, dim=1),  # c_k − c_0, k = 1..n
+                incs * (n / h),
+                c0.to(dtype).unsqueeze(1),
+                incs[:, -1:] * n,  # dσ/dt above u
+                (incs[:, :1] - incs[:, -1:]) * n,  # (lower − upper) slope in t units
+            ],
+            dim=1,
+        )
+        cols[:, : 2 * n].mul_(self.binoms)
+        rows = cols.t().contiguous().unsqueeze(-1).unbind(0)
         # Coefficients are used relative to c_0 (added once at the end), which keeps precision
         # when |c_0| is large compared with the increments: w_k = C(n,k)·(c_k − c_0), k = 1..n.
-        self.w = (torch.cumsum(incs, dim=1) * binom[1:].to(dtype)).t().contiguous().unsqueeze(-1)
+        self.w = rows[:n]
         # σ'(x) = Σ_k wd_k·t^k·s^(n−1−k) with wd_k = n/(u−l)·C(n−1,k)·(c_{k+1} − c_k) ≥ 0.
-        self.wd = (incs * (binom_d.to(dtype) * (n / h))).t().contiguous().unsqueeze(-1)
-        self.c0 = c0.view(-1, 1)
-        self.slope_hi = (incs[:, -1] * n).view(-1, 1)  # dσ/dt above u
-        self.slope_diff = ((incs[:, 0] - incs[:, -1]) * n).view(-1, 1)  # lower minus upper
-        # CPU 0-d tensors broadcast against tensors on any device without a transfer.
-        self.shift = torch.tensor(-lower / h, dtype=torch.float64)
-        self.one = torch.ones((), dtype=torch.float64)
+        self.wd = rows[n : 2 * n]
+        self.c0, self.slope_hi, self.slope_diff = rows[2 * n :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,14 +212,15 @@ def _moments(plan: _Plan, g: Tensor, t: Tensor, s: Tensor, e: Tensor) -> Tensor:
 
 
 def _coords_into(plan: _Plan, x: Tensor, e: Tensor, t: Tensor, s: Tensor) -> None:
+    shift = _cpu_scalar(-plan.lower * plan.inv_h)
     if x.dtype == plan.dtype:
-        torch.add(plan.shift, x, alpha=plan.inv_h, out=e)
+        torch.add(shift, x, alpha=plan.inv_h, out=e)
     else:  # compute (x−l)/h in the compute dtype, not in bf16
         e.copy_(x)
-        torch.add(plan.shift, e, alpha=plan.inv_h, out=e)
+        torch.add(shift, e, alpha=plan.inv_h, out=e)
     torch.clamp(e, 0.0, 1.0, out=t)
     e.sub_(t)
-    torch.sub(plan.one, t, out=s)
+    torch.sub(_cpu_scalar(1.0), t, out=s)
 
 
 def _value_into(plan: _Plan, x: Tensor, out: Tensor, bufs: list[Tensor]) -> None:
@@ -275,17 +280,30 @@ def _moments_into(
     torch.sum(tmp, dim=dims, out=out[n + 2])
 
 
-def _grads_from_moments(mom: Tensor, binom: Tensor, n: int) -> tuple[Tensor, Tensor]:
+def _grads_from_moments(mom: Tensor, binoms: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """(∂L/∂c0, ∂L/∂increments) from the moment rows of :func:`_moments`."""
-    gc = mom[1 : n + 1] * binom[1:].to(mom.dtype).unsqueeze(1)  # (n, F): ∂/∂(c_k − c_0)
+    gc = mom[1 : n + 1] * binoms[:n].unsqueeze(1)  # (n, F): ∂/∂(c_k − c_0)
     # c_k − c_0 = Σ_{j<k} inc_j, so ∂/∂inc_j = Σ_{k>j} ∂/∂(c_k − c_0).
     gi = gc.flip(0).cumsum(0).flip(0)
     low = mom[n + 2]  # Σ g·min(e, 0): the lower linear piece has slope n·inc_0 in t units
-    high = mom[n + 1] - low
-    extra = torch.zeros_like(gi)
-    extra[0] += n * low
-    extra[-1] += n * high
-    return mom[0], (gi + extra).t()
+    gi[0] += n * low
+    gi[-1] += n * (mom[n + 1] - low)
+    return mom[0], gi.t()
+
+
+def _split(t3: Tensor, chunk: int) -> list[Tensor]:
+    """Views of an (A, F, B) tensor covering about `chunk` elements each (whole F always).
+
+    Chunking keeps the O(n) temporaries of the recurrences in cache instead of streaming each
+    of them through main memory; equal shapes split identically.
+    """
+    a, f, b = t3.shape
+    if a * f * b <= chunk:
+        return [t3]
+    if f * b <= chunk:
+        return list(torch.split(t3, chunk // (f * b), dim=0))
+    cols = max(1, chunk // f)
+    return [p for row in torch.split(t3, 1, dim=0) for p in torch.split(row, cols, dim=2)]
 
 
 class _BernsteinFunction(torch.autograd.Function):
@@ -296,30 +314,28 @@ class _BernsteinFunction(torch.autograd.Function):
         x: Tensor,
         c0: Tensor,
         incs: Tensor,
-        binom: Tensor,
-        binom_d: Tensor,
+        binoms: Tensor,
         lower: float,
         upper: float,
         feature_dim: int,
         chunk: int,
     ) -> Tensor:
-        plan = _Plan(c0, incs, binom, binom_d, lower, upper, _compute_dtype(x.dtype))
+        plan = _Plan(c0, incs, binoms, lower, upper, _compute_dtype(x.dtype))
         shape = _layout(x, feature_dim)
         x3 = _as3d(x, shape)
         if chunk <= 0:
             return _value(plan, x3).to(x.dtype).view(x.shape)
         out, out3 = _new_output(x, shape)
-        pieces = _chunks(shape, chunk)
-        scratch = _Scratch(5, x3[pieces[0][0], :, pieces[0][1]].numel(), plan.dtype, x.device)
-        for ia, ib in pieces:
-            xs = x3[ia, :, ib]
-            _value_into(plan, xs, out3[ia, :, ib], scratch.get(xs.shape))
+        xs = _split(x3, chunk)
+        scratch = _Scratch(5, xs[0].numel(), plan.dtype, x.device)
+        for xc, oc in zip(xs, _split(out3, chunk)):
+            _value_into(plan, xc, oc, scratch.get(xc.shape))
         return out
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, c0, incs, binom, binom_d, lower, upper, feature_dim, chunk = inputs
-        ctx.save_for_backward(x, c0, incs, binom, binom_d)
+        x, c0, incs, binoms, lower, upper, feature_dim, chunk = inputs
+        ctx.save_for_backward(x, c0, incs, binoms)
         ctx.lower = lower
         ctx.upper = upper
         ctx.feature_dim = feature_dim
@@ -328,10 +344,10 @@ class _BernsteinFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, c0, incs, binom, binom_d = ctx.saved_tensors
+        x, c0, incs, binoms = ctx.saved_tensors
         need_x, need_c0, need_incs = ctx.needs_input_grad[:3]
         need_c = need_c0 or need_incs
-        plan = _Plan(c0, incs, binom, binom_d, ctx.lower, ctx.upper, _compute_dtype(x.dtype))
+        plan = _Plan(c0, incs, binoms, ctx.lower, ctx.upper, _compute_dtype(x.dtype))
         n = plan.n
         shape = _layout(x, ctx.feature_dim)
         x3 = _as3d(x, shape)
@@ -346,40 +362,50 @@ class _BernsteinFunction(torch.autograd.Function):
             if need_c:
                 mom = _moments(plan, gc, t, s, e)
         else:
-            gx3: Tensor | None = None
+            xs = _split(x3, ctx.chunk)
+            gs = _split(g3, ctx.chunk)
+            gxs: list[Tensor | None] = [None] * len(xs)
             if need_x:
                 grad_x, gx3 = _new_output(x, shape)
+                gxs = list(_split(gx3, ctx.chunk))
             if need_c:
                 mom = torch.zeros(n + 3, shape[1], dtype=plan.dtype, device=x.device)
-                mom_chunk = torch.empty_like(mom)
-            pieces = _chunks(shape, ctx.chunk)
-            size = x3[pieces[0][0], :, pieces[0][1]].numel()
+                mom_chunk = mom if len(xs) == 1 else torch.empty_like(mom)
             cast_g = g.dtype != plan.dtype
             count = 5 + int(cast_g) + (max(n - 2, 0) + 2 if need_c else 0)
-            scratch = _Scratch(count, size, plan.dtype, x.device)
-            for ia, ib in pieces:
-                xs = x3[ia, :, ib]
-                bufs = scratch.get(xs.shape)
+            scratch = _Scratch(count, xs[0].numel(), plan.dtype, x.device)
+            for xc, gc, gxc in zip(xs, gs, gxs):
+                bufs = scratch.get(xc.shape)
                 e, t, s, pw, acc = bufs[:5]
-                _coords_into(plan, xs, e, t, s)
-                gs = g3[ia, :, ib]
+                _coords_into(plan, xc, e, t, s)
                 if cast_g:
-                    gs = bufs[5].copy_(gs)
-                if gx3 is not None:
+                    gc = bufs[5].copy_(gc)
+                if gxc is not None:
                     _slope_into(plan, t, s, pw, acc)
-                    torch.mul(gs, acc, out=gx3[ia, :, ib])
+                    torch.mul(gc, acc, out=gxc)
                 if mom is not None:
-                    _moments_into(plan, gs, t, s, e, bufs[5 + int(cast_g) :], mom_chunk)
-                    mom.add_(mom_chunk)
+                    _moments_into(plan, gc, t, s, e, bufs[5 + int(cast_g) :], mom_chunk)
+                    if mom_chunk is not mom:
+                        mom.add_(mom_chunk)
         grad_c0: Tensor | None = None
         grad_incs: Tensor | None = None
         if mom is not None:
             if c0.shape[0] == 1 and mom.shape[1] != 1:  # shared coefficients
                 mom = mom.sum(dim=1, keepdim=True)
-            gc0, gi = _grads_from_moments(mom, binom, n)
+            gc0, gi = _grads_from_moments(mom, plan.binoms, n)
             grad_c0 = gc0.to(c0.dtype) if need_c0 else None
             grad_incs = gi.to(incs.dtype) if need_incs else None
-        return grad_x, grad_c0, grad_incs, None, None, None, None, None, None
+        return grad_x, grad_c0, grad_incs, None, None, None, None, None
+
+
+def _finite(value: object, name: str) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -436,13 +462,13 @@ class Bernstein(nn.Module):
     ``num_features`` entries along ``feature_dim`` gets its own (dim 1 for (N, F) and
     channel-first (N, C, ...) inputs, ``feature_dim=-1`` for (N, T, F); a 1-D input is one
     sample of features). New modules start as the monotone least-squares fit to ReLU, see
-    :meth:`init_from`. ``chunk_elements`` (attribute, 0 disables) sets how many elements are
-    processed per cache-sized block on the eager path; torch.compile traces one block.
+    :meth:`init_from`. ``chunk_elements`` (attribute; None = 64K per intra-op thread, 0 = one
+    unchunked pass) sets how many elements the eager path processes per cache-sized block;
+    under torch.compile everything is one pass.
     """
 
-    chunk_elements: int
-    _binom: Tensor
-    _binom_d: Tensor
+    chunk_elements: int | None
+    _binoms: Tensor
 
     def __init__(
         self,
@@ -454,31 +480,45 @@ class Bernstein(nn.Module):
         feature_dim: int = 1,
     ) -> None:
         super().__init__()
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        try:
+            degree = operator.index(degree)
+        except TypeError:
+            raise ValueError(f"degree must be an integer ≥ 1, got {degree!r}") from None
+        if degree < 1:
             raise ValueError(f"degree must be an integer ≥ 1, got {degree!r}")
-        if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
-            raise ValueError(f"delta must be a finite number > 0, got {delta!r}")
-        if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
-            raise ValueError(f"need finite lower < upper, got lower={lower!r}, upper={upper!r}")
-        if num_features is not None and (
-            isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1
-        ):
-            raise ValueError(f"num_features must be None or an integer ≥ 1, got {num_features!r}")
+        delta, lower, upper = (
+            _finite(delta, "delta"),
+            _finite(lower, "lower"),
+            _finite(upper, "upper"),
+        )
+        if delta <= 0:
+            raise ValueError(
+                f"delta must be > 0 (it is the guaranteed slope margin), got {delta!r}"
+            )
+        if not lower < upper:
+            raise ValueError(f"need lower < upper for the range [l, u], got [{lower!r}, {upper!r}]")
+        if num_features is not None:
+            bad = ValueError(f"num_features must be None or an integer ≥ 1, got {num_features!r}")
+            try:
+                num_features = operator.index(num_features)
+            except TypeError:
+                raise bad from None
+            if num_features < 1:
+                raise bad
         self.degree = degree
-        self.delta = float(delta)
-        self.lower = float(lower)
-        self.upper = float(upper)
+        self.delta = delta
+        self.lower = lower
+        self.upper = upper
         self.num_features = num_features
-        self.feature_dim = int(feature_dim)
-        self.chunk_elements = 1 << 16
+        self.feature_dim = operator.index(feature_dim)
+        self.chunk_elements = None
         rows = 1 if num_features is None else num_features
         self.c0 = nn.Parameter(torch.zeros(rows))
         self.theta = nn.Parameter(torch.zeros(rows, degree))
-        # Integer buffers: follow .to(device) but are never cast by .to(dtype)/.half().
-        binom = torch.tensor([math.comb(degree, k) for k in range(degree + 1)])
-        binom_d = torch.tensor([math.comb(degree - 1, k) for k in range(degree)])
-        self.register_buffer("_binom", binom, persistent=False)
-        self.register_buffer("_binom_d", binom_d, persistent=False)
+        # An integer buffer follows .to(device) but is never cast by .to(dtype)/.half().
+        binoms = [math.comb(degree, k) for k in range(1, degree + 1)]
+        binoms += [math.comb(degree - 1, k) for k in range(degree)]
+        self.register_buffer("_binoms", torch.tensor(binoms), persistent=False)
         self.init_from(torch.relu)
 
     @property
@@ -502,7 +542,12 @@ class Bernstein(nn.Module):
         return self.degree * self.delta / (self.upper - self.lower)
 
     def _chunk(self) -> int:
-        return 0 if torch.compiler.is_compiling() else self.chunk_elements
+        if torch.compiler.is_compiling():
+            return 0  # one pass: Inductor fuses it, chunk loops would only be unrolled
+        if self.chunk_elements is not None:
+            return self.chunk_elements
+        # About 64K elements per thread and op keeps each thread's buffers in its L2 cache.
+        return _CHUNK_PER_THREAD * torch.get_num_threads()
 
     def _check(self, x: Tensor) -> None:
         if not x.is_floating_point():
@@ -521,8 +566,7 @@ class Bernstein(nn.Module):
             x,
             self.c0,
             self.increments,
-            self._binom,
-            self._binom_d,
+            self._binoms,
             self.lower,
             self.upper,
             self.feature_dim,
@@ -541,8 +585,7 @@ class Bernstein(nn.Module):
         plan = _Plan(
             self.c0,
             self.increments,
-            self._binom,
-            self._binom_d,
+            self._binoms,
             self.lower,
             self.upper,
             _compute_dtype(x.dtype),
@@ -555,14 +598,12 @@ class Bernstein(nn.Module):
             return _slope(plan, t, s).view(x.shape)
         out = torch.empty(x.shape, dtype=plan.dtype, device=x.device)
         out3 = out.view(shape)
-        pieces = _chunks(shape, chunk)
-        scratch = _Scratch(5, x3[pieces[0][0], :, pieces[0][1]].numel(), plan.dtype, x.device)
-        for ia, ib in pieces:
-            xs = x3[ia, :, ib]
-            e, t, s, pw, acc = scratch.get(xs.shape)
-            _coords_into(plan, xs, e, t, s)
-            _slope_into(plan, t, s, pw, acc)
-            out3[ia, :, ib].copy_(acc)
+        xs = _split(x3, chunk)
+        scratch = _Scratch(4, xs[0].numel(), plan.dtype, x.device)
+        for xc, oc in zip(xs, _split(out3, chunk)):
+            e, t, s, pw = scratch.get(xc.shape)
+            _coords_into(plan, xc, e, t, s)
+            _slope_into(plan, t, s, pw, oc)
         return out
 
     @torch.no_grad()
@@ -576,6 +617,9 @@ class Bernstein(nn.Module):
         problem in v (solved exactly, Lawson–Hanson) with c_0 free, so the mean error over the
         grid is zero. This is never worse in least squares than the classic Bernstein operator
         c_k = fn(l + k(u−l)/n), which converges only like O(1/n). The extra δ·1e-3 keeps θ finite.
+        Monotone coefficients cannot follow a kink closely: with the defaults the max error is
+        0.35 for ReLU and 0.28 for GELU (Bernstein operator: 0.68, 0.58), roughly ∝ u − l,
+        so a tighter range or a higher degree fits a trained model more faithfully.
         """
         n = self.degree
         t = torch.linspace(0.0, 1.0, _INIT_GRID, dtype=torch.float64)
