@@ -88,6 +88,21 @@ class Monitor:
                 self._handle = None
             self._recorder.close()
 
+    def pause(self) -> None:
+        """Detach the hooks (e.g. around evaluation passes) keeping everything measured so far."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+            self._recorder.close()
+
+    def resume(self) -> None:
+        """Re-attach after ``pause``; the same sites keep accumulating."""
+        if self._handle is None:
+            self._recorder.__enter__()
+            if self._recorder.forwards and not self._recorder.found_functional:
+                self._recorder.end_discovery()  # discovery already happened before the pause
+            self._handle = self.model.register_forward_pre_hook(self._on_forward)
+
     def _on_forward(self, module: nn.Module, args: Any) -> None:
         # The window of step k is complete (its backward done) when step k+1 starts.
         if self.every is not None and self._steps - self._window_start >= self.every:
