@@ -94,7 +94,8 @@ def _table_width(table: Table, sites: list[str], console: Console) -> int:
     Rich crops a table that cannot fit: the right-most columns (``nonfinite``!) silently vanish.
     Below the minimum the lines are left longer than the console instead.
     """
-    natural = Measurement.get(console, console.options.update_width(_NATURAL_WIDTH), table).maximum
+    # +1: Rich measures the combining "δ̄" heading one cell short of what it renders
+    natural = Measurement.get(console, console.options.update_width(_NATURAL_WIDTH), table).maximum + 1
     site_width = max(cell_len(site) for site in ["site", *sites])
     minimum = natural - max(0, site_width - _SITE_MIN_WIDTH)
     return max(minimum, min(natural, console.width))
