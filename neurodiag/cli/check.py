@@ -60,8 +60,9 @@ from neurodiag.cli.common import (
     save_scan_plot,
     user_errors,
 )
+from neurodiag.cli.runner import scan_from_options
 from neurodiag.errors import NeurodiagError
-from neurodiag.report.model import Report
+from neurodiag.scan import ScanInterrupted
 
 EXIT_UNHEALTHY = 1
 
@@ -234,26 +235,33 @@ def check(
             )
         limits = load_thresholds(config, flags) if baseline is None else None
         old = load_baseline(baseline) if baseline is not None and not update_baseline else None
-        report = _run_scan(
-            model,
-            data=data,
-            weights=weights,
-            device=device,
-            seed=seed,
-            batch_size=batch_size,
-            max_batches=max_batches,
-            timeout=timeout,
-            input_shape=input_shape,
-            target=target,
-            eps=eps,
-            tau=tau,
-            dead_window=dead_window,
-            mode=mode,
-            include=include,
-            exclude=exclude,
-            feature_dim=feature_dim,
-            progress=progress,
-        )
+        # Ctrl-C gives no verdict: a scan cut short by the user must not pass (or fail) a gate.
+        # A --timeout was asked for, so the batches seen get a verdict (marked partial).
+        try:
+            report = scan_from_options(
+                model,
+                data=data,
+                weights=weights,
+                device=device,
+                seed=seed,
+                batch_size=batch_size,
+                max_batches=max_batches,
+                timeout=timeout,
+                input_shape=input_shape,
+                target=target,
+                eps=eps,
+                tau=tau,
+                dead_window=dead_window,
+                mode=mode,
+                include=include,
+                exclude=exclude,
+                feature_dim=feature_dim,
+                progress=progress,
+            )
+        except ScanInterrupted:
+            raise _fail(
+                "interrupted; the scan did not finish, so there is no verdict", EXIT_INTERRUPTED
+            ) from None
         save_scan_plot(report, plot)
         if update_baseline and baseline is not None:
             if is_rank_zero():
@@ -273,60 +281,3 @@ def check(
             _write(render_check(result, "junit"), junit_xml, "--junit-xml")
     if not result.ok:
         raise typer.Exit(EXIT_UNHEALTHY)
-
-
-def _run_scan(
-    model: str,
-    *,
-    data: str | None,
-    weights: Path | None,
-    device: Device,
-    seed: int | None,
-    batch_size: int | None,
-    max_batches: int | None,
-    timeout: float | None,
-    input_shape: str | None,
-    target: str | None,
-    eps: float,
-    tau: float,
-    dead_window: DeadWindow,
-    mode: Mode,
-    include: list[str],
-    exclude: list[str],
-    feature_dim: list[str],
-    progress: bool,
-) -> Report:
-    """Exactly what ``neurodiag scan`` does between parsing and rendering (see cli/scan.py).
-
-    Ctrl-C gives no verdict: a scan cut short by the user must not pass (or fail) a gate. A
-    ``--timeout`` is different: it was asked for, so the batches seen get a verdict and the
-    output is marked partial.
-    """
-    from neurodiag.cli.runner import scan_from_options
-    from neurodiag.scan import ScanInterrupted
-
-    try:
-        return scan_from_options(
-            model,
-            data=data,
-            weights=weights,
-            device=device,
-            seed=seed,
-            batch_size=batch_size,
-            max_batches=max_batches,
-            timeout=timeout,
-            input_shape=input_shape,
-            target=target,
-            eps=eps,
-            tau=tau,
-            dead_window=dead_window,
-            mode=mode,
-            include=include,
-            exclude=exclude,
-            feature_dim=feature_dim,
-            progress=progress,
-        )
-    except ScanInterrupted:
-        raise _fail(
-            "interrupted; the scan did not finish, so there is no verdict", EXIT_INTERRUPTED
-        ) from None
