@@ -95,7 +95,8 @@ def _table_width(table: Table, sites: list[str], console: Console) -> int:
     Below the minimum the lines are left longer than the console instead.
     """
     # +1: Rich measures the combining "δ̄" heading one cell short of what it renders
-    natural = Measurement.get(console, console.options.update_width(_NATURAL_WIDTH), table).maximum + 1
+    options = console.options.update_width(_NATURAL_WIDTH)
+    natural = Measurement.get(console, options, table).maximum + 1
     site_width = max(cell_len(site) for site in ["site", *sites])
     minimum = natural - max(0, site_width - _SITE_MIN_WIDTH)
     return max(minimum, min(natural, console.width))
