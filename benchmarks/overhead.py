@@ -114,7 +114,11 @@ class SmallTransformer(nn.Module):
     def __init__(self, d_model: int = 128, num_classes: int = 10) -> None:
         super().__init__()
         self.block = nn.TransformerEncoderLayer(
-            d_model, nhead=4, dim_feedforward=512, dropout=0.0, activation="gelu",
+            d_model,
+            nhead=4,
+            dim_feedforward=512,
+            dropout=0.0,
+            activation="gelu",
             batch_first=True,
         )
         self.head = nn.Linear(d_model, num_classes)
@@ -478,22 +482,45 @@ def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> lis
         if r.key in SCAN_TARGETS:
             value = r.ratio("scan")
             limit = SCAN_TARGETS[r.key]
-            out.append({"check": f"({r.key}) scan/plain", "value": value,
-                        "limit": limit, "result": verdict(value, limit)})
+            out.append(
+                {
+                    "check": f"({r.key}) scan/plain",
+                    "value": value,
+                    "limit": limit,
+                    "result": verdict(value, limit),
+                }
+            )
         if r.key in MONITOR_TARGETS:
             value = r.ratio("monitor")
-            out.append({"check": f"({r.key}) monitor/plain", "value": value,
-                        "limit": MONITOR_TARGETS[r.key],
-                        "result": verdict(value, MONITOR_TARGETS[r.key])})
+            out.append(
+                {
+                    "check": f"({r.key}) monitor/plain",
+                    "value": value,
+                    "limit": MONITOR_TARGETS[r.key],
+                    "result": verdict(value, MONITOR_TARGETS[r.key]),
+                }
+            )
         for variant in ("scan", "monitor"):
             if variant in r.times_ms and r.peak_bytes:
                 value = r.extra_mem_pct(variant)
-                out.append({"check": f"({r.key}) {variant} extra peak mem %", "value": value,
-                            "limit": MEM_TARGET_PCT, "result": verdict(value, MEM_TARGET_PCT)})
+                out.append(
+                    {
+                        "check": f"({r.key}) {variant} extra peak mem %",
+                        "value": value,
+                        "limit": MEM_TARGET_PCT,
+                        "result": verdict(value, MEM_TARGET_PCT),
+                    }
+                )
     if isinstance(acts, list):
         for a in acts:
-            out.append({"check": f"(d) Bernstein/GELU {tuple(a.shape)}", "value": a.ratio,
-                        "limit": BERNSTEIN_TARGET, "result": verdict(a.ratio, BERNSTEIN_TARGET)})
+            out.append(
+                {
+                    "check": f"(d) Bernstein/GELU {tuple(a.shape)}",
+                    "value": a.ratio,
+                    "limit": BERNSTEIN_TARGET,
+                    "result": verdict(a.ratio, BERNSTEIN_TARGET),
+                }
+            )
     return out
 
 
@@ -503,18 +530,26 @@ def print_table(
     models: list[ModelResult],
     acts: list[ActResult] | str | None,
 ) -> None:
-    print(f"torch {env['torch']} | neurodiag {env['neurodiag']} | python {env['python']} | "
-          f"device {env['device']}" + (f" ({env['gpu']})" if "gpu" in env else ""))
-    print(f"CPU: {env['cpu']} | os.cpu_count {env['cpu_count']} | torch threads {env['threads']} "
-          f"(interop {env['interop_threads']}) | load avg {env.get('loadavg', '?')}")
+    print(
+        f"torch {env['torch']} | neurodiag {env['neurodiag']} | python {env['python']} | "
+        f"device {env['device']}" + (f" ({env['gpu']})" if "gpu" in env else "")
+    )
+    print(
+        f"CPU: {env['cpu']} | os.cpu_count {env['cpu_count']} | torch threads {env['threads']} "
+        f"(interop {env['interop_threads']}) | load avg {env.get('loadavg', '?')}"
+    )
     if args.threads is not None:
         print(f"NOTE: torch threads set to {args.threads} by --threads (not torch's default)")
-    print(f"mode={args.mode}, repeats={args.repeats} (median, interleaved), "
-          f"neurodiag.Monitor: {'present' if has_monitor() else 'absent'}")
+    print(
+        f"mode={args.mode}, repeats={args.repeats} (median, interleaved), "
+        f"neurodiag.Monitor: {'present' if has_monitor() else 'absent'}"
+    )
     if models:
         print()
-        head = (f"{'model':<44} {'batches':>7} {'plain ms':>9} {'scan ms':>9} {'scan/plain':>16} "
-                f"{'monitor/plain':>16} {'scan +mem':>15} {'monitor +mem':>15}")
+        head = (
+            f"{'model':<44} {'batches':>7} {'plain ms':>9} {'scan ms':>9} {'scan/plain':>16} "
+            f"{'monitor/plain':>16} {'scan +mem':>15} {'monitor +mem':>15}"
+        )
         print(head)
         print("-" * len(head))
         for r in models:
@@ -525,29 +560,39 @@ def print_table(
                 scan_ratio += f" {verdict(r.ratio('scan'), scan_t)}<={scan_t:.2f}"
             mon_ratio = fmt(r.ratio("monitor"), ".2f", "x")
             if mon_t:
-                mon_ratio += (f" {verdict(r.ratio('monitor'), mon_t)}<={mon_t:.2f}"
-                              if "monitor" in r.times_ms else f" (<={mon_t:.2f})")
+                mon_ratio += (
+                    f" {verdict(r.ratio('monitor'), mon_t)}<={mon_t:.2f}"
+                    if "monitor" in r.times_ms
+                    else f" (<={mon_t:.2f})"
+                )
             mems = []
             for variant in ("scan", "monitor"):
                 pct = r.extra_mem_pct(variant)
-                mems.append(
-                    "n/a" if pct is None else f"{pct:+.1f}% {verdict(pct, MEM_TARGET_PCT)}"
-                )
-            print(f"({r.key}) {r.name:<40} {r.batches:>7} {fmt(r.median('plain'), '.1f'):>9} "
-                  f"{fmt(r.median('scan'), '.1f'):>9} {scan_ratio:>16} {mon_ratio:>16} "
-                  f"{mems[0]:>15} {mems[1]:>15}")
+                mems.append("n/a" if pct is None else f"{pct:+.1f}% {verdict(pct, MEM_TARGET_PCT)}")
+            print(
+                f"({r.key}) {r.name:<40} {r.batches:>7} {fmt(r.median('plain'), '.1f'):>9} "
+                f"{fmt(r.median('scan'), '.1f'):>9} {scan_ratio:>16} {mon_ratio:>16} "
+                f"{mems[0]:>15} {mems[1]:>15}"
+            )
         print()
-        print("spread: min-max ms/pass over the repeats; scan/plain of the minima (the least "
-              "disturbed runs); paired per-repetition scan/plain ratios, median [min-max]")
+        print(
+            "spread: min-max ms/pass over the repeats; scan/plain of the minima (the least "
+            "disturbed runs); paired per-repetition scan/plain ratios, median [min-max]"
+        )
         for r in models:
             parts = [f"{v} {min(ts):.1f}-{max(ts):.1f}" for v, ts in r.times_ms.items()]
             pr = r.paired_ratios("scan")
-            print(f"  ({r.key}) " + ", ".join(parts)
-                  + f"; min/min {fmt(r.min_ratio('scan'), '.2f', 'x')}"
-                  + f"; paired {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}]")
+            print(
+                f"  ({r.key}) "
+                + ", ".join(parts)
+                + f"; min/min {fmt(r.min_ratio('scan'), '.2f', 'x')}"
+                + f"; paired {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}]"
+            )
             if r.peak_bytes:
-                print("       peak tensor MB: " + ", ".join(
-                    f"{v} {b / 2**20:.2f}" for v, b in r.peak_bytes.items()))
+                print(
+                    "       peak tensor MB: "
+                    + ", ".join(f"{v} {b / 2**20:.2f}" for v, b in r.peak_bytes.items())
+                )
             for note in r.notes:
                 print(f"       note: {note}")
     if acts is not None:
@@ -557,17 +602,24 @@ def print_table(
             print(f"  {acts}")
         else:
             for a in acts:
-                print(f"  {tuple(a.shape)!s:<18} gelu {statistics.median(a.gelu_ms):8.3f}  "
-                      f"bernstein {statistics.median(a.bernstein_ms):8.3f}  ratio {a.ratio:5.2f}x "
-                      f"{verdict(a.ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}")
+                print(
+                    f"  {tuple(a.shape)!s:<18} gelu {statistics.median(a.gelu_ms):8.3f}  "
+                    f"bernstein {statistics.median(a.bernstein_ms):8.3f}  ratio {a.ratio:5.2f}x "
+                    f"{verdict(a.ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}"
+                )
     print()
     results = checks(models, acts)
     passed = sum(c["result"] == "PASS" for c in results)
     failed = [c["check"] for c in results if c["result"] == "FAIL"]
-    print(f"targets: {passed} PASS, {len(failed)} FAIL"
-          + (f" ({'; '.join(failed)})" if failed else ""))
-    memory = ("torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else
-              "peak bytes of live tensors (dispatch-level tracker), incl. params/buffers/batches")
+    print(
+        f"targets: {passed} PASS, {len(failed)} FAIL"
+        + (f" ({'; '.join(failed)})" if failed else "")
+    )
+    memory = (
+        "torch.cuda.max_memory_allocated"
+        if args.device.startswith("cuda")
+        else "peak bytes of live tensors (dispatch-level tracker), incl. params/buffers/batches"
+    )
     print(f"memory: {memory}; +mem = (variant peak - plain peak) / plain peak")
 
 
@@ -602,9 +654,15 @@ def to_json(
             }
             for r in models
         ],
-        "bernstein_vs_gelu": acts if isinstance(acts, str) or acts is None else [
-            {"shape": list(a.shape), "gelu_ms": a.gelu_ms, "bernstein_ms": a.bernstein_ms,
-             "ratio": a.ratio}
+        "bernstein_vs_gelu": acts
+        if isinstance(acts, str) or acts is None
+        else [
+            {
+                "shape": list(a.shape),
+                "gelu_ms": a.gelu_ms,
+                "bernstein_ms": a.bernstein_ms,
+                "ratio": a.ratio,
+            }
             for a in acts
         ],
         "checks": checks(models, acts),
@@ -614,19 +672,34 @@ def to_json(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (default 7)")
-    parser.add_argument("--batches", type=int, default=None,
-                        help="batches per pass (default 8 for (a), 4 for (b)/(c))")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        help="batches per pass (default 8 for (a), 4 for (b)/(c))",
+    )
     parser.add_argument("--models", default="a,b,c,d", help="subset of a,b,c,d (default all)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    parser.add_argument("--mode", choices=("eval", "train"), default="eval",
-                        help="model mode for every variant (default eval, scan's default)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads(N) (default: leave torch's default). With "
-                             "other jobs on the cores, 1 thread avoids OpenMP barrier stalls")
+    parser.add_argument(
+        "--mode",
+        choices=("eval", "train"),
+        default="eval",
+        help="model mode for every variant (default eval, scan's default)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads(N) (default: leave torch's default). With "
+        "other jobs on the cores, 1 thread avoids OpenMP barrier stalls",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print a cProfile of 3 scan passes per model (a/b/c)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print a cProfile of 3 scan passes per model (a/b/c)",
+    )
     parser.add_argument("--profile-top", type=int, default=25)
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
@@ -671,8 +744,16 @@ def main(argv: list[str] | None = None) -> int:
                 case = CASES[key]
                 title = f"cProfile: 3 x neurodiag.scan on ({key}) {case.name}"
                 print(f"\n===== {title} =====", file=log)
-                print(profile_scan(case, args.batches or case.default_batches, device, args.mode,
-                                   args.profile_top), file=log)
+                print(
+                    profile_scan(
+                        case,
+                        args.batches or case.default_batches,
+                        device,
+                        args.mode,
+                        args.profile_top,
+                    ),
+                    file=log,
+                )
     return 0
 
 
