@@ -154,6 +154,103 @@ def test_gradcheck_only_parameters_and_only_input() -> None:
     assert torch.autograd.gradcheck(m, (xr,))
 
 
+def _reference(m: Bernstein, x: Tensor) -> Tensor:
+    """The same σ in plain autograd ops: the Bernstein basis sum on [l, u] (built per element),
+    continued linearly with the boundary slopes n·(c_1 − c_0)/(u−l), n·(c_n − c_{n−1})/(u−l)."""
+    n, lo, hi = m.degree, m.lower, m.upper
+    c = m.coefficients.to(x.dtype)  # (F, n+1), differentiable in c0 and theta
+    t = ((x - lo) / (hi - lo)).clamp(0.0, 1.0).unsqueeze(-1)
+    k = torch.arange(n + 1, dtype=x.dtype)
+    binom = torch.tensor([math.comb(n, j) for j in range(n + 1)], dtype=x.dtype)
+    inside = (binom * t**k * (1.0 - t) ** (n - k) * c).sum(-1)
+    slope_lo = n * (c[:, 1] - c[:, 0]) / (hi - lo)
+    slope_hi = n * (c[:, n] - c[:, n - 1]) / (hi - lo)
+    return inside + (x - lo).clamp(max=0.0) * slope_lo + (x - hi).clamp(min=0.0) * slope_hi
+
+
+@pytest.mark.parametrize("num_features", [100, None])
+@pytest.mark.parametrize("chunk", [None, 3000])  # None: the default (one chunk here)
+def test_custom_backward_matches_plain_autograd_at_realistic_sizes(
+    num_features: int | None, chunk: int | None
+) -> None:
+    """float32, a (256, 100) batch with about 1/4 of it outside [l, u]; gradients of x, c0 and
+    theta against _reference, then again after 5 Adam steps on both copies (so a wrong gradient
+    would also show up as diverging parameters). Tolerances: float32 sums of 25600 terms."""
+    gen = torch.Generator().manual_seed(12)
+    m = Bernstein(num_features=num_features)
+    m.chunk_elements = chunk
+    ref = Bernstein(num_features=num_features)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(256, 100, generator=gen) * 4.0
+    assert 0.15 < float((x.abs() > 5.0).float().mean()) < 0.35
+    target = torch.randn(256, 100, generator=gen)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for _ in range(6):
+        xs = x.clone().requires_grad_()
+        xr = x.clone().requires_grad_()
+        loss = ((m(xs) - target) ** 2).mean()
+        loss_ref = ((_reference(ref, xr) - target) ** 2).mean()
+        got = torch.autograd.grad(loss, [xs, m.c0, m.theta])
+        want = torch.autograd.grad(loss_ref, [xr, ref.c0, ref.theta])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+        for p, gp in zip((m.c0, m.theta), got[1:]):
+            p.grad = gp
+        for p, gp in zip((ref.c0, ref.theta), want[1:]):
+            p.grad = gp
+        opt.step()
+        opt_ref.step()
+    torch.testing.assert_close(m.theta, ref.theta, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.c0, ref.c0, rtol=1e-4, atol=1e-5)
+
+
+def _mean_square_slope_x2(m: Bernstein, scale: float, centre: float = 0.0) -> float:
+    """2·E[σ'(z)²] for z ~ N(centre, scale²): the factor by which a He-initialised layer
+    (weight variance 2/fan_in) multiplies the squared gradient in mean-field theory (1 for
+    ReLU at every scale)."""
+    z = torch.randn(100_000, 1, dtype=F64, generator=torch.Generator().manual_seed(15))
+    z = z.expand(-1, m.num_features or 1)
+    return 2.0 * float(m.derivative(z * scale + centre).square().mean())
+
+
+SCALES = (0.05, 0.2, 0.5, 1.0, 1.5, 3.0, 10.0, 40.0)
+
+
+@pytest.mark.parametrize(
+    ("degree", "lower", "upper"), [(9, -5.0, 5.0), (9, -3.0, 3.0), (15, -5.0, 5.0), (3, -1.0, 4.0)]
+)
+def test_critical_init_passes_gradients_like_relu_at_every_scale(
+    degree: int, lower: float, upper: float
+) -> None:
+    """The regression behind a 50-layer ReLU MLP swapped to bern9 collapsing to a constant
+    output: the ReLU fit gives 2·E[σ'(z)²] ≈ 0.57 at z ~ N(0, 1) and 0.35 at small scales
+    (defaults), so the squared gradient shrinks at every layer. init_critical keeps it within
+    0.9-1.1 at every scale (measured 0.92-1.08 for degrees 2-25), centred on the middle of
+    [l, u]; the scales go from 2.5% to 20× the half-range."""
+    centre = 0.5 * (lower + upper)
+    half = 0.5 * (upper - lower)
+    if centre == 0.0:  # ReLU itself gives exactly 1 here, at every scale; its fit does not
+        fit = Bernstein(degree, 0.01, lower, upper).double()
+        assert min(_mean_square_slope_x2(fit, s * half) for s in SCALES) < 0.6
+    m = Bernstein(degree, 0.01, lower, upper, num_features=2).double()
+    assert m.init_critical() is m
+    for s in SCALES:
+        assert 0.9 <= _mean_square_slope_x2(m, s * half, centre) <= 1.1, s
+    x = torch.tensor([[centre] * 2], dtype=F64)
+    torch.testing.assert_close(m(x), torch.zeros_like(x), rtol=0, atol=0.01 * half)  # fit error
+    torch.testing.assert_close(m.derivative(x), torch.full_like(x, 0.5**0.5), rtol=0, atol=0.01)
+    c = m.coefficients.detach()
+    assert bool((c.diff(dim=1) >= m.delta).all())  # still monotone with the δ margin
+    torch.testing.assert_close(c[0], c[1])
+
+
+def test_critical_init_of_degree_one_is_the_critical_line() -> None:
+    m = Bernstein(1, 0.01, -2.0, 4.0).double().init_critical()
+    x = torch.linspace(-10.0, 10.0, 41, dtype=F64)
+    torch.testing.assert_close(m(x).detach(), (x - 1.0) / 2**0.5, rtol=0, atol=1e-9)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     degree=st.integers(1, 15),

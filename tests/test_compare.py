@@ -252,3 +252,41 @@ def test_bernstein_parameters_are_trained() -> None:
     initial = [m for m in fresh.variant("bern9").model.modules() if isinstance(m, Bernstein)]
     assert len(trained) == 2
     assert any(not torch.equal(a.theta, b.theta) for a, b in zip(trained, initial, strict=True))
+
+
+def he_relu_mlp(depth: int, width: int, seed: int = 0) -> nn.Sequential:
+    """A plain deep ReLU MLP with He init and zero biases (sample_models/plain_mlp.py): for
+    ReLU exactly critical, so it trains at depth 50 without residuals or normalisation."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    features = 64
+    for _ in range(depth):
+        linear = nn.Linear(features, width)
+        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        nn.init.zeros_(linear.bias)
+        layers += [linear, nn.ReLU()]
+        features = width
+    layers.append(nn.Linear(features, 10))
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bernstein_trains_through_a_50_layer_he_relu_mlp(
+    digits: tuple[list[Any], list[Any]], seed: int
+) -> None:
+    """Regression: swapped in as its monotone ReLU fit, bern9 shrank the squared gradient at
+    every layer (2·E[σ'(z)²] ≈ 0.57 instead of 1) and, after a few Adam steps, the 50-layer MLP
+    output the same logits for every input: the loss settled at the label entropy H (ln 10
+    here, the best constant prediction) and the first site's gradient fell ~1000×. In its
+    critical init it learns. Threshold: 16 Adam steps must take the loss 0.25 below H (model
+    seeds 0-4: the fit stayed within 0.025 of H, the critical init got 0.39-0.68 below it)."""
+    train, _ = digits
+    labels = torch.cat([y for _, y in train])
+    p = torch.bincount(labels, minlength=10).double() / len(labels)
+    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+    result = compare(
+        he_relu_mlp(50, 32, seed), train, ["bern9"], epochs=2, lr=1e-3, seed=0, scan_batches=1
+    )
+    history = result.variant("bern9").history
+    assert history[-1]["loss"] < entropy - 0.25, [h["loss"] for h in history]
+    assert history[-1]["first_site_mag"] > 0.1 * history[0]["first_site_mag"]

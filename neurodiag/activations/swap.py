@@ -20,8 +20,15 @@ The user's model is never touched: everything happens on ``copy.deepcopy(model)`
   batch to be found at all. A scan of the swapped model names a replaced functional site
   ``neurodiag_swapped.<old site name>`` (a module site); functional sites left in the same
   forward are renumbered by the scan, since the replaced calls no longer happen.
-- A new module with ``init_from`` (Bernstein) is fitted to the activation it replaces on its
-  [l, u], so a trained model keeps (approximately) its function.
+- ``init="fit"`` (default): a new module with ``init_from`` (Bernstein) is fitted to the
+  activation it replaces on its [l, u], so a trained model keeps (approximately) its function.
+  ``init="critical"`` (what ``compare`` uses, to train from the model's weights): a new module
+  with ``init_critical`` (Bernstein) starts in the shape that passes gradients through any
+  number of He-initialised layers, whatever their scale, instead. The ReLU fit does not: its
+  smoothed kink gives 2·E[σ'(z)²] ≈ 0.57 instead of ReLU's 1 at z ~ N(0, 1), so a plain
+  50-layer ReLU MLP swapped to the fit loses ~100x of its first-layer gradient at once and,
+  after a few optimiser steps, maps every input to the same output (see
+  ``Bernstein.init_critical``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from neurodiag.stats.observation import Shortcuts
 from neurodiag.stats.site_stats import StatOptions
 
 SWAP_ATTRIBUTE = "neurodiag_swapped"
+INITS = ("fit", "critical")
 _INIT_ERRORS = (RuntimeError, ValueError, TypeError)
 
 
@@ -73,6 +81,7 @@ class SwapResult:
     swapped: list[SwappedSite] = field(default_factory=list)
     not_swapped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    init: str = "fit"
 
 
 def swap_activations(
@@ -81,14 +90,18 @@ def swap_activations(
     sites: Sequence[str] | None = None,
     *,
     example_batch: Any = None,
+    init: str = "fit",
 ) -> nn.Module:
     """A deep copy of ``model`` with its activation sites replaced by ``spec``.
 
     ``sites`` restricts the swap to sites whose scan name matches one of the globs.
     ``example_batch`` (one batch as a scan sees it: ``x``, ``(x, y)`` or a dict) lets the swap
     find functional sites and per-site widths; notes about sites left alone become warnings.
+    ``init``: ``"fit"`` keeps a trained model's function (Bernstein fitted to the old
+    activation), ``"critical"`` is for training from the model's weights (deep nets included);
+    see the module docstring.
     """
-    result = swap_with_report(model, spec, sites, example_batch=example_batch)
+    result = swap_with_report(model, spec, sites, example_batch=example_batch, init=init)
     for site, reason in result.not_swapped:
         warnings.warn(f"site {site} not swapped: {reason}", stacklevel=2)
     for note in result.notes:
@@ -102,14 +115,17 @@ def swap_with_report(
     sites: Sequence[str] | None = None,
     *,
     example_batch: Any = None,
+    init: str = "fit",
 ) -> SwapResult:
     """``swap_activations`` returning a ``SwapResult`` instead of warning."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if init not in INITS:
+        raise NeurodiagError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     try:
         clone = copy.deepcopy(model)
     except Exception as exc:
         raise NeurodiagError(f"cannot deep-copy the model to swap activations: {exc}") from exc
-    result = SwapResult(clone, parsed)
+    result = SwapResult(clone, parsed, init=init)
     if example_batch is None:
         _swap_modules_blind(result, tuple(sites or ()))
     else:
@@ -323,9 +339,14 @@ def _replacement(
     bounds: tuple[float, float] | None,
     result: SwapResult,
 ) -> nn.Module:
-    """Build the new module on the model's device/dtype, fitted to ``old`` if it can be."""
+    """Build the new module on the model's device/dtype, initialised as ``result.init`` says:
+    fitted to ``old`` if it can be, or in its critical shape."""
     device, dtype = _device_dtype(result.model)
     new = spec.build(width, feature_dim, bounds=bounds).to(device=device, dtype=dtype)
+    init_critical = getattr(new, "init_critical", None)
+    if result.init == "critical" and callable(init_critical):
+        init_critical()
+        return new
     init_from = getattr(new, "init_from", None)
     if callable(init_from):
         try:

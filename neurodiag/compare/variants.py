@@ -43,13 +43,17 @@ def build_variants(
     """Deep copies of ``model``: identical weights everywhere but in the new activations.
 
     Each swap runs with the global RNG seeded with ``seed`` inside ``fork_rng``, so building the
-    variants is reproducible and leaves the caller's RNG as it was.
+    variants is reproducible and leaves the caller's RNG as it was. Variants are trained from
+    the model's weights, so learnable activations start in their trainable (critical) shape
+    (``init="critical"``), not as a fit of the activation they replace: a ReLU fit by a
+    Bernstein polynomial shrinks the gradient at every layer, and a deep plain MLP swapped to
+    it collapses to a constant output.
     """
     variants = [Variant(BASELINE, BASELINE, _copy(model))]
     for spec in specs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            result = swap_with_report(model, spec, example_batch=example_batch)
+            result = swap_with_report(model, spec, example_batch=example_batch, init="critical")
         notes = [f"site {site} not swapped: {reason}" for site, reason in result.not_swapped]
         if not result.swapped:
             notes.append(f"{spec.name}: no activation site was swapped; this is the baseline")
