@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -37,7 +38,8 @@ from neurodiag.check.config import parse_config
 from neurodiag.check.render_data import VIOLATION_COLUMNS
 from neurodiag.cli import app
 from neurodiag.errors import NeurodiagError
-from neurodiag.report import Report, ScanHeader, to_json
+from neurodiag.report import Report, to_json
+from tests.fixtures.reports import report_row, sample_header
 
 Golden = Callable[[str, str], None]
 runner = CliRunner()
@@ -45,37 +47,8 @@ runner = CliRunner()
 # --- a fixed, hand-built report ---------------------------------------------------------------
 
 
-def _row(site: str, activation: str, kind: str = "module", **stats: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "site": site,
-        "activation": activation,
-        "kind": kind,
-        "neurons": 64,
-        "dead_pct": 0.0,
-        "dormant_pct": 0.0,
-        "grad_dormant_pct": 0.0,
-        "mag": 1e-3,
-        "min_abs_deriv": 0.0,
-        "delta_bar": None,
-        "bound_ok": None,
-        "nonfinite": 0,
-    }
-    return base | stats
-
-
-HEADER = ScanHeader(
-    model="sample_models/mlp.py:build",
-    data="synthetic:batch=64",
-    loss="cross_entropy",
-    samples=256,
-    batches=4,
-    device="cpu",
-    dtype="float32",
-    seed=0,
-    wall_time_s=1.8372,
-    eps=1e-3,
-    tau=0.1,
-)
+_row = functools.partial(report_row, mag=1e-3)
+HEADER = sample_header(eps=1e-3)
 
 ROWS = [
     # A quarter dead: fails max_dead_pct 20 from the config's thresholds.

@@ -36,43 +36,15 @@ from neurodiag.report import (
     to_table,
 )
 from neurodiag.report.cells import MISSING, fmt_cell, fmt_duration, fmt_sci
+from tests.fixtures.reports import report_row, sample_header
 
 Golden = Callable[[str, str], None]
 
 BUILTIN_FORMATS = ("table", "csv", "json", "markdown")
 
 
-def _row(site: str, activation: str, kind: str, neurons: int, **stats: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "site": site,
-        "activation": activation,
-        "kind": kind,
-        "neurons": neurons,
-        "dead_pct": 0.0,
-        "dormant_pct": 0.0,
-        "grad_dormant_pct": 0.0,
-        "mag": 0.0,
-        "min_abs_deriv": 0.0,
-        "delta_bar": None,
-        "bound_ok": None,
-        "nonfinite": 0,
-    }
-    return base | stats
-
-
-HEADER = ScanHeader(
-    model="sample_models/mlp.py:build",
-    data="synthetic:batch=64",
-    loss="cross_entropy",
-    samples=256,
-    batches=4,
-    device="cpu",
-    dtype="float32",
-    seed=0,
-    wall_time_s=1.8372,
-    eps=1e-8,
-    tau=0.1,
-)
+_row = report_row
+HEADER = sample_header()
 
 ROWS = [
     # A ReLU module with a quarter of its units dead: the case the tool exists for.
