@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from neurodiag.activations import derivatives
 from neurodiag.activations.registry import (
     REGISTRY,
     ActivationKind,
@@ -29,12 +31,8 @@ from neurodiag.activations.registry import (
 )
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
 from neurodiag.sites.site import Site, SiteKey, display_names
-from neurodiag.stats.observation import (
-    NO_SHORTCUTS,
-    ForwardObservation,
-    Shortcuts,
-    state_dtype,
-)
+from neurodiag.stats.observation import NO_SHORTCUTS, Shortcuts, state_dtype
+from neurodiag.stats.passes import release_scratch
 from neurodiag.stats.site_stats import SiteStats, StatOptions
 
 DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
@@ -69,7 +67,10 @@ def _recomputing() -> bool:
     Such calls are not new data (counting them would double the forward statistics); the
     gradients still reach the hooks registered on the original forward's outputs.
     """
-    return bool(torch._C._current_graph_task_id() != -1)
+    return _graph_task_id() != -1
+
+
+_graph_task_id = torch._C._current_graph_task_id
 
 
 def _strip_wrapper(name: str) -> str:
@@ -83,6 +84,25 @@ def _is_float_tensor(x: Any) -> bool:
 
 def _inplace(module: nn.Module) -> bool:
     return bool(getattr(module, "inplace", False))
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a lean module site's call needs once its first call went through ``_measure``.
+
+    Valid while the call looks the same (shape, dtype, in-place-ness); anything else takes the
+    general path again, which rebuilds the plan.
+    """
+
+    site: Site
+    shape: torch.Size
+    dtype: torch.dtype
+    output_is_z: bool
+    inplace_flag: bool
+    inplace: bool
+    derivative: DerivativeFn
+    shortcuts: Shortcuts
+    dims: tuple[int, ...]
 
 
 class SiteRecorder:
@@ -118,6 +138,8 @@ class SiteRecorder:
         self._module_kinds: dict[nn.Module, ActivationKind | None] = {}
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
+        self._module_keys: dict[tuple[nn.Module, int], SiteKey] = {}
+        self._plain_shortcuts: dict[nn.Module, Shortcuts] = {}
         self._func_calls: dict[tuple[str, str], int] = {}
         self._stack: list[str] = []
         self._last_module: nn.Module | None = None
@@ -125,6 +147,9 @@ class SiteRecorder:
         self._mode: _FunctionalSites | None = None
         self._mode_depth = 0
         self._handles: list[RemovableHandle] = []
+        self._leanable: dict[nn.Module, tuple[RemovableHandle, RemovableHandle]] = {}
+        self._lean_modules: set[nn.Module] = set()
+        self._plans: dict[tuple[nn.Module, int], _Plan] = {}
         self._discovery_handles: list[RemovableHandle] = []
         self.found_functional = False
         self.forwards = 0
@@ -156,14 +181,29 @@ class SiteRecorder:
             self._exit_mode()
         self._saved_inputs.clear()
         self._stack.clear()
+        self._plans.clear()
+        self._lean_modules.clear()
+        release_scratch()
 
     def end_discovery(self) -> None:
-        """After the first forward: keep the function mode only if it found functional sites."""
+        """After the first forward: keep the function mode only if it found functional sites.
+
+        Without the function mode, activation modules whose derivative works from the output
+        need no pre-hook (it only tracks the nesting depth for the mode and saves inputs that
+        in-place ops overwrite): their pre/post pair is replaced by one lean post-hook.
+        """
         if self.found_functional:
             return
         for handle in self._discovery_handles:
             handle.remove()
         self._discovery_handles.clear()
+        for module, (pre, post) in self._leanable.items():
+            pre.remove()
+            post.remove()
+            self._lean_modules.add(module)
+            # not always_call: nothing to unwind when a forward raises (no depth, no saved input)
+            self._handles.append(module.register_forward_hook(self._module_lean_hook))
+        self._leanable.clear()
 
     def _attach(self) -> None:
         for module in self.model.modules():
@@ -171,10 +211,11 @@ class SiteRecorder:
             if kind is None and not looks_like_activation(module):
                 continue
             self._module_kinds[module] = kind
-            self._handles.append(module.register_forward_pre_hook(self._module_pre_hook))
-            self._handles.append(
-                module.register_forward_hook(self._module_post_hook, always_call=True)
-            )
+            pre = module.register_forward_pre_hook(self._module_pre_hook)
+            post = module.register_forward_hook(self._module_post_hook, always_call=True)
+            self._handles += [pre, post]
+            if kind is not None and kind.from_output:
+                self._leanable[module] = (pre, post)
         root = self.model
         self._handles.append(root.register_forward_pre_hook(self._root_pre_hook, prepend=True))
         if self.functional:
@@ -248,40 +289,125 @@ class SiteRecorder:
         # depth stays raised while measuring: derivatives call torch functions (torch.sigmoid...)
         # that the function mode must not take for sites of their own.
         try:
-            self._measure_module(module, args, output)
+            if self._mode_depth > 0:
+                # the measuring ops need no trip through the function mode's Python handler
+                with torch._C.DisableTorchFunction():
+                    self._measure_module(module, args, output)
+            else:
+                self._measure_module(module, args, output)
         finally:
             self.module_site_depth -= 1
 
+    def _module_lean_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        # no pre-hook ran: nothing was saved (from_output kinds), and with no function mode left
+        # the nesting depth has no reader
+        if output is None or _graph_task_id() != -1:
+            return  # (a graph task running: checkpointing recomputes the forward, see above)
+        calls = self._module_calls
+        index = calls.get(module, 0)
+        plan = self._plans.get((module, index))
+        if plan is not None and args and isinstance(output, Tensor):
+            z = args[0]
+            if (
+                output.shape == plan.shape
+                and output.dtype == plan.dtype
+                and (output is z) == plan.output_is_z
+                and (plan.output_is_z or (isinstance(z, Tensor) and z.shape == plan.shape))
+                and bool(getattr(module, "inplace", False)) == plan.inplace_flag
+            ):
+                calls[module] = index + 1
+                self._run_plan(plan, z, output)
+                return
+        self._measure(module, args, output, None)
+
+    def _run_plan(self, plan: _Plan, z: Tensor, a: Tensor) -> None:
+        """The steady state of a lean site call: what ``_measure`` + ``_record`` would do."""
+        site = plan.site
+        stats = site.stats
+        requires_grad = a.requires_grad
+        pre = None if plan.inplace else (z.detach() if z.requires_grad else z)
+        stats.observe_call(
+            pre, a.detach() if requires_grad else a, plan.derivative, plan.dims, plan.shortcuts
+        )
+        if requires_grad and stats.grad is not None:
+            site.watch_grad(a, plan.dims)
+
     def _measure_module(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         saved_stack = self._saved_inputs.get(module)
-        saved = saved_stack.pop() if saved_stack else None
-        if output is None or module in self._not_elementwise or _recomputing():
-            return
+        self._measure(module, args, output, saved_stack.pop() if saved_stack else None)
+
+    def _measure(
+        self, module: nn.Module, args: tuple[Any, ...], output: Any, saved: Tensor | None
+    ) -> None:
+        if output is None or module in self._not_elementwise or _graph_task_id() != -1:
+            return  # (a graph task running: checkpointing recomputes the forward, see above)
         z = args[0] if args else None
-        if not (_is_float_tensor(z) and isinstance(output, Tensor)):
-            self._not_elementwise.add(module)
-            return
-        assert isinstance(z, Tensor)
-        if output.shape != z.shape:
+        if not (
+            isinstance(z, Tensor)
+            and isinstance(output, Tensor)
+            and z.is_floating_point()
+            and output.shape == z.shape
+        ):
             self._not_elementwise.add(module)
             return
         index = self._module_calls.get(module, 0)
         self._module_calls[module] = index + 1
-        key = SiteKey(self._names.get(module, type(module).__name__), None, index)
+        key = self._module_key(module, index)
         kind = self._module_kinds.get(module)
         inplace = output is z or bool(getattr(module, "inplace", False))
         pre = saved if inplace else z  # saved is None for in-place from_output kinds
+        delta_bar = None
+        params: Mapping[str, Any] = {}
         if kind is None:
             derivative = _autograd_derivative(module, self)
             activation = type(module).__name__
             shortcuts = NO_SHORTCUTS
         else:
             params = kind.module_params(module)
-            derivative = _bind_derivative(kind, params)
             activation = kind.name
-            shortcuts = _shortcuts(kind, params)
-        delta_bar = kind.delta_bar(module) if kind is not None and kind.delta_bar else None
+            if params:
+                derivative = _bind_derivative(kind, params)
+                shortcuts = _shortcuts(kind, params)
+            else:  # no parameters: the same derivative and shortcuts every call
+                derivative = kind.derivative
+                shortcuts = self._plain_shortcuts.get(module) or self._plain_shortcut(module, kind)
+            if kind.delta_bar:
+                delta_bar = kind.delta_bar(module)
         self._record(key, activation, "module", pre, output, derivative, delta_bar, shortcuts)
+        if (
+            module in self._lean_modules
+            and kind is not None
+            and not params
+            and delta_bar is None
+            and type(self)._record is SiteRecorder._record  # an override sees every call
+        ):
+            site = self.sites.get(key)
+            if site is not None:
+                self._plans[(module, index)] = _Plan(
+                    site=site,
+                    shape=output.shape,
+                    dtype=output.dtype,
+                    output_is_z=output is z,
+                    inplace_flag=bool(getattr(module, "inplace", False)),
+                    inplace=inplace,
+                    derivative=derivative,
+                    shortcuts=shortcuts,
+                    dims=site.dims(output.dim()),
+                )
+
+    def _plain_shortcut(self, module: nn.Module, kind: ActivationKind) -> Shortcuts:
+        # cached per module: hashing an ActivationKind (a frozen dataclass) is slow
+        shortcuts = self._plain_shortcuts[module] = _shortcuts(kind, {})
+        return shortcuts
+
+    def _module_key(self, module: nn.Module, index: int) -> SiteKey:
+        """SiteKey of call ``index`` of ``module`` (cached: built once, not per batch)."""
+        cache = self._module_keys
+        key = cache.get((module, index))
+        if key is None:
+            name = self._names.get(module, type(module).__name__)
+            key = cache[(module, index)] = SiteKey(name, None, index)
+        return key
 
     # -- functional sites ----------------------------------------------------------------------
     def functional_call(
@@ -334,8 +460,9 @@ class SiteRecorder:
                 self.skipped.add(key)
                 return
             site = self._new_site(key, activation, kind, a, delta_bar)
-        dims = site.dims(a.dim())
-        if a.dim() and a.shape[site.feature_dim] != site.neurons:
+        ndim = a.dim()
+        dims = site.dims(ndim)
+        if ndim and a.shape[site.feature_dim] != site.neurons:
             from neurodiag.errors import NeurodiagError
 
             raise NeurodiagError(
@@ -344,14 +471,17 @@ class SiteRecorder:
                 f"--feature-dim '{key.candidate_names()[0]}=DIM'"
             )
         # z and a are detached, so measuring builds no autograd graph (no no_grad needed)
-        obs = ForwardObservation(
-            z.detach() if z is not None else None, a.detach(), derivative, dims, shortcuts
-        )
-        site.observe(obs)
-        if site.stats.grad is not None and a.requires_grad:
-            a.register_hook(site.grad_hook(dims))  # type: ignore[no-untyped-call]
+        requires_grad = a.requires_grad
+        if z is not None and z.requires_grad:
+            z = z.detach()
+        stats = site.stats
+        stats.observe_call(z, a.detach() if requires_grad else a, derivative, dims, shortcuts)
+        if requires_grad and stats.grad is not None:
+            site.watch_grad(a, dims)
 
     def _wanted(self, key: SiteKey) -> bool:
+        if not (self.include or self.exclude):
+            return True
         names = key.candidate_names()
         if self.include and not any(fnmatchcase(n, p) for n in names for p in self.include):
             return False
@@ -394,8 +524,19 @@ class SiteRecorder:
 
 
 def _shortcuts(kind: ActivationKind, params: Mapping[str, Any]) -> Shortcuts:
-    monotone = kind.monotone_when is not None and kind.monotone_when(params)
-    return Shortcuts(monotone=monotone, nonnegative=kind.nonnegative, trust_z=True)
+    monotone = bool(kind.monotone_when is not None and kind.monotone_when(params))
+    # σ' = [x > 0] exactly: the registry's ReLU derivative (the step shortcut, see Shortcuts)
+    step = monotone and kind.nonnegative and kind.derivative is derivatives.relu
+    key = (monotone, bool(kind.nonnegative), step)
+    found = _SHORTCUTS.get(key)
+    if found is None:
+        found = _SHORTCUTS[key] = Shortcuts(
+            monotone=monotone, nonnegative=key[1], trust_z=True, step=step
+        )
+    return found
+
+
+_SHORTCUTS: dict[tuple[bool, bool, bool], Shortcuts] = {}
 
 
 def _bind_derivative(kind: ActivationKind, params: Mapping[str, Any]) -> DerivativeFn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -49,13 +50,24 @@ class Site:
     def observe(self, obs: ForwardObservation) -> None:
         self.stats.observe(obs)
 
-    def grad_hook(self, dims: tuple[int, ...]):  # type: ignore[no-untyped-def]
-        stats = self.stats
+    def grad_hook(self, dims: tuple[int, ...]) -> Callable[[Tensor], None]:
+        """The tensor hook feeding ∂L/∂a to the current statistics (built once per dims)."""
+        return self.stats.tensor_hook(dims)
 
-        def hook(grad: Tensor) -> None:
-            stats.observe_grad(grad.detach(), dims)
+    def watch_grad(self, a: Tensor, dims: tuple[int, ...]) -> None:
+        """Feed ∂L/∂a of this call to the current statistics during backward.
 
-        return hook
+        A pre-hook on a's autograd node when it has one (what ``Tensor.register_hook`` does under
+        the hood, minus its Python wrapper), else a tensor hook. The hook is bound to the
+        statistics object current now, as a per-call closure was.
+        """
+        node = a.grad_fn
+        if node is not None:
+            stats = self.stats
+            hook = stats._node_hooks.get((dims, a.output_nr)) or stats.node_hook(dims, a.output_nr)
+            node.register_prehook(hook)
+        else:
+            a.register_hook(self.stats.tensor_hook(dims))  # type: ignore[no-untyped-call]
 
 
 def display_names(keys: list[SiteKey]) -> dict[SiteKey, str]:

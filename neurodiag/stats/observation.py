@@ -4,10 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor
+
+from neurodiag.stats.passes import (
+    ForwardSweep,
+    count_nonfinite,
+    finite_count,
+    forward_sweep,
+)
+
+__all__ = [
+    "NO_SHORTCUTS",
+    "ForwardObservation",
+    "Shortcuts",
+    "count_nonfinite",
+    "finite_count",
+    "reduction_dims",
+    "state_dtype",
+]
 
 
 def reduction_dims(ndim: int, feature_dim: int) -> tuple[int, ...]:
@@ -20,7 +36,15 @@ def reduction_dims(ndim: int, feature_dim: int) -> tuple[int, ...]:
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulate in at least float32 (bf16/fp16 sums would lose neurons to rounding)."""
-    return torch.promote_types(dtype, torch.float32)
+    return _STATE_DTYPES.get(dtype) or torch.promote_types(dtype, torch.float32)
+
+
+_STATE_DTYPES = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+}
 
 
 @dataclass(frozen=True)
@@ -29,15 +53,20 @@ class Shortcuts:
 
     ``monotone``: |σ'| is non-decreasing in z and the output is non-decreasing in z (ReLU,
     LeakyReLU with slope ≤ 1, ELU with α ≤ 1, CELU, softplus), so the max/min of |σ'| over the
-    positions are σ' at max z / min z: reduce z (or a) first, then differentiate F values.
+    positions are σ' at max z / min z: reduce z (or a) first, then differentiate F values. A
+    non-decreasing output also means σ' ≥ 0, so |σ'| = σ' (no ``abs``).
     ``nonnegative``: a ≥ 0 (ReLU, ReLU6, sigmoid, softplus), so Σ|a| is Σa.
     ``trust_z``: a is finite wherever z is (true of every registry activation), so counting
     non-finite z (or a, in place) counts every non-finite entry of the forward.
+    ``step``: with ``monotone`` and ``nonnegative``, σ' is c·[x > 0] (ReLU): then the max of σ'
+    over the positions is σ'(Σa) (a sum of values ≥ 0 is > 0 iff one of them is, and is NaN iff
+    one of them is, as the max z would be), so the dead test reuses Σ|a| instead of a max pass.
     """
 
     monotone: bool = False
     nonnegative: bool = False
     trust_z: bool = True
+    step: bool = False
 
 
 NO_SHORTCUTS = Shortcuts(trust_z=False)
@@ -47,7 +76,21 @@ class ForwardObservation:
     """The pre-activation ``z`` (None when an in-place op overwrote it), the output ``a``.
 
     ``derivative`` computes σ'(z) elementwise from (z, a); it is only called if a statistic asks.
+    The full-size work is done once, on first use, by one ``forward_sweep`` (Σ|a|, the per-neuron
+    extremes the monotone shortcut needs, the non-finite count) and shared by the statistics.
     """
+
+    __slots__ = (
+        "_abs_deriv",
+        "_derivative",
+        "_extremes",
+        "_sweep",
+        "a",
+        "dims",
+        "dtype",
+        "shortcuts",
+        "z",
+    )
 
     def __init__(
         self,
@@ -63,59 +106,118 @@ class ForwardObservation:
         self.dims = dims
         self.shortcuts = shortcuts
         self.dtype = state_dtype(a.dtype)
+        self._abs_deriv: Tensor | None = None
+        self._extremes: tuple[Tensor, Tensor] | None = None
+        self._sweep: ForwardSweep | None = None
 
-    @cached_property
+    @property
     def positions(self) -> int:
-        return _prod(self.a.shape, self.dims)
+        shape = self.a.shape
+        out = 1
+        for i in self.dims:
+            out *= shape[i]
+        return out
 
-    @cached_property
+    @property
+    def derivative(self) -> Callable[[Tensor | None, Tensor], Tensor]:
+        return self._derivative
+
+    def step_sources(self) -> tuple[Tensor, Tensor] | None:
+        """(Σa, min z or a) per neuron when ``Shortcuts.step`` applies to this call, else None.
+
+        σ' of these is the call's max and min of σ' (see ``Shortcuts``); the derivative
+        accumulators fold them lazily instead of differentiating every call.
+        """
+        shortcuts = self.shortcuts
+        if not (shortcuts.step and shortcuts.monotone and shortcuts.nonnegative and self.dims):
+            return None
+        sweep = self.swept()
+        assert sweep.sum_abs is not None and sweep.low is not None
+        return sweep.sum_abs, sweep.low
+
+    @property
     def abs_deriv(self) -> Tensor:
-        return self._derivative(self.z, self.a).abs()
+        if self._abs_deriv is None:
+            self._abs_deriv = self._derivative(self.z, self.a).abs()
+        return self._abs_deriv
 
-    def _deriv_at(self, reduce: Callable[..., Tensor]) -> Tensor:
-        """|σ'| at the per-neuron extreme of z (monotone activations only)."""
-        if self.z is not None:
-            return self._derivative(_reduce(self.z, self.dims, reduce), None).abs()  # type: ignore[arg-type]
-        return self._derivative(None, _reduce(self.a, self.dims, reduce)).abs()
+    def swept(self) -> ForwardSweep:
+        """The per-call reductions of the full-size tensors (computed once)."""
+        if self._sweep is None:
+            shortcuts = self.shortcuts
+            monotone = shortcuts.monotone
+            self._sweep = forward_sweep(
+                magnitude=self.a,
+                nonnegative=shortcuts.nonnegative,
+                extremes=(self.z if self.z is not None else self.a) if monotone else None,
+                want_high=monotone and not (shortcuts.step and shortcuts.nonnegative),
+                counted=self.nonfinite_sources(),
+                dims=self.dims,
+                dtype=self.dtype,
+            )
+        return self._sweep
 
-    @cached_property
+    def deriv_extremes(self) -> tuple[Tensor, Tensor]:
+        """(max, min) over the positions of |σ'| per neuron, in the state dtype."""
+        if self._extremes is None:
+            self._extremes = self._compute_extremes()
+        return self._extremes
+
+    def _compute_extremes(self) -> tuple[Tensor, Tensor]:
+        dims = self.dims
+        if self.shortcuts.monotone:
+            # σ' at the per-neuron extremes of z (or a), one derivative call on the stacked
+            # (2, F) values; σ' ≥ 0 for these activations, so no abs
+            sweep = self.swept()
+            low = sweep.low
+            assert low is not None
+            if sweep.high is not None:
+                high = sweep.high
+            else:  # the step shortcut: max σ' = σ'(Σa)
+                assert sweep.sum_abs is not None
+                high = sweep.sum_abs
+                if low.dtype != high.dtype:
+                    low = low.to(high.dtype)
+            both = torch.stack((high, low))
+            from_z = self.z is not None
+            d = self._derivative(both, None) if from_z else self._derivative(None, both)  # type: ignore[arg-type]
+        else:
+            full = self.abs_deriv
+            if dims:
+                d = torch.stack((torch.amax(full, dims), torch.amin(full, dims)))
+            else:
+                d = torch.stack((full, full))
+        if d.dtype != self.dtype:
+            d = d.to(self.dtype)
+        return d[0], d[1]
+
+    @property
     def batch_max_abs_deriv(self) -> Tensor:
-        if self.shortcuts.monotone:
-            return self._deriv_at(torch.amax).to(self.dtype)
-        return _reduce(self.abs_deriv, self.dims, torch.amax).to(self.dtype)
+        return self.deriv_extremes()[0]
 
-    @cached_property
+    @property
     def batch_min_abs_deriv(self) -> Tensor:
-        if self.shortcuts.monotone:
-            return self._deriv_at(torch.amin).to(self.dtype)
-        return _reduce(self.abs_deriv, self.dims, torch.amin).to(self.dtype)
+        return self.deriv_extremes()[1]
 
-    @cached_property
+    @property
     def batch_sum_abs_act(self) -> Tensor:
-        magnitude = self.a if self.shortcuts.nonnegative else self.a.abs()
-        if not self.dims:
-            return magnitude.to(self.dtype)
-        return magnitude.sum(self.dims, dtype=self.dtype)
+        total = self.swept().sum_abs
+        assert total is not None
+        return total
 
-    @cached_property
-    def nonfinite(self) -> Tensor:
+    def nonfinite_sources(self) -> tuple[Tensor, ...]:
+        """The tensors whose NaN/±Inf entries are counted (see ``Shortcuts.trust_z``)."""
         if self.shortcuts.trust_z:
-            return count_nonfinite(self.z if self.z is not None else self.a)
-        count = count_nonfinite(self.a)
-        return count if self.z is None else count + count_nonfinite(self.z)
+            return (self.z if self.z is not None else self.a,)
+        return (self.a,) if self.z is None else (self.a, self.z)
 
-
-def count_nonfinite(x: Tensor) -> Tensor:
-    """Entries that are NaN or ±Inf, in two cheap passes: x − x is NaN exactly there."""
-    return torch.count_nonzero(x - x)
-
-
-def _prod(shape: torch.Size, dims: tuple[int, ...]) -> int:
-    out = 1
-    for i in dims:
-        out *= shape[i]
-    return out
-
-
-def _reduce(x: Tensor, dims: tuple[int, ...], op: Callable[..., Tensor]) -> Tensor:
-    return op(x, dim=dims) if dims else x
+    @property
+    def nonfinite(self) -> Tensor:
+        """Count of non-finite entries of the sources (int64 scalar)."""
+        sweep = self.swept()
+        count = torch.full((), sweep.entries, dtype=torch.int64, device=self.a.device)
+        for finite in sweep.finite:
+            count = count - finite.to(torch.int64)
+        for extra in sweep.nonfinite:
+            count = count + extra
+        return count

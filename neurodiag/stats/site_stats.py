@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -21,9 +22,18 @@ from neurodiag.stats.accumulators import (
     NonFinite,
 )
 from neurodiag.stats.base import Accumulator
-from neurodiag.stats.observation import ForwardObservation
+from neurodiag.stats.observation import ForwardObservation, Shortcuts
+from neurodiag.stats.passes import (
+    SCRATCH_ELEMENTS,
+    abs_in_scratch,
+    finite_in_place,
+    finite_in_scratch,
+    grad_sweep,
+)
 
 DEAD_WINDOWS = ("scan", "batch")
+
+NodePreHook = Callable[[Sequence[Tensor | None]], None]
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,8 @@ class SiteStats:
             for acc in (self.deriv_max, self.deriv_min, self.act, self.nonfinite, self.batch_dead)
             if acc is not None
         ]
+        self._tensor_hooks: dict[tuple[int, ...], Callable[[Tensor], None]] = {}
+        self._node_hooks: dict[tuple[tuple[int, ...], int], NodePreHook] = {}
 
     def accumulators(self) -> Iterator[Accumulator]:
         yield from self._forward
@@ -88,13 +100,112 @@ class SiteStats:
             yield self.grad
 
     def observe(self, obs: ForwardObservation) -> None:
+        if self.batch_dead is None:
+            step = obs.step_sources()
+            if step is not None:  # the step shortcut (ReLU): the same updates, fewer calls
+                sum_abs, low = step
+                derivative, from_z = obs.derivative, obs.z is not None
+                self.deriv_max.defer(sum_abs, derivative, from_z)
+                self.deriv_min.defer(low, derivative, from_z)
+                self.act.add(sum_abs, obs.positions)
+                self.nonfinite.add_sweep(obs.swept())
+                return
         for acc in self._forward:
             acc.update(obs)
 
+    def observe_call(
+        self,
+        z: Tensor | None,
+        a: Tensor,
+        derivative: Callable[[Tensor | None, Tensor], Tensor],
+        dims: tuple[int, ...],
+        shortcuts: Shortcuts,
+    ) -> None:
+        """``observe(ForwardObservation(z, a, ...))``, with a fused path for the common case.
+
+        The common case is a ReLU-like site (``Shortcuts.step``) on a CPU tensor small enough for
+        the scratch buffer: then the four full-size ops (Σa, min z, the two of the non-finite
+        count) and the updates run straight through, without the observation object and its
+        lazy properties (per-call Python costs as much as the ops on small layers). Same
+        numbers as the general path.
+        """
+        if (
+            shortcuts.step
+            and shortcuts.monotone
+            and shortcuts.nonnegative
+            and shortcuts.trust_z
+            and dims
+            and a.is_cpu
+            and self.batch_dead is None
+        ):
+            x = z if z is not None else a
+            n = a.numel()
+            if n <= SCRATCH_ELEMENTS and x.dtype == a.dtype:
+                sum_abs = a.sum(dims, dtype=self.dtype)
+                low = torch.amin(x, dims)
+                finite = finite_in_scratch(x)
+                from_z = z is not None
+                self.deriv_max.defer(sum_abs, derivative, from_z)
+                self.deriv_min.defer(low, derivative, from_z)
+                neurons = self.neurons
+                if neurons:
+                    positions = n // neurons
+                else:
+                    shape = a.shape
+                    positions = 1
+                    for i in dims:
+                        positions *= shape[i]
+                self.act.add(sum_abs, positions)
+                self.nonfinite.add_finite_one(n, finite)
+                return
+        self.observe(ForwardObservation(z, a, derivative, dims, shortcuts))
+
+    def tensor_hook(self, dims: tuple[int, ...]) -> Callable[[Tensor], None]:
+        """A ``Tensor.register_hook`` hook feeding ∂L/∂a to these statistics (one per dims)."""
+        hook = self._tensor_hooks.get(dims)
+        if hook is None:
+
+            def hook(grad: Tensor) -> None:
+                self.observe_grad(grad.detach(), dims)
+
+            self._tensor_hooks[dims] = hook
+        return hook
+
+    def node_hook(self, dims: tuple[int, ...], output_nr: int) -> NodePreHook:
+        """The same hook as a pre-hook of a's autograd node (``a.grad_fn.register_prehook``).
+
+        Cheaper than a tensor hook (no Python wrapper around the registration, no handle dict on
+        the tensor); it receives the node's incoming gradients and takes ∂L/∂a at a's output
+        index, skipping undefined ones as tensor hooks are skipped.
+        """
+        key = (dims, output_nr)
+        hook = self._node_hooks.get(key)
+        if hook is None:
+
+            def hook(grads: Sequence[Tensor | None]) -> None:
+                grad = grads[output_nr]
+                if grad is not None:
+                    self.observe_grad(grad.detach() if grad.requires_grad else grad, dims)
+
+            self._node_hooks[key] = hook
+        return hook
+
     def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
-        if self.grad is not None:
-            self.grad.update_grad(grad, dims)
-            self.nonfinite.update_grad(grad)
+        grad_acc = self.grad
+        if grad_acc is None:
+            return
+        if dims and grad.is_cpu and grad.numel() <= SCRATCH_ELEMENTS:  # the common small case
+            g = abs_in_scratch(grad)
+            grad_acc.update_sum(g.sum(dims, dtype=self.dtype), grad.shape, dims)
+            self.nonfinite.add_finite_one(grad.numel(), finite_in_place(g))
+            return
+        # one sweep: Σ|∂L/∂a| per neuron and the non-finite count, sharing |∂L/∂a|
+        sum_abs, finite, nonfinite = grad_sweep(grad, dims, self.dtype)
+        grad_acc.update_sum(sum_abs, grad.shape, dims)
+        if finite is not None:
+            self.nonfinite.add_finite(grad.numel(), (finite,))
+        elif nonfinite is not None:
+            self.nonfinite.add_nonfinite(nonfinite)
 
     def merge(self, other: SiteStats) -> None:
         for mine, theirs in zip(self.accumulators(), other.accumulators(), strict=True):
@@ -104,55 +215,81 @@ class SiteStats:
         for acc in self.accumulators():
             acc.all_reduce(group)
 
+    def flush(self) -> None:
+        """Fold the pending host counts of every accumulator into their tensor states."""
+        for acc in self.accumulators():
+            acc.flush()
+
     def summarize(self, delta_bar: float | None) -> SiteSummary:
-        """Divide sums by counts and apply ε/τ; the only place that reads states back to host."""
+        """Divide sums by counts and apply ε/τ; the only place that reads states back to host.
+
+        The per-neuron states go to the host in one transfer and the arithmetic runs on numpy
+        arrays of the state dtype (a report summarises every site: per-op torch dispatch on
+        F-sized tensors would cost more than the scan's hooks on small models).
+        """
         opts = self.options
-        max_d = self.deriv_max.max_abs_deriv.detach().cpu()
-        min_d = self.deriv_min.min_abs_deriv.detach().cpu()
-        positions = int(self.act.positions)
-        mean_act = self.act.sum_abs_act.detach().cpu() / max(positions, 1)
-        dead = fn.dead_mask(max_d, opts.eps)
+        grad = self.grad
+        per_neuron = [
+            self.deriv_max.max_abs_deriv,
+            self.deriv_min.min_abs_deriv,
+            self.act.sum_abs_act,
+        ]
+        if grad is not None:
+            per_neuron.append(grad.sum_abs_grad)
+        counts = [self.act.positions, self.nonfinite.count]
+        if grad is not None:
+            counts.append(grad.grad_positions)
         if self.batch_dead is not None:
-            calls = int(self.batch_dead.calls)
-            dead_pct = 100.0 * float(self.batch_dead.dead_fraction_sum) / calls if calls else 0.0
-        else:
-            dead_pct = fn.percent(dead)
-        act_scores = fn.normalized_scores(mean_act)
-        if self.grad is not None and int(self.grad.grad_positions) > 0:
-            grad_positions = int(self.grad.grad_positions)
-            mean_grad = self.grad.sum_abs_grad.detach().cpu() / grad_positions
-            grad_scores = fn.normalized_scores(mean_grad)
-            grad_dormant: float = fn.dormant_percent(grad_scores, opts.tau)
-            mag = fn.mean_abs_gradient(
-                self.grad.sum_abs_grad.detach().cpu(), self.grad.grad_positions
-            )
-        else:
-            mean_grad = torch.full_like(mean_act, math.nan)
-            grad_scores = mean_grad.clone()
-            grad_dormant = math.nan
-            mag = math.nan
-        min_abs = fn.nan_min(min_d)
+            counts.append(self.batch_dead.calls)
+        host = torch.stack(per_neuron).detach().cpu().numpy()
+        host_counts = [int(c) for c in torch.stack(counts).cpu().tolist()]
+        positions, nonfinite = host_counts[0], host_counts[1]
+        grad_positions = host_counts[2] if grad is not None else 0
+        dead_sum = float(self.batch_dead.dead_fraction_sum) if self.batch_dead is not None else 0.0
+        with np.errstate(all="ignore"):  # non-finite neurons are expected: no warnings
+            max_d, min_d = host[0], host[1]
+            mean_act = host[2] / host.dtype.type(max(positions, 1))
+            dead = max_d <= opts.eps
+            if self.batch_dead is not None:
+                calls = host_counts[-1]
+                dead_pct = 100.0 * dead_sum / calls if calls else 0.0
+            else:
+                dead_pct = fn.percent_np(dead)
+            act_scores = fn.normalized_scores_np(mean_act)
+            if grad_positions > 0:
+                sum_grad = host[3]
+                mean_grad = sum_grad / host.dtype.type(grad_positions)
+                grad_scores = fn.normalized_scores_np(mean_grad)
+                grad_dormant: float = fn.dormant_percent_np(grad_scores, opts.tau)
+                mag = fn.mean_abs_gradient_np(sum_grad, grad_positions)
+            else:
+                mean_grad = np.full_like(mean_act, math.nan)
+                grad_scores = mean_grad.copy()
+                grad_dormant = math.nan
+                mag = math.nan
+            min_abs = fn.nan_min_np(min_d)
+            dormant = fn.dormant_percent_np(act_scores, opts.tau)
         bound_ok: bool | None = None
         if delta_bar is not None and not math.isnan(min_abs):
             bound_ok = bool(min_abs >= delta_bar * (1 - 1e-5) - 1e-7)
         row = {
             "neurons": self.neurons,
             "dead_pct": dead_pct,
-            "dormant_pct": fn.dormant_percent(act_scores, opts.tau),
+            "dormant_pct": dormant,
             "grad_dormant_pct": grad_dormant,
             "mag": mag,
             "min_abs_deriv": min_abs,
             "delta_bar": delta_bar if delta_bar is not None else math.nan,
             "bound_ok": bound_ok,
-            "nonfinite": int(self.nonfinite.count),
+            "nonfinite": nonfinite,
         }
         neurons = {
-            "dead": dead,
-            "dormant_score": act_scores,
-            "grad_score": grad_scores,
-            "mean_abs_activation": mean_act,
-            "mean_abs_grad": mean_grad,
-            "max_abs_deriv": max_d,
-            "min_abs_deriv": min_d,
+            "dead": torch.from_numpy(dead),
+            "dormant_score": torch.from_numpy(act_scores),
+            "grad_score": torch.from_numpy(grad_scores),
+            "mean_abs_activation": torch.from_numpy(mean_act),
+            "mean_abs_grad": torch.from_numpy(mean_grad),
+            "max_abs_deriv": torch.from_numpy(max_d),
+            "min_abs_deriv": torch.from_numpy(min_d),
         }
         return SiteSummary(row, neurons)
