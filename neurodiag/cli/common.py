@@ -164,14 +164,16 @@ def parse_feature_dims(items: list[str]) -> dict[str, int]:
 
 
 @contextmanager
-def progress_bar(total: int | None, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A Rich progress bar on stderr, only on a TTY."""
+def progress_bar(
+    total: int | None, enabled: bool, label: str = "scanning"
+) -> Iterator[Callable[..., None] | None]:
+    """A Rich progress bar on stderr, only on a TTY; ``advance(done, total=None)``."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
     console = Console(stderr=True)
     with Progress(
-        TextColumn("[bold]scanning"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -180,8 +182,8 @@ def progress_bar(total: int | None, enabled: bool) -> Iterator[Callable[[int], N
     ) as progress:
         task = progress.add_task("scan", total=total)
 
-        def advance(done: int) -> None:
-            progress.update(task, completed=done)
+        def advance(done: int, total: int | None = None) -> None:
+            progress.update(task, completed=done, total=total)
 
         yield advance
 

@@ -25,12 +25,14 @@ from neurodiag.cli.common import (
     NumBatchesOpt,
     OutputFormat,
     OutputOpt,
+    ProgressOpt,
     SeedOpt,
     TargetOpt,
     TauOpt,
     WeightsOpt,
     app,
     is_rank_zero,
+    progress_bar,
     user_errors,
     write_text,
 )
@@ -104,6 +106,7 @@ def compare(
         typer.Option("--plot", help="PNG: dead % by depth, first-site MAG by epoch, min |σ'|."),
     ] = None,
     debug: DebugOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Compare MODEL with its activations swapped, on the same data, seed and initial weights."""
     from neurodiag.cli.runner import load_model_and_data
@@ -132,24 +135,26 @@ def compare(
             split = holdout_split(train, holdout, base_seed)
             if split is not None:
                 train, held_out = split
-        comparison = run_compare(
-            loaded.model,
-            train,
-            activation,
-            epochs=epochs,
-            steps=steps,
-            optimizer=optimizer.value,
-            lr=lr,
-            # with training, --batch-size also reshuffles the samples into new batches each epoch
-            batch_size=batch_size if (epochs or steps) else None,
-            seed=base_seed,
-            eval_data=held_out,
-            loss_fn=loaded.hook("loss_fn"),
-            eps=eps,
-            tau=tau,
-            dead_window=dead_window.value,
-            mode=mode.value,
-        )
+        with progress_bar(None, progress and is_rank_zero(), "comparing") as advance:
+            comparison = run_compare(
+                loaded.model,
+                train,
+                activation,
+                epochs=epochs,
+                steps=steps,
+                optimizer=optimizer.value,
+                lr=lr,
+                # with training, --batch-size also reshuffles samples into new batches every epoch
+                batch_size=batch_size if (epochs or steps) else None,
+                seed=base_seed,
+                eval_data=held_out,
+                loss_fn=loaded.hook("loss_fn"),
+                eps=eps,
+                tau=tau,
+                dead_window=dead_window.value,
+                mode=mode.value,
+                on_step=(lambda p: advance(p.done, p.total)) if advance else None,
+            )
         if not is_rank_zero():
             return
         text = render_comparison(comparison, fmt.value, per_site=per_site)
