@@ -57,8 +57,10 @@ from neurodiag.cli.common import (
     _fail,
     app,
     is_rank_zero,
+    print_or_write,
     save_scan_plot,
     user_errors,
+    write_text,
 )
 from neurodiag.cli.runner import scan_from_options
 from neurodiag.errors import NeurodiagError
@@ -144,15 +146,6 @@ JunitOpt = Annotated[
 ]
 
 
-def _write(text: str, output: Path, option: str) -> None:
-    try:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise NeurodiagError(
-            f"cannot write {option} {str(output)!r}: {exc.strerror or exc}; choose a writable path"
-        ) from None
-
-
 def emit_check(result: CheckResult, fmt: CheckFormat, output: Path | None) -> None:
     """Print (in colour on a terminal) or write the result in the chosen format."""
     if not is_rank_zero():
@@ -160,11 +153,7 @@ def emit_check(result: CheckResult, fmt: CheckFormat, output: Path | None) -> No
     if output is None and fmt is CheckFormat.table and sys.stdout.isatty():
         render_check_table(result, Console(highlight=False))
         return
-    text = render_check(result, fmt.value)
-    if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    else:
-        _write(text, output, "--output")
+    print_or_write(render_check(result, fmt.value), output)
 
 
 @app.command()
@@ -278,6 +267,6 @@ def check(
             result = evaluate(report, limits)
         emit_check(result, fmt, output)
         if junit_xml is not None and is_rank_zero():
-            _write(render_check(result, "junit"), junit_xml, "--junit-xml")
+            write_text(junit_xml, render_check(result, "junit"), "--junit-xml")
     if not result.ok:
         raise typer.Exit(EXIT_UNHEALTHY)

@@ -197,11 +197,7 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
     if output is None and fmt is OutputFormat.table and sys.stdout.isatty():
         render_table(report, Console(highlight=False))
         return
-    text = render(report, fmt.value)
-    if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
-    write_text(output, text)
+    print_or_write(render(report, fmt.value), output)
 
 
 def save_scan_plot(report: Report, plot: Path | None) -> None:
@@ -212,14 +208,22 @@ def save_scan_plot(report: Report, plot: Path | None) -> None:
         plot_scan(report, plot)
 
 
-def write_text(output: Path, text: str) -> None:
-    """Write an --output file; an unwritable path is a one-line user error."""
+def write_text(output: Path, text: str, option: str = "--output") -> None:
+    """Write an output file; an unwritable path is a one-line user error naming ``option``."""
     try:
         output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     except OSError as exc:
         raise NeurodiagError(
-            f"cannot write --output {str(output)!r}: {exc.strerror or exc}; choose a writable path"
+            f"cannot write {option} {str(output)!r}: {exc.strerror or exc}; choose a writable path"
         ) from None
+
+
+def print_or_write(text: str, output: Path | None) -> None:
+    """Rendered text to stdout, or to ``--output FILE``."""
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        write_text(output, text)
 
 
 DataOpt = Annotated[

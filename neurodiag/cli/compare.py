@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -32,9 +31,9 @@ from neurodiag.cli.common import (
     WeightsOpt,
     app,
     is_rank_zero,
+    print_or_write,
     progress_bar,
     user_errors,
-    write_text,
 )
 from neurodiag.errors import NeurodiagError
 
@@ -158,10 +157,7 @@ def compare(
         if not is_rank_zero():
             return
         text = render_comparison(comparison, fmt.value, per_site=per_site)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            write_text(output, text)
+        print_or_write(text, output)
         if plot is not None:
             from neurodiag.plots import plot_comparison
 
