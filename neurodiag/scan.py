@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from neurodiag.activations.registry import REGISTRY, ActivationRegistry
 from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
 from neurodiag.errors import NeurodiagError
+from neurodiag.grad_targets import choose_targets
 from neurodiag.loss import LossResolver, UserLoss
 from neurodiag.model_state import preserved
 from neurodiag.report.model import Report, ScanHeader, SiteNeurons
@@ -127,6 +128,8 @@ def scan(
     with preserved(model), torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
         model.train(mode == "train")
+        params = _GradParams(model)
+        recorder.watched = []
         with recorder:
             try:
                 for index, batch in enumerate(data):
@@ -134,7 +137,7 @@ def scan(
                         break
                     if index % world != rank:  # rank r takes batches r, r + W, r + 2W, ...
                         continue
-                    _step(model, batch, device, dtype, resolver, state)
+                    _step(model, batch, device, dtype, resolver, state, params, recorder)
                     if state.batches == 1:
                         _check_includes(recorder)
                     if on_batch is not None:
@@ -213,6 +216,24 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return generator
 
 
+class _GradParams:
+    """The parameters a batch's backward may ask autograd for, listed once per scan."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.trainable: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
+        self._unfrozen: list[Tensor] | None = None
+
+    def for_batch(self, has_leaves: bool) -> list[Tensor]:
+        if self.trainable or has_leaves or self._unfrozen is not None:
+            return self._unfrozen or self.trainable
+        # a frozen model fed token ids: grads for the scan only (``preserved`` restores the flags)
+        self._unfrozen = [
+            p.requires_grad_(True) for p in self.model.parameters() if p.is_floating_point()
+        ]
+        return self._unfrozen
+
+
 def _step(
     model: nn.Module,
     raw_batch: Any,
@@ -220,16 +241,25 @@ def _step(
     dtype: torch.dtype,
     resolver: LossResolver,
     state: _Progress,
+    grad_params: _GradParams,
+    recorder: SiteRecorder,
 ) -> None:
-    """One forward + backward; the hooks of the recorder do the measuring."""
+    """One forward + backward; the hooks of the recorder do the measuring.
+
+    The backward asks only for what the sites need (``grad_targets``): usually the input's
+    gradient alone, so no weight gradient is computed.
+    """
     leaves: list[Tensor] = []
+    fed_inputs: list[Tensor] = []
 
     def to_model(t: Tensor) -> Tensor:
         t = t.to(device, non_blocking=True)
         if t.is_floating_point():
             leaf = t.to(dtype).detach().requires_grad_(True)
             leaves.append(leaf)
-            return leaf.clone()  # the model may write into its input; keep the batch intact
+            fed = leaf.clone()  # the model may write into its input; keep the batch intact
+            fed_inputs.append(fed)
+            return fed
         return t
 
     try:
@@ -243,9 +273,10 @@ def _step(
     )
     if isinstance(fed.kwargs.get("labels"), Tensor):
         fed.targets = fed.kwargs["labels"]
-    params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
-    if not leaves and not params:  # a frozen model fed token ids: grads for the scan only
-        params = [p.requires_grad_(True) for p in model.parameters() if p.is_floating_point()]
+    params = grad_params.for_batch(bool(leaves))
+    watched = recorder.watched
+    assert watched is not None
+    watched.clear()
     try:
         output = fed.call(model)
     except NeurodiagError:
@@ -253,8 +284,9 @@ def _step(
     except Exception as exc:
         raise NeurodiagError(_forward_error(model, split, exc)) from exc
     loss = resolver(output, fed, _raw_on_device(raw_batch, device))
-    targets = leaves + params
     if loss.requires_grad:
+        targets = choose_targets(leaves, fed_inputs, params, watched)
+        watched.clear()
         torch.autograd.grad(loss, targets, allow_unused=True)
     elif "the loss does not depend on anything that requires grad" not in state.notes:
         state.notes.append("the loss does not depend on anything that requires grad")

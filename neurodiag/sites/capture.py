@@ -153,6 +153,9 @@ class SiteRecorder:
         self._discovery_handles: list[RemovableHandle] = []
         self.found_functional = False
         self.forwards = 0
+        #: When a list: the autograd node of every site output whose gradient a hook waits for
+        #: (the scan empties it per batch to choose its gradient targets; None: not collected).
+        self.watched: list[Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> SiteRecorder:
@@ -331,6 +334,8 @@ class SiteRecorder:
         )
         if requires_grad and stats.grad is not None:
             site.watch_grad(a, plan.dims)
+            if self.watched is not None:
+                self.watched.append(a.grad_fn)
 
     def _measure_module(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         saved_stack = self._saved_inputs.get(module)
@@ -478,6 +483,8 @@ class SiteRecorder:
         stats.observe_call(z, a.detach() if requires_grad else a, derivative, dims, shortcuts)
         if requires_grad and stats.grad is not None:
             site.watch_grad(a, dims)
+            if self.watched is not None:
+                self.watched.append(a.grad_fn)
 
     def _wanted(self, key: SiteKey) -> bool:
         if not (self.include or self.exclude):
