@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -46,6 +48,12 @@ def _poisoned(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.floa
 
 def _nonfinite(x: Tensor) -> int:
     return int((~torch.isfinite(x)).sum())
+
+
+@pytest.fixture
+def device_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count non-finite entries on the device, as on an accelerator (no host reads at all)."""
+    monkeypatch.setattr(passes, "HOST_READ_DEVICES", frozenset())
 
 
 @pytest.fixture
@@ -167,21 +175,88 @@ def test_forward_sweep_of_a_non_contiguous_tensor(small_scratch: None) -> None:
 
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("shape", [(10, 3), (6, 4, 5), (5, 3, 2, 4)])
+@pytest.mark.parametrize("host_read", [True, False])
+@pytest.mark.parametrize("poison", [True, False])
 def test_grad_sweep_matches_brute_force(
-    chunked: bool, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+    chunked: bool,
+    shape: tuple[int, ...],
+    host_read: bool,
+    poison: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if chunked:
         monkeypatch.setattr(passes, "SCRATCH_ELEMENTS", 2 * math.prod(shape[1:]))
+    if not host_read:
+        monkeypatch.setattr(passes, "HOST_READ_DEVICES", frozenset())
     passes.release_scratch()
-    g = _poisoned(shape, seed=7)
+    g = _poisoned(shape, seed=7) if poison else torch.randn(shape)
     dims = tuple(i for i in range(len(shape)) if i != 1)
     total, finite, nonfinite = passes.grad_sweep(g, dims, torch.float32)
     torch.testing.assert_close(total, g.abs().sum(dims), equal_nan=True)
-    assert nonfinite is None and finite is not None
-    assert g.numel() - int(finite) == _nonfinite(g)
+    if host_read:  # Σ|g| checked on the host: a count only when it is not finite
+        assert finite is None
+        assert (0 if nonfinite is None else int(nonfinite)) == _nonfinite(g)
+        assert (nonfinite is None) == (not poison)
+    else:
+        assert nonfinite is None and finite is not None
+        assert g.numel() - int(finite) == _nonfinite(g)
     passes.release_scratch()
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("poison", ["nan", "inf", "-inf", None])
+@pytest.mark.parametrize("step", [True, False])
+def test_forward_sweep_skips_the_count_only_when_reductions_prove_it_zero(
+    chunked: bool, poison: str | None, step: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``reductions_cover``: min with max (or with Σ relu(z), ReLU) see every NaN/±Inf of z."""
+    if chunked:
+        monkeypatch.setattr(passes, "SCRATCH_ELEMENTS", 12)
+    passes.release_scratch()
+    z = torch.randn(9, 4, dtype=torch.float64)
+    if poison is not None:
+        z[3, 2] = float(poison)
+        z[7, 0] = float(poison)
+    mag = z.relu() if step else F.leaky_relu(z, 0.1)
+    sweep = passes.forward_sweep(
+        magnitude=mag,
+        nonnegative=step,
+        extremes=z,
+        want_high=not step,
+        counted=(z,),
+        dims=(0,),
+        dtype=torch.float64,
+        reductions_cover=True,
+    )
+    finite = sum(int(f) for f in sweep.finite)
+    counted = sweep.entries - finite + sum(int(c) for c in sweep.nonfinite)
+    assert counted == _nonfinite(z)
+    assert sweep.finite == []  # no counting pass ...
+    assert (sweep.nonfinite == []) == (poison is None)  # ... unless something is not finite
+    torch.testing.assert_close(sweep.low, z.amin(0), equal_nan=True)
+    passes.release_scratch()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=2, max_size=24
+    ).filter(lambda v: len(v) % 2 == 0)
+)
+def test_finite_reductions_prove_a_tensor_finite(values: list[float]) -> None:
+    """Never a false "finite": any NaN/±Inf entry shows in min, max or a sum of |x|."""
+    x = torch.tensor(values, dtype=torch.float32).view(-1, 2)
+    low, high = x.amin(0), x.amax(0)
+    total = x.abs().sum(0)
+    for first, second in ((low, high), (low, total), (total, None)):
+        if passes.reductions_show_finite(first, second):
+            assert bool(torch.isfinite(x).all())
+    if bool(torch.isfinite(x).all()) and float(x.abs().max()) < 1e15:  # no overflow possible
+        assert passes.reductions_show_finite(low, high)
+        assert passes.reductions_show_finite(total)
+
+
+@pytest.mark.usefixtures("device_counts")
 def test_results_do_not_alias_the_scratch_buffer() -> None:
     """A later call reuses the scratch: what an earlier call returned must not change."""
     a, b = torch.randn(8, 5), torch.randn(8, 5)
@@ -432,7 +507,8 @@ def test_the_sync_spy_sees_a_host_read() -> None:
 
 
 @pytest.mark.parametrize("name", ["inplace_relu", "smooth", "conv", "functional"])
-def test_no_host_sync_while_measuring(name: str) -> None:
+def test_no_host_sync_while_measuring(name: str, device_counts: None) -> None:
+    """With device-side counts (what accelerators use) nothing is read back per batch."""
     torch.manual_seed(0)
     model = ZOO[name]().double()
     batches = make_batches(name, model, n_batches=3)

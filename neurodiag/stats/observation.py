@@ -154,6 +154,9 @@ class ForwardObservation:
                 counted=self.nonfinite_sources(),
                 dims=self.dims,
                 dtype=self.dtype,
+                # monotone: min/max of z (or a) see every non-finite entry of it; the step
+                # shortcut (ReLU) skips the max, and Σa sees +Inf instead
+                reductions_cover=monotone and shortcuts.trust_z,
             )
         return self._sweep
 

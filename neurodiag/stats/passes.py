@@ -15,6 +15,13 @@ Other devices (CUDA caching allocator) allocate temporaries normally and never c
 holds at most ``SCRATCH_ELEMENTS`` elements (1 MB in float32) per dtype and thread, and only while
 a recorder is attached (``release_scratch`` on detach): memory stays O(neurons) + a constant.
 
+Most tensors have no NaN/±Inf at all, and the per-neuron reductions a site computes anyway say so:
+NaN propagates through min, max and sum, and ±Inf survives them. Where reading a scalar on the
+host costs no device synchronisation (``HOST_READ_DEVICES``: the CPU), a finite product or sum of
+those reductions proves the count zero and the counting pass is skipped; otherwise (some entry
+non-finite, or a sum that overflowed) the entries are counted exactly with ``count_nonfinite``.
+On accelerators nothing is read back per call: the counts below are computed on the device.
+
 Non-finite entries are counted as ``entries − finite`` with ``finite = nansum(1 + 0·x)``:
 ``1 + 0·x`` is 1 where x is finite and NaN at NaN/±Inf (0·Inf is NaN). One elementwise pass and
 one plain float reduction, about twice as fast as ``count_nonzero(x − x)`` on CPU. A float sum of
@@ -24,6 +31,7 @@ larger tensors fall back to ``count_nonzero(x − x)`` (exact int64).
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -32,6 +40,9 @@ from torch import Tensor
 
 #: Size of the per-thread CPU scratch buffer and of the chunks of a sweep (elements).
 SCRATCH_ELEMENTS = 1 << 18
+
+#: Devices on which a per-call host read is free (no device synchronisation); see the docstring.
+HOST_READ_DEVICES = frozenset({"cpu"})
 
 _EXACT_FLOAT_COUNT = {torch.float64: 2**53}
 _FLOAT32_EXACT_COUNT = 2**24
@@ -77,6 +88,30 @@ def _one(device: torch.device, dtype: torch.dtype) -> Tensor:
     if one is None:
         one = _POOL.ones[key] = torch.ones((), device=device, dtype=dtype)
     return one
+
+
+def host_check(x: Tensor) -> bool:
+    """Whether ``reductions_show_finite`` may be used for tensors on x's device."""
+    return x.device.type in HOST_READ_DEVICES
+
+
+def reductions_show_finite(first: Tensor, second: Tensor | None = None) -> bool:
+    """True when per-neuron reductions prove the tensor they came from free of NaN/±Inf.
+
+    ``first``/``second`` are reductions (min, max, or Σ of values ≥ 0) that between them see
+    every non-finite entry of that tensor: a NaN or ±Inf entry makes one of them NaN or ±Inf,
+    and then their dot product (or sum) is not finite (0·Inf is NaN). A finite result proves
+    the count zero; a non-finite one (including a sum that merely overflowed) sends the caller to
+    the exact count. Reads one scalar on the host: for ``host_check`` devices only.
+    """
+    if second is None:
+        return math.isfinite(float(first.sum()))
+    if first.dtype == second.dtype and first.dtype in _DOT_DTYPES and first.dim() == 1:
+        return math.isfinite(float(torch.dot(first, second)))
+    return math.isfinite(float(first.sum())) and math.isfinite(float(second.sum()))
+
+
+_DOT_DTYPES = (torch.float32, torch.float64)
 
 
 def count_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -179,6 +214,7 @@ def forward_sweep(
     counted: tuple[Tensor, ...],
     dims: tuple[int, ...],
     dtype: torch.dtype,
+    reductions_cover: bool = False,
 ) -> ForwardSweep:
     """One sweep over a site call's forward tensors (all of the same shape).
 
@@ -187,9 +223,15 @@ def forward_sweep(
     * ``counted``: tensors whose non-finite entries are counted, as ``entries − Σ finite``
       (``finite``: float scalars, exact) or, past the exact float range, as int64 counts
       (``nonfinite``).
+    * ``reductions_cover``: the caller guarantees that ``counted`` is ``(extremes,)`` and that
+      the min with the max (or, without ``want_high``, with Σ|magnitude|: ReLU, where +Inf in z
+      is +Inf in a) see every non-finite entry of it; on a ``host_check`` device the counting
+      pass is then skipped unless they are not finite (``reductions_show_finite``).
     """
     if not dims:  # a 0-dim call: nothing to reduce
         return _forward_scalar(magnitude, nonnegative, extremes, want_high, counted, dtype)
+    if reductions_cover and extremes is not None and host_check(extremes):
+        return _forward_checked(magnitude, nonnegative, extremes, want_high, dims, dtype)
     n = magnitude.numel()
     if n <= SCRATCH_ELEMENTS:  # the common small case: straight-line, temporaries in scratch
         scratch = _scratch(magnitude.shape, magnitude.dtype) if magnitude.is_cpu else None
@@ -210,6 +252,31 @@ def forward_sweep(
             finite.append(_finite_in(t, out))
         return ForwardSweep(total, high, low, finite, n * len(counted), [])
     return _forward_large(magnitude, nonnegative, extremes, want_high, counted, dims, dtype)
+
+
+def _forward_checked(
+    magnitude: Tensor,
+    nonnegative: bool,
+    extremes: Tensor,
+    want_high: bool,
+    dims: tuple[int, ...],
+    dtype: torch.dtype,
+) -> ForwardSweep:
+    """``forward_sweep`` without a counting pass: the reductions prove ``extremes`` finite."""
+    sweep = forward_sweep(
+        magnitude=magnitude,
+        nonnegative=nonnegative,
+        extremes=extremes,
+        want_high=want_high,
+        counted=(),
+        dims=dims,
+        dtype=dtype,
+    )
+    assert sweep.low is not None and sweep.sum_abs is not None
+    other = sweep.high if sweep.high is not None else sweep.sum_abs
+    if not reductions_show_finite(sweep.low, other):
+        sweep.nonfinite.append(count_nonfinite(extremes))
+    return sweep
 
 
 def _forward_large(
@@ -300,14 +367,36 @@ def _forward_scalar(
     return sweep
 
 
+def _sum_abs(x: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Σ|x| over ``dims`` (CPU: |x| in the scratch, chunk by chunk when x is large)."""
+    if not dims:
+        return x.abs().to(dtype)
+    if not x.is_cpu:
+        return x.abs().sum(dims, dtype=dtype)
+    if x.numel() <= SCRATCH_ELEMENTS:
+        return torch.abs(x, out=_scratch(x.shape, x.dtype)).sum(dims, dtype=dtype)
+    chunks = _chunks(x, dims)
+    if chunks is None:
+        return x.abs().sum(dims, dtype=dtype)
+    sums = [torch.abs(c, out=_scratch(c.shape, c.dtype)).sum(dims, dtype=dtype) for c in chunks]
+    return sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)
+
+
 def grad_sweep(
     grad: Tensor, dims: tuple[int, ...], dtype: torch.dtype
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Σ|grad| per neuron (``dtype``) and the non-finite entries of grad.
 
     Returns (sum_abs, finite, nonfinite): ``finite`` is the float count of finite entries when
-    exact (then nonfinite is None), else ``nonfinite`` is the int64 count of NaN/±Inf.
+    exact (then nonfinite is None), else ``nonfinite`` is the int64 count of NaN/±Inf. On a
+    ``host_check`` device Σ|grad| is checked instead of counting: both are None when it is finite
+    (no NaN/±Inf), else ``nonfinite`` is the exact count.
     """
+    if host_check(grad):
+        total = _sum_abs(grad, dims, dtype)
+        if reductions_show_finite(total):
+            return total, None, None
+        return total, None, count_nonfinite(grad)
     n = grad.numel()
     if n <= SCRATCH_ELEMENTS and dims:  # the common small case: straight-line
         g = torch.abs(grad, out=_scratch(grad.shape, grad.dtype)) if grad.is_cpu else grad.abs()

@@ -26,9 +26,12 @@ from neurodiag.stats.observation import ForwardObservation, Shortcuts
 from neurodiag.stats.passes import (
     SCRATCH_ELEMENTS,
     abs_in_scratch,
+    count_nonfinite,
     finite_in_place,
     finite_in_scratch,
     grad_sweep,
+    host_check,
+    reductions_show_finite,
 )
 
 DEAD_WINDOWS = ("scan", "batch")
@@ -143,7 +146,10 @@ class SiteStats:
             if n <= SCRATCH_ELEMENTS and x.dtype == a.dtype:
                 sum_abs = a.sum(dims, dtype=self.dtype)
                 low = torch.amin(x, dims)
-                finite = finite_in_scratch(x)
+                if not host_check(x):
+                    self.nonfinite.add_finite_one(n, finite_in_scratch(x))
+                elif not reductions_show_finite(low, sum_abs):  # see passes: Σa and min x
+                    self.nonfinite.add_nonfinite(count_nonfinite(x))
                 from_z = z is not None
                 self.deriv_max.defer(sum_abs, derivative, from_z)
                 self.deriv_min.defer(low, derivative, from_z)
@@ -156,7 +162,6 @@ class SiteStats:
                     for i in dims:
                         positions *= shape[i]
                 self.act.add(sum_abs, positions)
-                self.nonfinite.add_finite_one(n, finite)
                 return
         self.observe(ForwardObservation(z, a, derivative, dims, shortcuts))
 
@@ -196,8 +201,12 @@ class SiteStats:
             return
         if dims and grad.is_cpu and grad.numel() <= SCRATCH_ELEMENTS:  # the common small case
             g = abs_in_scratch(grad)
-            grad_acc.update_sum(g.sum(dims, dtype=self.dtype), grad.shape, dims)
-            self.nonfinite.add_finite_one(grad.numel(), finite_in_place(g))
+            total = g.sum(dims, dtype=self.dtype)
+            grad_acc.update_sum(total, grad.shape, dims)
+            if not host_check(grad):
+                self.nonfinite.add_finite_one(grad.numel(), finite_in_place(g))
+            elif not reductions_show_finite(total):  # Σ|∂L/∂a| is finite iff every entry is
+                self.nonfinite.add_nonfinite(count_nonfinite(grad))
             return
         # one sweep: Σ|∂L/∂a| per neuron and the non-finite count, sharing |∂L/∂a|
         sum_abs, finite, nonfinite = grad_sweep(grad, dims, self.dtype)
