@@ -22,7 +22,7 @@ from neurodiag.report.model import Report, ScanHeader
 from neurodiag.scan import DEFAULT_EPS, DEFAULT_TAU, build_report, model_device, model_dtype
 from neurodiag.sites.capture import SiteRecorder
 from neurodiag.sites.site import SiteKey
-from neurodiag.stats.site_stats import SiteStats, StatOptions
+from neurodiag.stats.site_stats import SiteStats, StatOptions, summarize_sites
 from neurodiag.stats.sync import all_reduce_sites, copy_site
 
 
@@ -153,9 +153,12 @@ class Monitor:
         """Summarise the window into history and fold it into the running totals."""
         if self._steps == self._window_start:
             return
-        rows = []
-        for key, site in self._recorder.sites.items():
-            rows.append(site.stats.summarize(site.delta_bar).row)
+        sites = self._recorder.sites
+        summaries = summarize_sites(
+            [site.stats for site in sites.values()], [site.delta_bar for site in sites.values()]
+        )
+        rows = [summary.row for summary in summaries]
+        for key, site in sites.items():
             if key in self._totals:
                 self._totals[key].merge(site.stats)
             else:

@@ -11,6 +11,7 @@ from torch import Tensor
 from neurodiag.stats.passes import (
     ForwardSweep,
     count_nonfinite,
+    derivative_extremes,
     finite_count,
     forward_sweep,
 )
@@ -81,7 +82,6 @@ class ForwardObservation:
     """
 
     __slots__ = (
-        "_abs_deriv",
         "_derivative",
         "_extremes",
         "_sweep",
@@ -106,7 +106,6 @@ class ForwardObservation:
         self.dims = dims
         self.shortcuts = shortcuts
         self.dtype = state_dtype(a.dtype)
-        self._abs_deriv: Tensor | None = None
         self._extremes: tuple[Tensor, Tensor] | None = None
         self._sweep: ForwardSweep | None = None
 
@@ -134,12 +133,6 @@ class ForwardObservation:
         sweep = self.swept()
         assert sweep.sum_abs is not None and sweep.low is not None
         return sweep.sum_abs, sweep.low
-
-    @property
-    def abs_deriv(self) -> Tensor:
-        if self._abs_deriv is None:
-            self._abs_deriv = self._derivative(self.z, self.a).abs()
-        return self._abs_deriv
 
     def swept(self) -> ForwardSweep:
         """The per-call reductions of the full-size tensors (computed once)."""
@@ -185,11 +178,7 @@ class ForwardObservation:
             from_z = self.z is not None
             d = self._derivative(both, None) if from_z else self._derivative(None, both)  # type: ignore[arg-type]
         else:
-            full = self.abs_deriv
-            if dims:
-                d = torch.stack((torch.amax(full, dims), torch.amin(full, dims)))
-            else:
-                d = torch.stack((full, full))
+            d = torch.stack(derivative_extremes(self._derivative, self.z, self.a, dims))
         if d.dtype != self.dtype:
             d = d.to(self.dtype)
         return d[0], d[1]

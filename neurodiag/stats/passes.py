@@ -12,7 +12,7 @@ it). So, on CPU:
   results (sums, mins, counts) are combined exactly (sums up to float rounding order).
 
 Other devices (CUDA caching allocator) allocate temporaries normally and never chunk. The scratch
-holds at most ``SCRATCH_ELEMENTS`` elements (1 MB in float32) per dtype and thread, and only while
+holds at most ``SCRATCH_ELEMENTS`` elements (256 KB in float32) per dtype and thread, and only while
 a recorder is attached (``release_scratch`` on detach): memory stays O(neurons) + a constant.
 
 Most tensors have no NaN/±Inf at all, and the per-neuron reductions a site computes anyway say so:
@@ -33,16 +33,21 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 #: Size of the per-thread CPU scratch buffer and of the chunks of a sweep (elements).
-SCRATCH_ELEMENTS = 1 << 18
+SCRATCH_ELEMENTS = 1 << 16
 
 #: Devices on which a per-call host read is free (no device synchronisation); see the docstring.
 HOST_READ_DEVICES = frozenset({"cpu"})
+
+#: Elements of z per evaluation of σ' on a large tensor: σ' (GELU, SiLU, ...) builds several
+#: full-size temporaries, so it runs chunk by chunk and only per-neuron extremes are kept.
+DERIVATIVE_CHUNK = 1 << 16
 
 _EXACT_FLOAT_COUNT = {torch.float64: 2**53}
 _FLOAT32_EXACT_COUNT = 2**24
@@ -252,6 +257,37 @@ def forward_sweep(
             finite.append(_finite_in(t, out))
         return ForwardSweep(total, high, low, finite, n * len(counted), [])
     return _forward_large(magnitude, nonnegative, extremes, want_high, counted, dims, dtype)
+
+
+def derivative_extremes(
+    derivative: Callable[[Tensor | None, Tensor], Tensor],
+    z: Tensor | None,
+    a: Tensor,
+    dims: tuple[int, ...],
+) -> tuple[Tensor, Tensor]:
+    """(max, min) over ``dims`` of |σ'| per neuron, σ' = ``derivative(z, a)`` elementwise.
+
+    Large tensors are evaluated in slices along dim 0 (a position dim) of at most
+    ``DERIVATIVE_CHUNK`` elements, so σ's temporaries stay small whatever the activation size:
+    extra peak memory O(chunk), not O(activation), on every device.
+    """
+    x = z if z is not None else a
+    n = x.numel()
+    if not dims or n <= DERIVATIVE_CHUNK or 0 not in dims:
+        full = derivative(z, a).abs()
+        return (torch.amax(full, dims), torch.amin(full, dims)) if dims else (full, full)
+    rows = x.shape[0]
+    step = max(1, DERIVATIVE_CHUNK // max(1, n // rows))
+    highs: list[Tensor] = []
+    lows: list[Tensor] = []
+    for start in range(0, rows, step):
+        zc = z[start : start + step] if z is not None else None
+        d = derivative(zc, a[start : start + step]).abs()
+        highs.append(torch.amax(d, dims))
+        lows.append(torch.amin(d, dims))
+    if len(highs) == 1:
+        return highs[0], lows[0]
+    return torch.stack(highs).amax(0), torch.stack(lows).amin(0)
 
 
 def _forward_checked(
