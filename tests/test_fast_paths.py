@@ -404,7 +404,10 @@ def test_lean_hooks_replace_the_pre_hook_after_discovery() -> None:
 
 
 @pytest.mark.parametrize("name", ["inplace_relu", "reused_relu", "conv", "sequence"])
-def test_scan_with_tiny_chunks_matches_brute_force(name: str, small_scratch: None) -> None:
+def test_scan_with_tiny_chunks_matches_brute_force(
+    name: str, small_scratch: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passes, "DERIVATIVE_CHUNK", 10)  # σ' in slices of a row or two
     torch.manual_seed(0)
     model = ZOO[name]().double()
     batches = make_batches(name, model, n_batches=4)
@@ -416,6 +419,27 @@ def test_scan_with_tiny_chunks_matches_brute_force(name: str, small_scratch: Non
             assert got[key] == pytest.approx(want[key], abs=1e-9), (site, key)
         for key in ("mag", "min_abs_deriv"):
             assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), (site, key)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dims"),
+    [((12, 5), (0,)), ((7, 3, 4), (0, 1)), ((5, 3, 2, 4), (0, 2, 3)), ((6, 4), (1,)), ((), ())],
+)
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_derivative_extremes_in_slices_equal_the_whole_tensor(
+    shape: tuple[int, ...], dims: tuple[int, ...], chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passes, "DERIVATIVE_CHUNK", chunk)
+    z = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    if z.dim():
+        z.view(-1)[::5] = math.nan
+    a = F.gelu(z)
+    full = derivatives.gelu(z, a).abs()
+    high, low = passes.derivative_extremes(derivatives.gelu, z, a, dims)
+    want_high = full.amax(dims) if dims else full
+    want_low = full.amin(dims) if dims else full
+    torch.testing.assert_close(high, want_high, equal_nan=True)
+    torch.testing.assert_close(low, want_low, equal_nan=True)
 
 
 def test_plans_follow_changes_of_shape_and_dtype() -> None:
