@@ -380,7 +380,7 @@ class SiteRecorder:
                 delta_bar = kind.delta_bar(module)
         self._record(key, activation, "module", pre, output, derivative, delta_bar, shortcuts)
         if (
-            module in self._lean_modules
+            (module in self._lean_modules or module in self._leanable)  # plans ready for batch 2
             and kind is not None
             and not params
             and delta_bar is None

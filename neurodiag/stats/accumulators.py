@@ -196,6 +196,12 @@ class GradientMagnitude(_PerNeuron):
         self._new_positions += positions
         self._dirty = True
 
+    def add_sum(self, sum_abs: Tensor, positions: int) -> None:
+        """``update_sum`` with the number of positions already known."""
+        self.__dict__["sum_abs_grad"].add_(sum_abs)
+        self._new_positions += positions
+        self._dirty = True
+
     def flush(self) -> None:
         self._dirty = False
         if self._new_positions:

@@ -202,7 +202,8 @@ class SiteStats:
         if dims and grad.is_cpu and grad.numel() <= SCRATCH_ELEMENTS:  # the common small case
             g = abs_in_scratch(grad)
             total = g.sum(dims, dtype=self.dtype)
-            grad_acc.update_sum(total, grad.shape, dims)
+            neurons = self.neurons
+            grad_acc.add_sum(total, grad.numel() // neurons if neurons else _positions(grad, dims))
             if not host_check(grad):
                 self.nonfinite.add_finite_one(grad.numel(), finite_in_place(g))
             elif not reductions_show_finite(total):  # Σ|∂L/∂a| is finite iff every entry is
@@ -311,6 +312,14 @@ class SiteStats:
             "min_abs_deriv": torch.from_numpy(min_d),
         }
         return SiteSummary(row, neurons)
+
+
+def _positions(x: Tensor, dims: tuple[int, ...]) -> int:
+    shape = x.shape
+    positions = 1
+    for i in dims:
+        positions *= shape[i]
+    return positions
 
 
 def summarize_sites(
