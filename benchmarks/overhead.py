@@ -165,6 +165,19 @@ def plain_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
         model.zero_grad(set_to_none=True)
 
 
+def floor_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
+    """The scan's own autograd work without any measuring: forward, then ∂L/∂input only.
+
+    ``neurodiag.scan`` needs ∂L/∂a at the activation sites, never weight gradients, so its
+    backward asks autograd for the input's gradient alone (see neurodiag/grad_targets.py). This
+    reference shows how much of scan/plain is that saving and how much is the hooks' cost.
+    """
+    for x, y in batches:
+        leaf = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(leaf.clone()), y)
+        torch.autograd.grad(loss, [leaf])
+
+
 def scan_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]], mode: str) -> Any:
     return neurodiag.scan(model, batches, mode=mode)
 
@@ -339,6 +352,7 @@ def bench_model(
     variants: dict[str, Callable[[], Any]] = {
         "plain": lambda: plain_pass(model, batches),
         "scan": lambda: scan_pass(model, batches, mode),
+        "floor": lambda: floor_pass(model, batches),
     }
     if has_monitor():
         try:
@@ -365,10 +379,18 @@ class ActResult:
     shape: tuple[int, ...]
     gelu_ms: list[float]
     bernstein_ms: list[float]
+    compiled_ms: list[float] | None = None  # torch.compile'd Bernstein (None: compile failed)
+    compile_note: str = ""
 
     @property
     def ratio(self) -> float:
         return statistics.median(self.bernstein_ms) / statistics.median(self.gelu_ms)
+
+    @property
+    def compiled_ratio(self) -> float | None:
+        if not self.compiled_ms:
+            return None
+        return statistics.median(self.compiled_ms) / statistics.median(self.gelu_ms)
 
 
 def bench_bernstein(repeats: int, device: torch.device) -> list[ActResult] | str:
@@ -382,21 +404,39 @@ def bench_bernstein(repeats: int, device: torch.device) -> list[ActResult] | str
             "gelu": nn.GELU().to(device),
             "bernstein": Bernstein(9, num_features=shape[1]).to(device),
         }
-        results.append(_bench_activations(shape, modules, repeats, device))
+        note = ""
+        compiled = Bernstein(9, num_features=shape[1]).to(device)
+        try:  # Inductor needs a C++ compiler on CPU; the first call compiles (seconds)
+            compiled.compile()
+            _step_activation(compiled, *_activation_inputs(shape, device))
+            modules["compiled"] = compiled
+        except Exception as exc:
+            note = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+        result = _bench_activations(shape, modules, repeats, device)
+        result.compile_note = note
+        results.append(result)
     return results
+
+
+def _activation_inputs(shape: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+    return x, torch.randn(shape, generator=gen).to(device)
+
+
+def _step_activation(module: nn.Module, x: Tensor, grad_out: Tensor) -> None:
+    module(x).backward(grad_out)
+    x.grad = None
+    module.zero_grad(set_to_none=True)
 
 
 def _bench_activations(
     shape: tuple[int, ...], modules: dict[str, nn.Module], repeats: int, device: torch.device
 ) -> ActResult:
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
-    grad_out = torch.randn(shape, generator=gen).to(device)
+    x, grad_out = _activation_inputs(shape, device)
 
     def step(module: nn.Module) -> None:
-        module(x).backward(grad_out)
-        x.grad = None
-        module.zero_grad(set_to_none=True)
+        _step_activation(module, x, grad_out)
 
     # Calls per timing so that one timing lasts >= ~20 ms (small shapes are sub-millisecond).
     step(modules["gelu"])
@@ -414,6 +454,7 @@ def _bench_activations(
         shape,
         [1e3 * t / inner for t in times["gelu"]],
         [1e3 * t / inner for t in times["bernstein"]],
+        [1e3 * t / inner for t in times["compiled"]] if "compiled" in times else None,
     )
 
 
@@ -521,6 +562,15 @@ def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> lis
                     "result": verdict(a.ratio, BERNSTEIN_TARGET),
                 }
             )
+            if a.compiled_ratio is not None:
+                out.append(
+                    {
+                        "check": f"(d) compiled Bernstein/GELU {tuple(a.shape)}",
+                        "value": a.compiled_ratio,
+                        "limit": BERNSTEIN_TARGET,
+                        "result": verdict(a.compiled_ratio, BERNSTEIN_TARGET),
+                    }
+                )
     return out
 
 
@@ -588,6 +638,13 @@ def print_table(
                 + f"; min/min {fmt(r.min_ratio('scan'), '.2f', 'x')}"
                 + f"; paired {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}]"
             )
+            floor, scan = r.median("floor"), r.median("scan")
+            if floor and scan:
+                print(
+                    f"       floor (forward + dL/dinput, no hooks) {floor:.1f} ms = "
+                    f"{fmt(r.ratio('floor'), '.2f', 'x')} plain; scan/floor {scan / floor:.2f}x "
+                    "(the hooks' own cost)"
+                )
             if r.peak_bytes:
                 print(
                     "       peak tensor MB: "
@@ -607,6 +664,14 @@ def print_table(
                     f"bernstein {statistics.median(a.bernstein_ms):8.3f}  ratio {a.ratio:5.2f}x "
                     f"{verdict(a.ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}"
                 )
+                if a.compiled_ms and a.compiled_ratio is not None:
+                    print(
+                        f"  {'':<18} {'':<14} torch.compile'd bernstein "
+                        f"{statistics.median(a.compiled_ms):8.3f}  ratio {a.compiled_ratio:5.2f}x "
+                        f"{verdict(a.compiled_ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}"
+                    )
+                if a.compile_note:
+                    print(f"  {'':<18} {a.compile_note}")
     print()
     results = checks(models, acts)
     passed = sum(c["result"] == "PASS" for c in results)
@@ -662,6 +727,9 @@ def to_json(
                 "gelu_ms": a.gelu_ms,
                 "bernstein_ms": a.bernstein_ms,
                 "ratio": a.ratio,
+                "compiled_ms": a.compiled_ms,
+                "compiled_ratio": a.compiled_ratio,
+                "compile_note": a.compile_note,
             }
             for a in acts
         ],

