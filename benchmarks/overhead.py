@@ -201,18 +201,34 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: CPU seconds of the process per timed call, filled by ``time_once`` (see ``cpu_times``).
+CPU_TIMES: list[float] = []
+
+
 def time_once(fn: Callable[[], Any], device: torch.device) -> float:
     synchronize(device)
+    cpu = time.process_time()
     start = time.perf_counter()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    CPU_TIMES.append(time.process_time() - cpu)
+    return wall
 
 
 def interleaved(
-    variants: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+    variants: dict[str, Callable[[], Any]],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+    cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each variant; every repetition runs all variants, order alternating."""
+    """Seconds per call of each variant; every repetition runs all variants, order alternating.
+
+    ``cpu_times`` (optional) receives the process CPU seconds of each call: with one torch thread
+    that is the work done, unaffected by the time the process spent descheduled on a busy
+    machine (wall clock is what users see; CPU time is the steadier cross-check).
+    """
     names = list(variants)
     for _ in range(warmup):
         for name in names:
@@ -223,6 +239,8 @@ def interleaved(
         for name in order:
             gc.collect()
             times[name].append(time_once(variants[name], device))
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(CPU_TIMES[-1])
     return times
 
 
@@ -313,6 +331,7 @@ class ModelResult:
     name: str
     batches: int
     times_ms: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     peak_bytes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -328,6 +347,12 @@ class ModelResult:
         return [
             o / p for p, o in zip(self.times_ms.get("plain", []), self.times_ms.get(variant, []))
         ]
+
+    def cpu_ratio(self, variant: str) -> float | None:
+        plain, other = self.cpu_ms.get("plain"), self.cpu_ms.get(variant)
+        if not plain or not other:
+            return None
+        return statistics.median(other) / statistics.median(plain)
 
     def min_ratio(self, variant: str) -> float | None:
         plain, other = self.times_ms.get("plain"), self.times_ms.get(variant)
@@ -361,8 +386,10 @@ def bench_model(
         except Exception as exc:  # an API this script does not know yet: say so, keep going
             result.notes.append(f"Monitor failed: {type(exc).__name__}: {exc}")
 
-    times = interleaved(variants, repeats, device)
+    cpu: dict[str, list[float]] = {}
+    times = interleaved(variants, repeats, device, cpu_times=cpu)
     result.times_ms = {name: [1e3 * t for t in ts] for name, ts in times.items()}
+    result.cpu_ms = {name: [1e3 * t for t in ts] for name, ts in cpu.items()}
 
     if measure_memory:
         static = resident_bytes(model, batches)
@@ -638,6 +665,11 @@ def print_table(
                 + f"; min/min {fmt(r.min_ratio('scan'), '.2f', 'x')}"
                 + f"; paired {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}]"
             )
+            if r.cpu_ms:
+                cpu_parts = [
+                    f"{v}/plain {fmt(r.cpu_ratio(v), '.2f', 'x')}" for v in r.cpu_ms if v != "plain"
+                ]
+                print(f"       process CPU time, medians: {', '.join(cpu_parts)}")
             floor, scan = r.median("floor"), r.median("scan")
             if floor and scan:
                 print(
@@ -710,6 +742,8 @@ def to_json(
                 "batches": r.batches,
                 "median_ms": {v: r.median(v) for v in r.times_ms},
                 "times_ms": r.times_ms,
+                "cpu_ms": r.cpu_ms,
+                "cpu_ratio": {v: r.cpu_ratio(v) for v in r.cpu_ms if v != "plain"},
                 "ratio": {v: r.ratio(v) for v in r.times_ms if v != "plain"},
                 "ratio_of_minima": {v: r.min_ratio(v) for v in r.times_ms if v != "plain"},
                 "peak_bytes": r.peak_bytes,
