@@ -61,6 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Targets on a CPU (ratio limits); "mem" is extra peak tensor memory in % of the plain peak.
 SCAN_TARGETS = {"a": 1.50, "b": 1.15}
 MONITOR_TARGETS = {"b": 1.10}
+# On a GPU (--device cuda): scan/plain on the ResNet-50-sized model (e).
+GPU_SCAN_TARGETS = {"e": 1.10}
 MEM_TARGET_PCT = 5.0
 BERNSTEIN_TARGET = 3.0
 
@@ -127,6 +129,57 @@ class SmallTransformer(nn.Module):
         return self.head(self.block(x).mean(dim=1))
 
 
+class Bottleneck(nn.Module):
+    """ResNet bottleneck block (1x1, 3x3, 1x1 convs, BatchNorm, in-place ReLU, projection)."""
+
+    def __init__(self, in_ch: int, width: int, stride: int) -> None:
+        super().__init__()
+        out_ch = 4 * width
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+        self.project: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.project = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.body(x) + self.project(x))
+
+
+class ResNet50Like(nn.Module):
+    """ResNet-50's layout (3-4-6-3 bottlenecks, 25.6M parameters), written out here because
+    torchvision is not a dependency. For the GPU target; hours per pass on a 2-core CPU."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        ]
+        in_ch = 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(in_ch, width, stride if i == 0 else 1))
+                in_ch = 4 * width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
 @dataclass
 class Case:
     key: str
@@ -141,7 +194,12 @@ CASES = {
     "a": Case("a", "plain MLP 50x100 (ReLU), batch 256", load_plain_mlp, (256, 64), 8),
     "b": Case("b", "CNN 4 conv+BN+ReLU(inplace), batch 64", SmallCNN, (64, 3, 32, 32), 4),
     "c": Case("c", "transformer block (F.gelu), batch 32x64", SmallTransformer, (32, 64, 128), 4),
+    "e": Case(
+        "e", "ResNet-50-sized CNN, batch 32 on 3x224x224", ResNet50Like, (32, 3, 224, 224), 4
+    ),
 }
+#: Models run when --models is not given (e is for GPUs).
+DEFAULT_MODELS = "a,b,c,d"
 
 
 def make_batches(
@@ -323,6 +381,36 @@ def peak_memory(fn: Callable[[], Any], device: torch.device, static: int) -> int
 
 
 # --------------------------------------------------------------------------------------------
+# host-device synchronisation (CUDA)
+# --------------------------------------------------------------------------------------------
+SYNC_MARKERS = ("Synchronize", "DtoH", "_local_scalar_dense")
+
+
+def host_syncs_per_batch(case: Case, device: torch.device, mode: str) -> float:
+    """Host-device syncs a scan adds per batch, counted with the torch profiler (CUDA only).
+
+    Profiles scans of 2 and of 4 batches and returns the difference of their counts of sync
+    events (``cudaStreamSynchronize``/``cudaDeviceSynchronize``, device-to-host copies,
+    ``aten::_local_scalar_dense``, i.e. ``.item()``) divided by 2: what each extra batch adds.
+    The scan reads its statistics back once at the end, so the target is 0.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = case.build().to(device)
+    batches = make_batches(case, 4, device, torch.Generator().manual_seed(1))
+
+    def count(n: int) -> int:
+        neurodiag.scan(model, batches[:n], mode=mode)  # warm-up outside the profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            neurodiag.scan(model, batches[:n], mode=mode)
+            synchronize(device)
+        return sum(any(m in e.name for m in SYNC_MARKERS) for e in prof.events())
+
+    return (count(4) - count(2)) / 2
+
+
+# --------------------------------------------------------------------------------------------
 # per-model benchmark
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -333,6 +421,7 @@ class ModelResult:
     times_ms: dict[str, list[float]] = field(default_factory=dict)
     cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     peak_bytes: dict[str, int] = field(default_factory=dict)
+    device_type: str = "cpu"
     notes: list[str] = field(default_factory=list)
 
     def median(self, variant: str) -> float | None:
@@ -372,7 +461,7 @@ def bench_model(
     model = case.build().to(device)
     model.train(mode == "train")
     batches = make_batches(case, n_batches, device, torch.Generator().manual_seed(1))
-    result = ModelResult(case.key, case.name, n_batches)
+    result = ModelResult(case.key, case.name, n_batches, device_type=device.type)
 
     variants: dict[str, Callable[[], Any]] = {
         "plain": lambda: plain_pass(model, batches),
@@ -544,12 +633,21 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
+def scan_target(r: ModelResult) -> float | None:
+    """The scan/plain limit for this model on its device (CPU and GPU targets differ)."""
+    return (GPU_SCAN_TARGETS if r.device_type == "cuda" else SCAN_TARGETS).get(r.key)
+
+
+def monitor_target(r: ModelResult) -> float | None:
+    return MONITOR_TARGETS.get(r.key) if r.device_type == "cpu" else None
+
+
 def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for r in models:
-        if r.key in SCAN_TARGETS:
+        limit = scan_target(r)
+        if limit is not None:
             value = r.ratio("scan")
-            limit = SCAN_TARGETS[r.key]
             out.append(
                 {
                     "check": f"({r.key}) scan/plain",
@@ -558,14 +656,15 @@ def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> lis
                     "result": verdict(value, limit),
                 }
             )
-        if r.key in MONITOR_TARGETS:
+        monitor_limit = monitor_target(r)
+        if monitor_limit is not None:
             value = r.ratio("monitor")
             out.append(
                 {
                     "check": f"({r.key}) monitor/plain",
                     "value": value,
-                    "limit": MONITOR_TARGETS[r.key],
-                    "result": verdict(value, MONITOR_TARGETS[r.key]),
+                    "limit": monitor_limit,
+                    "result": verdict(value, monitor_limit),
                 }
             )
         for variant in ("scan", "monitor"):
@@ -630,8 +729,8 @@ def print_table(
         print(head)
         print("-" * len(head))
         for r in models:
-            scan_t = SCAN_TARGETS.get(r.key)
-            mon_t = MONITOR_TARGETS.get(r.key)
+            scan_t = scan_target(r)
+            mon_t = monitor_target(r)
             scan_ratio = fmt(r.ratio("scan"), ".2f", "x")
             if scan_t:
                 scan_ratio += f" {verdict(r.ratio('scan'), scan_t)}<={scan_t:.2f}"
@@ -780,7 +879,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="batches per pass (default 8 for (a), 4 for (b)/(c))",
     )
-    parser.add_argument("--models", default="a,b,c,d", help="subset of a,b,c,d (default all)")
+    parser.add_argument(
+        "--models",
+        default=DEFAULT_MODELS,
+        help="subset of a,b,c,d,e (default a,b,c,d; e, ResNet-50-sized, is meant for GPUs)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument(
         "--mode",
@@ -803,16 +906,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also print a cProfile of 3 scan passes per model (a/b/c)",
     )
     parser.add_argument("--profile-top", type=int, default=25)
+    parser.add_argument(
+        "--sync-check",
+        action="store_true",
+        help="CUDA only: count the host-device syncs a scan adds per batch (torch profiler)",
+    )
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in (*CASES, "d")]
     if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from a,b,c,d")
+        parser.error(f"unknown model(s) {unknown}; choose from a,b,c,d,e")
     args.keys = keys
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
+    if args.sync_check and not args.device.startswith("cuda"):
+        parser.error("--sync-check needs --device cuda (a CPU has no host-device sync to count)")
     return args
 
 
@@ -840,6 +950,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print()
         print_table(env, args, models, acts)
+    if args.sync_check:
+        for key in args.keys:
+            if key in CASES:
+                syncs = host_syncs_per_batch(CASES[key], device, args.mode)
+                verdict_ = "PASS" if syncs == 0 else "FAIL"
+                print(f"({key}) host-device syncs added per batch: {syncs:g} {verdict_}<=0")
     if args.profile:
         for key in args.keys:
             if key in CASES:
