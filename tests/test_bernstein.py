@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from neurodiag.activations import bernstein
 from neurodiag.activations.bernstein import Bernstein
 
 F64 = torch.float64
@@ -405,6 +406,93 @@ def test_saves_nothing_larger_than_the_input() -> None:
     assert sum(s == x.numel() for s in sizes) == 1  # x itself, and no full-size intermediate
     y.sum().backward()
     assert x.grad is not None and m.theta.grad is not None
+
+
+def test_backward_reuses_the_coefficient_table_of_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The (2n+3, F) table is built once per forward+backward, in every path; backward gets it
+    as a saved tiny tensor (see test_saves_nothing_larger_than_the_input)."""
+    calls: list[int] = []
+    original = bernstein._plan_table
+
+    def counting(*args: object) -> Tensor:
+        calls.append(1)
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bernstein, "_plan_table", counting)
+    m = _randomise(Bernstein(9, num_features=5).double(), seed=13)
+    for chunk in (None, 0, 7):
+        m.chunk_elements = chunk
+        calls.clear()
+        x = torch.randn(6, 5, dtype=F64, requires_grad=True)
+        m(x).sum().backward()
+        assert len(calls) == 1, chunk
+        assert x.grad is not None and m.theta.grad is not None
+
+
+def test_torch_func_grad_matches_autograd() -> None:
+    """torch.func transforms need the setup_context form of the autograd.Function."""
+    m = _randomise(Bernstein(9, num_features=4).double(), seed=14)
+    x = torch.randn(3, 4, dtype=F64) * 6.0
+    got = torch.func.grad(lambda v: m(v).sum())(x)
+    xr = x.clone().requires_grad_()
+    m(xr).sum().backward()
+    assert xr.grad is not None
+    torch.testing.assert_close(got, xr.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [None, 0, 5])
+@pytest.mark.parametrize("shape", [(0, 3), (2, 3, 0)])
+def test_empty_inputs(chunk: int | None, shape: tuple[int, ...]) -> None:
+    m = Bernstein(num_features=3)
+    m.chunk_elements = chunk
+    x = torch.randn(shape, requires_grad=True)
+    y = m(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert m.theta.grad is not None and bool((m.theta.grad == 0).all())
+
+
+@pytest.mark.parametrize("lower_slope_smaller", [True, False])
+def test_non_finite_inputs_agree_across_paths(lower_slope_smaller: bool) -> None:
+    """NaN and ±Inf inputs give the same values and gradients (NaN where NaN) whether the input
+    is processed in one unchunked pass, in one chunk, or in many chunks."""
+    m = _randomise(Bernstein(9, num_features=4).double(), seed=15)
+    with torch.no_grad():  # first increment smaller or larger than the last
+        m.theta[:, 0] = -3.0 if lower_slope_smaller else 3.0
+        m.theta[:, -1] = 3.0 if lower_slope_smaller else -3.0
+    x = torch.randn(6, 4, dtype=F64, generator=torch.Generator().manual_seed(16)) * 8.0
+    x[0, 0], x[1, 1], x[2, 2], x[3, 3] = math.nan, math.inf, -math.inf, 1e308
+    g = torch.randn(6, 4, dtype=F64, generator=torch.Generator().manual_seed(17))
+    g[4, 0] = 0.0
+    results = []
+    for chunk in (0, None, 3):
+        m.chunk_elements = chunk
+        xr = x.clone().requires_grad_()
+        y = m(xr)
+        gx, gc0, gth = torch.autograd.grad(y, [xr, m.c0, m.theta], g)
+        results.append((y.detach(), gx, gc0, gth))
+    assert bool(results[0][0][0, 0].isnan()) and float(results[0][0][1, 1]) == math.inf
+    assert bool(results[0][1].isfinite()[1:].all())  # σ' is the boundary slope at ±Inf
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_compiled_module_matches_eager() -> None:
+    """Under torch.compile the unchunked kernels run (fused by Inductor); same values and grads."""
+    eager = _randomise(Bernstein(9, num_features=5), seed=18)
+    compiled = _randomise(Bernstein(9, num_features=5), seed=18)
+    compiled.compile()
+    x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(19)) * 4.0
+    g = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(20))
+    grads = []
+    for m in (eager, compiled):
+        xr = x.clone().requires_grad_()
+        y = m(xr)
+        grads.append((y.detach(), *torch.autograd.grad(y, [xr, m.c0, m.theta], g)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
 
 
 def test_non_contiguous_inputs() -> None:
