@@ -409,7 +409,7 @@ def test_saves_nothing_larger_than_the_input() -> None:
 
 
 def test_backward_reuses_the_coefficient_table_of_forward(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The (2n+3, F) table is built once per forward+backward, in every path; backward gets it
+    """The (2n+2, F) table is built once per forward+backward, in every path; backward gets it
     as a saved tiny tensor (see test_saves_nothing_larger_than_the_input)."""
     calls: list[int] = []
     original = bernstein._plan_table
@@ -472,27 +472,115 @@ def test_non_finite_inputs_agree_across_paths(lower_slope_smaller: bool) -> None
         y = m(xr)
         gx, gc0, gth = torch.autograd.grad(y, [xr, m.c0, m.theta], g)
         results.append((y.detach(), gx, gc0, gth))
-    assert bool(results[0][0][0, 0].isnan()) and float(results[0][0][1, 1]) == math.inf
-    assert bool(results[0][1].isfinite()[1:].all())  # σ' is the boundary slope at ±Inf
+    y, gx, gc0, gth = results[0]
+    assert bool(y[0, 0].isnan()) and float(y[1, 1]) == math.inf and float(y[2, 2]) == -math.inf
+    assert bool(gx.isfinite()[1:].all())  # σ' is the boundary slope at ±Inf
+    assert bool(gc0.isfinite().all())
+    # NaN only in the NaN input's feature; ±Inf in the boundary-slope entry of the ±Inf inputs'
+    # features (and of 1e308's: g·n·1e307 may overflow), finite elsewhere.
+    assert gth.isnan().any(dim=1).tolist() == [True, False, False, False]
+    assert bool(gth[1:, 1:-1].isfinite().all() and gth[1, 0].isfinite() and gth[2, -1].isfinite())
+    assert bool(gth[1, -1].isinf() and gth[2, 0].isinf())
     for other in results[1:]:
         for a, b in zip(results[0], other):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 def test_compiled_module_matches_eager() -> None:
-    """Under torch.compile the unchunked kernels run (fused by Inductor); same values and grads."""
+    """Under torch.compile the unchunked kernels run (fused by Inductor); same values and grads,
+    also for ±Inf and huge inputs (one per feature, so that each gives its own ±Inf or huge
+    boundary-slope entry of the θ gradient)."""
     eager = _randomise(Bernstein(9, num_features=5), seed=18)
     compiled = _randomise(Bernstein(9, num_features=5), seed=18)
     compiled.compile()
     x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(19)) * 4.0
+    x[0, 0, 0], x[1, 1, 1], x[2, 2, 2], x[3, 3, 0] = -math.inf, math.inf, -1e30, 1e30
     g = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(20))
     grads = []
     for m in (eager, compiled):
         xr = x.clone().requires_grad_()
         y = m(xr)
         grads.append((y.detach(), *torch.autograd.grad(y, [xr, m.c0, m.theta], g)))
+    y = grads[0][0]
+    assert float(y[0, 0, 0]) == -math.inf and float(y[1, 1, 1]) == math.inf
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+        assert not bool(a.isnan().any())
+        scale = float(a[a.abs() < 1e6].abs().max())  # huge entries: rtol
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+def _brute_far(m: Bernstein, x: Tensor) -> Tensor:
+    """σ outside [l, u] from the definition: c_0 + n·(c_1 − c_0)/(u−l)·(x − l) below l,
+    c_n + n·(c_n − c_{n−1})/(u−l)·(x − u) above u, with the increments c_{k+1} − c_k used as
+    they are, not as differences of larger coefficients (which would cancel huge terms in the
+    value and in the gradients of c0 and θ). Differentiable in c0 and θ, also at ±∞; x is
+    (N, F) with per-feature coefficients."""
+    n, lo, hi = m.degree, m.lower, m.upper
+    inc, c0 = m.increments.to(x.dtype), m.c0.to(x.dtype)
+    # Each branch sees only its own side's inputs, so that no gradient is ever 0·∞.
+    below = c0 + n * inc[:, 0] / (hi - lo) * (torch.where(x < lo, x, lo) - lo)
+    above = c0 + inc.sum(dim=1) + n * inc[:, -1] / (hi - lo) * (torch.where(x > hi, x, hi) - hi)
+    return torch.where(x < lo, below, above)
+
+
+@pytest.mark.parametrize("lower_slope_smaller", [True, False])
+@pytest.mark.parametrize("chunk", [None, 0, 7])
+def test_infinite_and_huge_inputs(lower_slope_smaller: bool, chunk: int | None) -> None:
+    """σ(±∞) = ±∞, σ(NaN) = NaN, σ' at ±∞ is the boundary slope, and far outside [l, u] values
+    and the gradients of x, c0 and θ keep full float64 precision, in every path.
+
+    Regression: the extension was e·slope_hi + min(e, 0)·(slope_lo − slope_hi) (e the overshoot
+    in t units), so σ(−∞) = −∞ + ∞ = NaN whenever slope_lo ≤ slope_hi (and ∂L/∂θ_{n−1} too),
+    and far below l both the value and ∂L/∂θ_{n−1} were differences of two large terms. Here
+    the boundary slopes are ~1e5 apart, either way round."""
+    inf, nan = math.inf, math.nan
+    lo, hi = -2.0, 3.0
+    m = _randomise(Bernstein(9, 1e-4, lo, hi, num_features=5).double(), seed=21)
+    with torch.no_grad():
+        m.theta[:, 0] = -20.0 if lower_slope_smaller else 8.0
+        m.theta[:, -1] = 8.0 if lower_slope_smaller else -20.0
+    m.chunk_elements = chunk
+    # Features (columns): −∞, +∞, huge on both sides, far below l next to a little above u
+    # (where ∂L/∂θ_{n−1} was a difference of two huge sums), NaN.
+    x = torch.tensor(
+        [
+            [-inf, inf, -1e30, -1e30, nan],
+            [-1e300, 1e300, 1e30, 3.5, 0.5],
+            [0.3, -1.0, -1e8, 0.0, 2.0],
+            [4.0, -3.0, 1e8, 4.2, -2.5],
+            [-2.5, 2.9, 1.0, -7.0, 7.0],
+        ],
+        dtype=F64,
+    )
+    g = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(22))
+    g[0, :2] = 0.7  # fixes the sign of the infinite θ gradients below
+    xr = x.clone().requires_grad_()
+    y = m(xr)
+    gx, gc0, gth = torch.autograd.grad(y, [xr, m.c0, m.theta], g)
+    y = y.detach()
+
+    assert float(y[0, 0]) == -inf and float(y[0, 1]) == inf and bool(y[0, 4].isnan())
+    near = x.abs() <= 1e6
+    far = x.abs() > 1e6  # including ±∞, not NaN
+    with torch.no_grad():
+        torch.testing.assert_close(y[far], _brute_far(m, x)[far], rtol=1e-12, atol=0)
+        torch.testing.assert_close(y[near], brute(m, x)[near], rtol=1e-12, atol=1e-12)
+
+    n, inc = m.degree, m.increments.detach()
+    slope_lo, slope_hi = n * inc[:, 0] / (hi - lo), n * inc[:, -1] / (hi - lo)
+    inside = brute_slope(m, x.clamp(lo, hi))  # NaN at NaN
+    slope = torch.where(x <= lo, slope_lo, torch.where(x >= hi, slope_hi, inside))
+    torch.testing.assert_close(gx, g * slope, rtol=1e-10, atol=1e-12, equal_nan=True)
+    torch.testing.assert_close(m.derivative(x), slope, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+    # c0 and θ against plain autograd: _reference for the inputs near [l, u], _brute_far for the
+    # others. The features with −∞ and +∞ get ∂L/∂θ_0 = −∞ and ∂L/∂θ_{n−1} = +∞ (g > 0 there).
+    want = torch.where(far, _brute_far(m, x), _reference(m, torch.where(near, x, 0.0)))
+    want_c0, want_th = torch.autograd.grad(want, [m.c0, m.theta], g)
+    assert float(want_th[0, 0]) == -inf and float(want_th[1, -1]) == inf
+    torch.testing.assert_close(gc0[:4], want_c0[:4], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gth[:4], want_th[:4], rtol=1e-10, atol=1e-12)
+    assert bool(gth[4].isnan().all())  # the NaN input's feature
 
 
 def test_non_contiguous_inputs() -> None:

@@ -9,8 +9,10 @@ can never fall below δ̄ = n·δ/(u−l): a neuron using it cannot die.
 Evaluation never builds the (n+1)-element basis per input element: it runs a division-free
 recurrence in t = (x−l)/(u−l), s = 1−t whose terms are all products of non-negative factors
 (a power-basis Horner scheme would be cheaper but ill-conditioned), so the computed slope keeps
-the ≥ δ̄ guarantee up to rounding. The backward pass recomputes everything from x; only x, the
-coefficients and their (2n+3, F) table are saved. Eagerly, large inputs are processed in
+the ≥ δ̄ guarantee up to rounding. The linear extensions outside [l, u] never form ∞ − ∞ or a
+difference of two large terms: σ(±∞) = ±∞ with σ'(±∞) the boundary slope, and far outside
+[l, u] σ keeps full relative precision. The backward pass recomputes everything from x; only x,
+the coefficients and their (2n+2, F) table are saved. Eagerly, large inputs are processed in
 cache-sized chunks with reused buffers: O(n) ops per chunk, about 100 ops per forward+backward.
 Measured on one CPU thread (degree 9, per-neuron coefficients), forward+backward costs ~4.5–5.5×
 GELU for a (64, 128, 32, 32) input and ~10–13× for a (256, 100) one, where per-op overhead
@@ -125,7 +127,7 @@ def _cpu_scalar(value: float, dtype: torch.dtype) -> Tensor:
 def _plan_table(
     c0: Tensor, incs: Tensor, binoms: Tensor, lower: float, upper: float, dtype: torch.dtype
 ) -> Tensor:
-    """The per-feature coefficients of :class:`_Plan` as one contiguous (2n+3, F) tensor.
+    """The per-feature coefficients of :class:`_Plan` as one contiguous (2n+2, F) tensor.
 
     Built once per forward and handed to backward: a dozen small ops, about 5% of a
     forward+backward step on a (256, 100) input when it was built twice.
@@ -138,8 +140,7 @@ def _plan_table(
             torch.cumsum(incs, dim=1),  # c_k − c_0, k = 1..n
             incs * (n / h),
             c0.to(dtype).unsqueeze(1),
-            incs[:, -1:] * n,  # dσ/dt above u
-            (incs[:, :1] - incs[:, -1:]) * n,  # (lower − upper) slope in t units
+            incs[:, -1:] * n,  # dσ/dt above u; below l it is w_1 = n·(c_1 − c_0), see _value
         ],
         dim=1,
     )
@@ -153,20 +154,20 @@ class _Plan:
     def __init__(
         self, table: Tensor, binoms: Tensor, lower: float, upper: float, dtype: torch.dtype
     ) -> None:
-        n = (table.shape[0] - 3) // 2
+        n = (table.shape[0] - 2) // 2
         self.n = n
         self.dtype = dtype
         self.lower = lower
         self.inv_h = 1.0 / (upper - lower)
         self.binoms = binoms.to(dtype)  # C(n,k) for k = 1..n, then C(n−1,k) for k = 0..n−1
-        # Rows of the (2n+3, F) table from _plan_table.
+        # Rows of the (2n+2, F) table from _plan_table.
         rows = table.unsqueeze(-1).unbind(0)
         # Coefficients are used relative to c_0 (added once at the end), which keeps precision
         # when |c_0| is large compared with the increments: w_k = C(n,k)·(c_k − c_0), k = 1..n.
         self.w = rows[:n]
         # σ'(x) = Σ_k wd_k·t^k·s^(n−1−k) with wd_k = n/(u−l)·C(n−1,k)·(c_{k+1} − c_k) ≥ 0.
         self.wd = rows[n : 2 * n]
-        self.c0, self.slope_hi, self.slope_diff = rows[2 * n :]
+        self.c0, self.slope_hi = rows[2 * n :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,22 +177,30 @@ class _Plan:
 
 
 def _coords(plan: _Plan, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """t = clamp((x−l)/(u−l), 0, 1), s = 1 − t and the overshoot e = (x−l)/(u−l) − t."""
-    tt = (x.to(plan.dtype) - plan.lower) * plan.inv_h
-    t = tt.clamp(0.0, 1.0)
-    return t, 1.0 - t, tt - t
+    """The unclamped q = (x−l)/(u−l), t = clamp(q, 0, 1) and s = 1 − t."""
+    q = (x.to(plan.dtype) - plan.lower) * plan.inv_h
+    t = q.clamp(0.0, 1.0)
+    return q, t, 1.0 - t
 
 
 def _value(plan: _Plan, x: Tensor) -> Tensor:
     """σ(x); A_k = A_{k−1}·s + w_k·t^k sums Σ_k w_k t^k s^(n−k) with no division and no
-    cancellation between basis terms, unlike a power-basis Horner scheme."""
-    t, s, e = _coords(plan, x)
-    acc = t * plan.w[0]
+    cancellation between basis terms, unlike a power-basis Horner scheme.
+
+    With the overshoot e = q − t, the extension is max(e, 0)·slope_hi + min(e, 0)·slope_lo (in
+    t units). The lower piece needs no op of its own: slope_lo = n·(c_1 − c_0) = w_1, and
+    where e < 0, t = 0 and s = 1 exactly, so using min(q, 1) = t + min(e, 0) instead of t in the
+    first term w_1·t·s^(n−1) adds exactly min(e, 0)·w_1. Neither piece is ever ∞ − ∞ (σ(−∞) was
+    NaN when the extension was e·slope_hi + min(e, 0)·(slope_lo − slope_hi)) or a difference of
+    two large terms.
+    """
+    q, t, s = _coords(plan, x)
+    acc = q.clamp(max=1.0) * plan.w[0]
     pw = t
     for k in range(2, plan.n + 1):
         pw = pw * t
         acc = acc * s + pw * plan.w[k - 1]
-    return acc + plan.c0 + e * plan.slope_hi + e.clamp(max=0.0) * plan.slope_diff
+    return acc + plan.c0 + (q - t).clamp(min=0.0) * plan.slope_hi
 
 
 def _slope(plan: _Plan, t: Tensor, s: Tensor) -> Tensor:
@@ -207,18 +216,21 @@ def _slope(plan: _Plan, t: Tensor, s: Tensor) -> Tensor:
     return acc
 
 
-def _moments(plan: _Plan, g: Tensor, t: Tensor, s: Tensor, e: Tensor) -> Tensor:
-    """Rows Σg, Σg·t^k·s^(n−k) (k = 1..n), Σg·e, Σg·min(e, 0), each reduced to (F,)."""
+def _moments(plan: _Plan, g: Tensor, q: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    """The n+2 rows Σg, Σg·min(q, 1)·s^(n−1), Σg·t^k·s^(n−k) (k = 2..n), Σg·max(e, 0), each
+    reduced to (F,): ∂σ/∂c_0 and ∂σ/∂w_k, k = 1..n, with the lower extension folded into w_1's
+    row as in :func:`_value` (it is Σg·t·s^(n−1) + Σg·min(e, 0)), then ∂σ/∂slope_hi."""
     n = plan.n
     spow = [s]
     for _ in range(n - 2):
         spow.append(spow[-1] * s)
-    rows = [g]
-    gt = g
-    for k in range(1, n + 1):
+    first = g * q.clamp(max=1.0)
+    rows = [g, first * spow[-1] if n > 1 else first]
+    gt = g * t if n > 1 else g
+    for k in range(2, n + 1):
         gt = gt * t
         rows.append(gt if k == n else gt * spow[n - k - 1])
-    rows += [g * e, g * e.clamp(max=0.0)]
+    rows.append(g * (q - t).clamp(min=0.0))
     return torch.stack([r.sum(dim=(0, 2)) for r in rows])
 
 
@@ -227,32 +239,33 @@ def _moments(plan: _Plan, g: Tensor, t: Tensor, s: Tensor, e: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _coords_into(plan: _Plan, x: Tensor, e: Tensor, t: Tensor, s: Tensor) -> None:
+def _coords_into(plan: _Plan, x: Tensor, q: Tensor, t: Tensor, s: Tensor) -> None:
+    """:func:`_coords` into buffers: q (unclamped), t, s."""
     shift = _cpu_scalar(-plan.lower * plan.inv_h, plan.dtype)
     if x.dtype == plan.dtype:
-        torch.add(shift, x, alpha=plan.inv_h, out=e)
+        torch.add(shift, x, alpha=plan.inv_h, out=q)
     else:  # compute (x−l)/h in the compute dtype, not in bf16
-        e.copy_(x)
-        torch.add(shift, e, alpha=plan.inv_h, out=e)
-    torch.clamp(e, 0.0, 1.0, out=t)
-    e.sub_(t)
+        q.copy_(x)
+        torch.add(shift, q, alpha=plan.inv_h, out=q)
+    torch.clamp(q, 0.0, 1.0, out=t)
     torch.sub(_cpu_scalar(1.0, plan.dtype), t, out=s)
 
 
 def _value_into(plan: _Plan, x: Tensor, out: Tensor, bufs: Sequence[Tensor]) -> None:
-    e, t, s, pw, acc = bufs[:5]
-    _coords_into(plan, x, e, t, s)
+    """Chunked :func:`_value`; overwrites all five buffers (q, t, s, pw, acc)."""
+    q, t, s, pw, acc = bufs[:5]
+    _coords_into(plan, x, q, t, s)
     w = plan.w
-    torch.mul(t, w[0], out=acc)
+    # min(q, 1) = t + min(e, 0): the first term also carries the lower extension.
+    torch.clamp(q, max=1.0, out=acc).mul_(w[0])
     for k in range(2, plan.n + 1):
         if k == 2:
             torch.mul(t, t, out=pw)
         else:
             pw.mul_(t)
         acc.mul_(s).addcmul_(pw, w[k - 1])
-    acc.add_(plan.c0).addcmul_(e, plan.slope_hi)
-    # min(e, 0)·(slope_lo − slope_hi) turns the upper slope into the lower one below l.
-    torch.addcmul(acc, e.clamp_(max=0.0), plan.slope_diff, out=out)
+    acc.add_(plan.c0)
+    torch.addcmul(acc, q.sub_(t).clamp_(min=0.0), plan.slope_hi, out=out)  # max(e, 0)·slope_hi
 
 
 def _slope_into(plan: _Plan, t: Tensor, s: Tensor, pw: Tensor, acc: Tensor) -> None:
@@ -270,18 +283,32 @@ def _slope_into(plan: _Plan, t: Tensor, s: Tensor, pw: Tensor, acc: Tensor) -> N
 
 
 def _moments_into(
-    plan: _Plan, g: Tensor, t: Tensor, s: Tensor, e: Tensor, bufs: Sequence[Tensor], out: Tensor
+    plan: _Plan,
+    g: Tensor,
+    q: Tensor,
+    t: Tensor,
+    s: Tensor,
+    bufs: Sequence[Tensor],
+    out: Tensor,
 ) -> None:
-    """Chunked :func:`_moments` written into `out` (n+3, F); bufs: gt, tmp, s², …, s^(n−1)."""
+    """Chunked :func:`_moments` written into `out` (n+2, F); bufs: gt, tmp, s², …, s^(n−1).
+
+    Overwrites q (with max(e, 0)).
+    """
     n = plan.n
     gt, tmp, *spow = bufs
     dims = (0, 2)
     torch.sum(g, dim=dims, out=out[0])
     for j in range(n - 2):  # spow[j] = s^(j+2)
         torch.mul(spow[j - 1] if j else s, s, out=spow[j])
-    for k in range(1, n + 1):
-        if k == 1:
-            torch.mul(g, t, out=gt)
+    # Row 1: Σg·min(q, 1)·s^(n−1) = Σg·t·s^(n−1) + Σg·min(e, 0) (s = 1 where e < 0).
+    torch.clamp(q, max=1.0, out=tmp).mul_(g)
+    if n > 1:
+        tmp.mul_(s if n == 2 else spow[n - 3])
+    torch.sum(tmp, dim=dims, out=out[1])
+    for k in range(2, n + 1):
+        if k == 2:
+            torch.mul(g, t, out=gt).mul_(t)
         else:
             gt.mul_(t)
         if k == n:
@@ -290,20 +317,18 @@ def _moments_into(
             p = n - k  # power of s
             torch.mul(gt, s if p == 1 else spow[p - 2], out=tmp)
             torch.sum(tmp, dim=dims, out=out[k])
-    torch.mul(g, e, out=tmp)
+    torch.mul(g, q.sub_(t).clamp_(min=0.0), out=tmp)  # g·max(e, 0)
     torch.sum(tmp, dim=dims, out=out[n + 1])
-    torch.mul(g, e.clamp_(max=0.0), out=tmp)
-    torch.sum(tmp, dim=dims, out=out[n + 2])
 
 
 def _grads_from_moments(mom: Tensor, binoms: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """(∂L/∂c0, ∂L/∂increments) from the moment rows of :func:`_moments`."""
-    gc = mom[1 : n + 1] * binoms[:n].unsqueeze(1)  # (n, F): ∂/∂(c_k − c_0)
+    # (n, F): ∂/∂(c_k − c_0); for k = 1 this includes the lower extension, whose slope
+    # n·(c_1 − c_0) = n·inc_0 is linear in c_1 − c_0 alone.
+    gc = mom[1 : n + 1] * binoms[:n].unsqueeze(1)
     # c_k − c_0 = Σ_{j<k} inc_j, so ∂/∂inc_j = Σ_{k>j} ∂/∂(c_k − c_0).
     gi = gc.flip(0).cumsum(0).flip(0)
-    low = mom[n + 2]  # Σ g·min(e, 0): the lower linear piece has slope n·inc_0 in t units
-    gi[0] += n * low
-    gi[-1] += n * (mom[n + 1] - low)
+    gi[-1] += n * mom[n + 1]  # Σ g·max(e, 0): the upper linear piece has slope n·inc_{n−1}
     return mom[0], gi.t()
 
 
@@ -323,7 +348,7 @@ def _split(t3: Tensor, chunk: int) -> list[Tensor]:
 
 
 class _BernsteinFunction(torch.autograd.Function):
-    """σ(x) with a hand-written backward that saves only x, c0, the increments and the (2n+3, F)
+    """σ(x) with a hand-written backward that saves only x, c0, the increments and the (2n+2, F)
     coefficient table (a second, non-differentiable output, so backward need not rebuild it)."""
 
     @staticmethod
@@ -379,12 +404,12 @@ class _BernsteinFunction(torch.autograd.Function):
         grad_x: Tensor | None = None
         mom: Tensor | None = None
         if ctx.chunk <= 0:
-            t, s, e = _coords(plan, x3)
+            q, t, s = _coords(plan, x3)
             gc = g3.to(plan.dtype)
             if need_x:
                 grad_x = (gc * _slope(plan, t, s)).to(x.dtype).view(x.shape)
             if need_c:
-                mom = _moments(plan, gc, t, s, e)
+                mom = _moments(plan, gc, q, t, s)
         else:
             xs = _split(x3, ctx.chunk)
             gs = _split(g3, ctx.chunk)
@@ -393,22 +418,22 @@ class _BernsteinFunction(torch.autograd.Function):
                 grad_x, gx3 = _new_output(x, shape)
                 gxs = list(_split(gx3, ctx.chunk))
             if need_c:
-                mom = torch.zeros(n + 3, shape[1], dtype=plan.dtype, device=x.device)
+                mom = torch.zeros(n + 2, shape[1], dtype=plan.dtype, device=x.device)
                 mom_chunk = mom if len(xs) == 1 else torch.empty_like(mom)
             cast_g = g.dtype != plan.dtype
             count = 5 + int(cast_g) + (max(n - 2, 0) + 2 if need_c else 0)
             scratch = _Scratch(count, xs[0].numel(), plan.dtype, x.device)
             for xc, gc, gxc in zip(xs, gs, gxs):
                 bufs = scratch.get(xc.shape)
-                e, t, s, pw, acc = bufs[:5]
-                _coords_into(plan, xc, e, t, s)
+                q, t, s, pw, acc = bufs[:5]
+                _coords_into(plan, xc, q, t, s)
                 if cast_g:
                     gc = bufs[5].copy_(gc)
                 if gxc is not None:
                     _slope_into(plan, t, s, pw, acc)
                     torch.mul(gc, acc, out=gxc)
                 if mom is not None:
-                    _moments_into(plan, gc, t, s, e, bufs[5 + int(cast_g) :], mom_chunk)
+                    _moments_into(plan, gc, q, t, s, bufs[5 + int(cast_g) :], mom_chunk)
                     if mom_chunk is not mom:
                         mom.add_(mom_chunk)
         grad_c0: Tensor | None = None
@@ -621,15 +646,15 @@ class Bernstein(nn.Module):
         x3 = _as3d(x, shape)
         chunk = self._chunk()
         if chunk <= 0:
-            t, s, _ = _coords(plan, x3)
+            _, t, s = _coords(plan, x3)
             return _slope(plan, t, s).view(x.shape)
         out = torch.empty(x.shape, dtype=plan.dtype, device=x.device)
         out3 = out.view(shape)
         xs = _split(x3, chunk)
         scratch = _Scratch(4, xs[0].numel(), plan.dtype, x.device)
         for xc, oc in zip(xs, _split(out3, chunk)):
-            e, t, s, pw = scratch.get(xc.shape)
-            _coords_into(plan, xc, e, t, s)
+            q, t, s, pw = scratch.get(xc.shape)
+            _coords_into(plan, xc, q, t, s)
             _slope_into(plan, t, s, pw, oc)
         return out
 
