@@ -27,13 +27,19 @@ from neurodiag.stats.sync import all_reduce_sites, copy_site
 
 
 class Monitor:
-    """Context manager around a training loop; ``report()`` returns the same Report as ``scan``."""
+    """Context manager around a training loop; ``report()`` returns the same Report as ``scan``.
+
+    ``every=N`` summarises each window of N forward passes into ``history``;
+    ``measure_every=K`` measures one forward pass (and its backward) in K — the first, then every
+    K-th — for about 1/K of the hooks' cost; the statistics then describe the measured passes.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         *,
         every: int | None = None,
+        measure_every: int = 1,
         eps: float = DEFAULT_EPS,
         tau: float = DEFAULT_TAU,
         dead_window: str = "scan",
@@ -44,8 +50,12 @@ class Monitor:
     ) -> None:
         if every is not None and every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if measure_every < 1:
+            raise ValueError(f"measure_every must be >= 1, got {measure_every}")
         self.model = model
         self.every = every
+        self.measure_every = measure_every
+        self._measured = 0
         self.options = StatOptions(eps=eps, tau=tau, dead_window=dead_window)
         self._recorder = SiteRecorder(
             model,
@@ -107,6 +117,11 @@ class Monitor:
         # The window of step k is complete (its backward done) when step k+1 starts.
         if self.every is not None and self._steps - self._window_start >= self.every:
             self._close_window()
+        # measure_every: the hooks stay attached but return at once on the passes not measured
+        # (and register no gradient hook, so their backward costs nothing either)
+        measured = self._steps % self.measure_every == 0
+        self._recorder.enabled = measured
+        self._measured += measured
         self._steps += 1
 
     # -- results -------------------------------------------------------------------------
@@ -114,6 +129,11 @@ class Monitor:
     def steps(self) -> int:
         """Forward passes seen so far."""
         return self._steps
+
+    @property
+    def measured_steps(self) -> int:
+        """Forward passes measured so far (all of them unless ``measure_every`` > 1)."""
+        return self._measured
 
     def report(self) -> Report:
         """Everything measured since ``__enter__``; reduced across ranks under torch.distributed."""
@@ -133,7 +153,7 @@ class Monitor:
             data="training loop (Monitor)",
             loss="the training loop's own",
             samples=0,
-            batches=self._steps,
+            batches=self._measured,
             device=str(model_device(self.model)),
             dtype=str(model_dtype(self.model)).removeprefix("torch."),
             seed=None,
@@ -142,9 +162,18 @@ class Monitor:
             tau=self.options.tau,
             dead_window=self.options.dead_window,
             mode="train" if self.model.training else "eval",
-            notes=() if sites else ("no activation sites found",),
+            notes=self._notes(bool(sites)),
         )
         return build_report(sites, header)
+
+    def _notes(self, found: bool) -> tuple[str, ...]:
+        notes = [] if found else ["no activation sites found"]
+        if self.measure_every > 1:
+            notes.append(
+                f"measured {self._measured} of {self._steps} forward passes "
+                f"(measure_every={self.measure_every})"
+            )
+        return tuple(notes)
 
     def _fresh_like(self, stats: SiteStats) -> SiteStats:
         return SiteStats(stats.neurons, stats.device, stats.dtype, self.options)

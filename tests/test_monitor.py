@@ -71,3 +71,29 @@ def test_monitor_adds_no_forward_or_backward() -> None:
 def test_monitor_rejects_bad_every() -> None:
     with pytest.raises(ValueError, match="every"):
         neurodiag.Monitor(nn.ReLU(), every=0)
+
+
+@pytest.mark.parametrize("name", ["functional", "inplace_relu", "smooth"])
+def test_measure_every_equals_a_scan_of_the_measured_batches(name: str) -> None:
+    """measure_every=3 over 7 steps measures steps 0, 3 and 6 (forward and backward) only."""
+    torch.manual_seed(0)
+    model = ZOO[name]().double().eval()
+    batches = make_batches(name, model, n_batches=7)
+    expected = neurodiag.scan(model, batches[::3]).to_frame()
+    with neurodiag.Monitor(model, measure_every=3) as monitor:
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+    report = monitor.report()
+    got = report.to_frame()
+    assert (monitor.steps, monitor.measured_steps, report.header.batches) == (7, 3, 3)
+    assert "measured 3 of 7 forward passes (measure_every=3)" in report.header.notes
+    assert list(got["site"]) == list(expected["site"])
+    for column in ("neurons", "dead_pct", "dormant_pct", "grad_dormant_pct", "nonfinite"):
+        assert list(got[column]) == list(expected[column]), column
+    for column in ("mag", "min_abs_deriv"):
+        assert got[column].tolist() == pytest.approx(expected[column].tolist(), rel=1e-9)
+
+
+def test_measure_every_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="measure_every"):
+        neurodiag.Monitor(nn.ReLU(), measure_every=0)

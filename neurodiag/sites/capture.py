@@ -153,6 +153,8 @@ class SiteRecorder:
         self._discovery_handles: list[RemovableHandle] = []
         self.found_functional = False
         self.forwards = 0
+        #: False: the hooks stay attached but measure nothing (``Monitor(measure_every=K)``).
+        self.enabled = True
         #: When a list: the autograd node of every site output whose gradient a hook waits for
         #: (the scan empties it per batch to choose its gradient targets; None: not collected).
         self.watched: list[Any] | None = None
@@ -284,7 +286,13 @@ class SiteRecorder:
         saved: Tensor | None = None
         kind = self._module_kinds.get(module)
         needs_copy = kind is None or not kind.from_output
-        if isinstance(z, Tensor) and z.is_floating_point() and needs_copy and _inplace(module):
+        if (
+            self.enabled
+            and isinstance(z, Tensor)
+            and z.is_floating_point()
+            and needs_copy
+            and _inplace(module)
+        ):
             saved = z.detach().clone()  # the op will overwrite the true pre-activation
         self._saved_inputs.setdefault(module, []).append(saved)
 
@@ -304,7 +312,7 @@ class SiteRecorder:
     def _module_lean_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         # no pre-hook ran: nothing was saved (from_output kinds), and with no function mode left
         # the nesting depth has no reader
-        if output is None or _graph_task_id() != -1:
+        if output is None or not self.enabled or _graph_task_id() != -1:
             return  # (a graph task running: checkpointing recomputes the forward, see above)
         calls = self._module_calls
         index = calls.get(module, 0)
@@ -344,7 +352,12 @@ class SiteRecorder:
     def _measure(
         self, module: nn.Module, args: tuple[Any, ...], output: Any, saved: Tensor | None
     ) -> None:
-        if output is None or module in self._not_elementwise or _graph_task_id() != -1:
+        if (
+            output is None
+            or not self.enabled
+            or module in self._not_elementwise
+            or _graph_task_id() != -1
+        ):
             return  # (a graph task running: checkpointing recomputes the forward, see above)
         z = args[0] if args else None
         if not (
@@ -423,7 +436,7 @@ class SiteRecorder:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
     ) -> Any:
-        if _recomputing():
+        if not self.enabled or _recomputing():
             return func(*args, **kwargs)
         bound = binding.bind(args, kwargs)
         inplace = binding.inplace or bound.get("inplace") is True
