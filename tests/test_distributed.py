@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 
@@ -39,6 +40,13 @@ def _worker(rank: int, init_file: str, result_file: str, n_batches: int) -> None
         monitored = monitor.report()
         if rank == 0:
             torch.save({"frame": monitored.to_frame().to_dict("list")}, result_file + ".monitor")
+        # Tear down in order: every rank past its last collective, DDP's reducer (which holds
+        # the process group and its threads) gone, then the group. Destroying the group under a
+        # live DDP model aborted a rank now and then ("terminate called without an active
+        # exception", SIGABRT) after all the results were written.
+        dist.barrier()
+        del model_m, monitor
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
