@@ -113,3 +113,32 @@ def test_huggingface_trainer_callback(tmp_path: object) -> None:
     ]
     assert callback.report.header.batches == 4
     assert _hook_counts(model) == before
+
+
+def test_soft_pause_keeps_hooks_inert_and_still_discovers_functional_sites() -> None:
+    """pause(detach=False), as the callbacks use it: hooks stay, paused passes are not steps,
+    and a first forward while paused does not end site discovery (functional sites found later).
+    """
+    from tests.fixtures.models import ZOO, make_batches
+
+    torch.manual_seed(0)
+    model = ZOO["functional"]().double().eval()
+    batches = make_batches("functional", model, n_batches=4)
+    expected = neurodiag.scan(model, batches[1:3]).to_frame()
+    before = _hook_counts(model)
+    with neurodiag.Monitor(model) as monitor:
+        monitor.pause(detach=False)
+        model(batches[0][0])  # e.g. a sanity-check pass before training: not measured
+        assert _hook_counts(model) != before  # still attached, only inert
+        for x, y in batches[1:3]:
+            monitor.resume()
+            F.cross_entropy(model(x), y).backward()
+            monitor.pause(detach=False)
+        model(batches[3][0])  # an evaluation pass: not measured
+    got = monitor.report().to_frame()
+    assert _hook_counts(model) == before
+    assert monitor.steps == 2
+    assert list(got["site"]) == list(expected["site"])
+    for column in ("dead_pct", "dormant_pct", "grad_dormant_pct", "nonfinite"):
+        assert list(got[column]) == list(expected[column]), column
+    assert got["mag"].tolist() == pytest.approx(expected["mag"].tolist(), rel=1e-9)

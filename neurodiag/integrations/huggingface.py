@@ -1,8 +1,9 @@
 """Hugging Face ``Trainer`` callback: neurodiag statistics of the training steps.
 
-The Monitor is attached only between ``on_step_begin`` and ``on_step_end`` (evaluation passes do
-not count); ``callback.report`` holds the Report of the whole run after ``train()``, and
-``neurodiag/mean_dead_pct`` / ``neurodiag/max_dead_pct`` are added to every log.
+The Monitor measures only between ``on_step_begin`` and ``on_step_end`` (its hooks are inert
+outside, so evaluation passes do not count); ``callback.report`` holds the Report of the whole
+run after ``train()``, and ``neurodiag/mean_dead_pct`` / ``neurodiag/max_dead_pct`` are added
+to every log.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class NeurodiagTrainerCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         model = kwargs["model"]
         self.monitor = Monitor(model, **self.monitor_options).__enter__()
-        self.monitor.pause()
+        self.monitor.pause(detach=False)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None:
@@ -32,7 +33,7 @@ class NeurodiagTrainerCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None:
-            self.monitor.pause()
+            self.monitor.pause(detach=False)  # inert hooks: no re-attaching every step
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if self.monitor is None or logs is None or not self.monitor.steps:

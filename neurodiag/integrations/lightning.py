@@ -1,9 +1,9 @@
 """PyTorch Lightning callback: neurodiag statistics of the training steps, logged per epoch.
 
-Only training batches are measured (the Monitor is paused outside ``on_train_batch_start`` ..
-``on_train_batch_end``, so validation passes do not count). ``callback.report`` holds the Report of
-the whole fit; per epoch, mean/max dead % and the first site's MAG are logged as
-``neurodiag/...`` metrics.
+Only training batches are measured (the Monitor is paused, its hooks inert, outside
+``on_train_batch_start`` .. ``on_train_batch_end``, so validation passes do not count).
+``callback.report`` holds the Report of the whole fit; per epoch, mean/max dead % and the first
+site's MAG are logged as ``neurodiag/...`` metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class NeurodiagCallback(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.monitor = Monitor(pl_module, **self.monitor_options).__enter__()
-        self.monitor.pause()
+        self.monitor.pause(detach=False)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
         if self.monitor is not None:
@@ -35,7 +35,7 @@ class NeurodiagCallback(Callback):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int
     ) -> None:
         if self.monitor is not None:
-            self.monitor.pause()
+            self.monitor.pause(detach=False)  # inert hooks: no re-attaching every step
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is None or not self.monitor.steps:

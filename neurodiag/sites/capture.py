@@ -261,7 +261,8 @@ class SiteRecorder:
             self._exit_mode()
         # Only after a forward that completed (output given): on the exception path PyTorch
         # iterates the hook dict itself, so removing hooks there would break the iteration.
-        if output is not None and not self._stack[1:]:
+        if output is not None and self.enabled and not self._stack[1:]:
+            # (a forward with the hooks inert measured nothing: discovery is not over)
             self.forwards += 1
             if self.forwards == 1:
                 self.end_discovery()
