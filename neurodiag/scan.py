@@ -93,7 +93,8 @@ def scan(
     Statistics are accumulated per neuron over all positions of all batches; see README "Metrics"
     for ε (``eps``, dead), τ (``tau``, dormant) and the dead window. ``mode`` picks the model's
     train/eval behaviour during the scan (eval by default: dropout off, BatchNorm running stats);
-    the model's own mode is restored afterwards.
+    the model's own mode is restored afterwards. ``gradients=False`` runs the forward alone (no
+    autograd graph, no loss, no backward): the forward columns only, the gradient ones are NaN.
     """
     if mode not in MODES:
         raise NeurodiagError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -137,7 +138,10 @@ def scan(
                         break
                     if index % world != rank:  # rank r takes batches r, r + W, r + 2W, ...
                         continue
-                    _step(model, batch, device, dtype, resolver, state, params, recorder)
+                    if gradients:
+                        _step(model, batch, device, dtype, resolver, state, params, recorder)
+                    else:
+                        _forward_step(model, batch, device, dtype, state)
                     if state.batches == 1:
                         _check_includes(recorder)
                     if on_batch is not None:
@@ -157,7 +161,7 @@ def scan(
     header = ScanHeader(
         model=model_name or type(model).__name__,
         data=data_name or type(data).__name__,
-        loss=resolver.name,
+        loss=resolver.name if gradients else "none (forward only: no backward)",
         samples=state.samples,
         batches=state.batches,
         device=str(device),
@@ -292,6 +296,36 @@ def _step(
         torch.autograd.grad(loss, targets, allow_unused=True)
     elif "the loss does not depend on anything that requires grad" not in state.notes:
         state.notes.append("the loss does not depend on anything that requires grad")
+    state.batches += 1
+    state.samples += batch_size_of(raw_batch)
+
+
+def _forward_step(
+    model: nn.Module, raw_batch: Any, device: torch.device, dtype: torch.dtype, state: _Progress
+) -> None:
+    """``gradients=False``: the forward alone, without an autograd graph (no loss, no backward).
+
+    Dead %, τ-dormant %, min |σ'| and the forward's non-finite counts need nothing else; the
+    gradient columns stay empty.
+    """
+
+    def to_model(t: Tensor) -> Tensor:
+        t = t.to(device, non_blocking=True)
+        # a copy: the model may write into its input; keep the batch intact
+        return t.to(dtype, copy=True) if t.is_floating_point() else t
+
+    try:
+        split = split_batch(raw_batch)
+    except (TypeError, ValueError) as exc:
+        raise NeurodiagError(f"bad batch from the data source: {exc}") from exc
+    fed = SplitBatch(map_tensors(split.args, to_model), map_tensors(split.kwargs, to_model), None)
+    try:
+        with torch.no_grad():
+            fed.call(model)
+    except NeurodiagError:
+        raise
+    except Exception as exc:
+        raise NeurodiagError(_forward_error(model, split, exc)) from exc
     state.batches += 1
     state.samples += batch_size_of(raw_batch)
 

@@ -643,3 +643,16 @@ def test_update_baseline_round_trip(model_file: str) -> None:
     assert out.startswith("::error title=neurodiag::site 1 dead_pct 50.0 > 41.0; was 40.0")
     assert "1 new site not in the baseline: 3" in out
     assert _check(model_file, "--baseline", "b.json", "--tolerance", "10")[0] == 0
+
+
+def test_forward_only_gate_checks_forward_thresholds_and_refuses_gradient_ones(
+    model_file: str,
+) -> None:
+    code, out, err = _check(model_file, "--forward-only", "--max-dead-pct", "30")
+    assert code == 1, err  # site "1" is 50 % dead, measured without a backward
+    assert "FAIL: 1 violation at 1 of 2 sites" in out
+    code, out, err = _check(model_file, "--forward-only", "--max-dead-pct", "60")
+    assert code == 0, err + out
+    code, _, err = _check(model_file, "--forward-only", "--min-mag", "1e-9")
+    assert code == 2 and "--forward-only measures no gradients" in err and "min-mag" in err
+    assert len(err.strip().splitlines()) == 1

@@ -150,3 +150,17 @@ def test_scan_plot_writes_a_png(model_file: Path, tmp_path: Path) -> None:
     code, _, err = _invoke("scan", str(model_file), "--max-batches", "1", "--plot", str(png))
     assert code == 0, err
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scan_forward_only_has_the_forward_columns_and_no_gradient_ones(model_file: Path) -> None:
+    args = ("scan", str(model_file), "-f", "csv", "--max-batches", "2")
+    code, full, err = _invoke(*args)
+    assert code == 0, err
+    code, fwd, err = _invoke(*args, "--forward-only")
+    assert code == 0, err
+    full_frame = pd.read_csv(io.StringIO(full), dtype={"site": str})
+    fwd_frame = pd.read_csv(io.StringIO(fwd), dtype={"site": str})
+    for column in ("site", "neurons", "dead_pct", "dormant_pct", "min_abs_deriv", "nonfinite"):
+        assert fwd_frame[column].tolist() == full_frame[column].tolist(), column
+    assert fwd_frame["mag"].isna().all() and fwd_frame["grad_dormant_pct"].isna().all()
+    assert full_frame["mag"].notna().all()

@@ -89,3 +89,25 @@ def test_frozen_model_fed_token_ids_still_gets_gradients() -> None:
     report = neurodiag.scan(model, make_batches("sequence", model))
     assert all(row["mag"] > 0 for row in report.rows)
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_forward_only_scan_builds_no_graph_and_matches_the_forward_columns() -> None:
+    model = ZOO["functional"]().double()
+    batches = make_batches("functional", model)
+    grad_enabled: list[bool] = []
+    handle = model.fc1.register_forward_hook(
+        lambda m, i, o: grad_enabled.append(torch.is_grad_enabled())
+    )
+    try:
+        forward_only = neurodiag.scan(model, batches, gradients=False)
+    finally:
+        handle.remove()
+    full = neurodiag.scan(model, batches)
+    assert grad_enabled == [False] * len(batches)
+    assert forward_only.header.loss.startswith("none")
+    assert forward_only.sites == full.sites
+    for site in full.sites:
+        got, want = forward_only.row(site), full.row(site)
+        for key in ("dead_pct", "dormant_pct", "min_abs_deriv", "nonfinite"):
+            assert got[key] == want[key], (site, key)
+        assert got["mag"] != got["mag"]  # NaN: no gradient was measured

@@ -127,6 +127,13 @@ class ThresholdConfig:
             sources=tuple(config.name for config in files),
         )
 
+    def keys_in_use(self) -> set[str]:
+        """Every threshold key some layer sets (base limits, activation and site rules)."""
+        keys = set(self.base.active())
+        for rule in self.activations + self.sites:
+            keys.update(key for key, value in rule.values.items() if value is not None)
+        return keys
+
     def resolve(self, site: str, activation: str) -> tuple[Thresholds, dict[str, str]]:
         """The limits for one site and, per checked key, the layer that set it."""
         values = self.base.to_dict()

@@ -28,6 +28,7 @@ from neurodiag.check import (
     render_check,
     save_baseline,
 )
+from neurodiag.check.config import ThresholdConfig
 from neurodiag.check.render_text import render_check_table
 from neurodiag.cli.common import (
     EXIT_INTERRUPTED,
@@ -41,6 +42,7 @@ from neurodiag.cli.common import (
     EpsOpt,
     ExcludeOpt,
     FeatureDimOpt,
+    ForwardOnlyOpt,
     IncludeOpt,
     InputShapeOpt,
     Mode,
@@ -199,6 +201,7 @@ def check(
     debug: DebugOpt = False,
     progress: ProgressOpt = True,
     plot: PlotOpt = None,
+    forward_only: ForwardOnlyOpt = False,
 ) -> None:
     """Scan MODEL like `scan`, then exit 1 if a site breaks a threshold (or regressed).
 
@@ -223,6 +226,8 @@ def check(
                 "--baseline: a baseline gate fails only on regressions; run check twice for both"
             )
         limits = load_thresholds(config, flags) if baseline is None else None
+        if forward_only:
+            _check_forward_only(limits, baseline is not None)
         old = load_baseline(baseline) if baseline is not None and not update_baseline else None
         # Ctrl-C gives no verdict: a scan cut short by the user must not pass (or fail) a gate.
         # A --timeout was asked for, so the batches seen get a verdict (marked partial).
@@ -246,6 +251,7 @@ def check(
                 exclude=exclude,
                 feature_dim=feature_dim,
                 progress=progress,
+                forward_only=forward_only,
             )
         except ScanInterrupted:
             raise _fail(
@@ -270,3 +276,21 @@ def check(
             write_text(junit_xml, render_check(result, "junit"), "--junit-xml")
     if not result.ok:
         raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def _check_forward_only(limits: ThresholdConfig | None, with_baseline: bool) -> None:
+    """--forward-only measures no gradient: refuse gates that would read one."""
+    if with_baseline:
+        raise NeurodiagError(
+            "--forward-only cannot be combined with --baseline: a baseline compares the "
+            "gradient columns too"
+        )
+    gradient_keys = {"min_mag", "max_grad_dormant_pct"} & (
+        limits.keys_in_use() if limits else set()
+    )
+    if gradient_keys:
+        names = ", ".join(sorted(key.replace("_", "-") for key in gradient_keys))
+        raise NeurodiagError(
+            f"--forward-only measures no gradients, but {names} is set; drop --forward-only "
+            "or that threshold"
+        )

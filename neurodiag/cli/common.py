@@ -277,6 +277,14 @@ PlotOpt = Annotated[
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar (TTY).")]
+ForwardOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--forward-only",
+        help="Skip the backward: dead %, dormant %, min |σ'| and forward NaN/Inf counts only "
+        "(the gradient columns stay empty); about half the time of a full scan.",
+    ),
+]
 
 
 def _count(batches: Any, cap: int | None) -> int | None:

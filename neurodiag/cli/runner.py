@@ -75,6 +75,7 @@ def scan_from_options(
     exclude: list[str],
     feature_dim: list[str],
     progress: bool,
+    forward_only: bool = False,
 ) -> Report:
     """Everything ``neurodiag scan`` does between parsing and rendering.
 
@@ -112,4 +113,5 @@ def scan_from_options(
             on_batch=on_batch,
             model_name=loaded.name,
             data_name=source.description,
+            gradients=not forward_only,
         )

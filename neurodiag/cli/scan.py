@@ -19,6 +19,7 @@ from neurodiag.cli.common import (
     ExcludeOpt,
     FeatureDimOpt,
     FormatOpt,
+    ForwardOnlyOpt,
     IncludeOpt,
     InputShapeOpt,
     Mode,
@@ -72,6 +73,7 @@ def scan(
     debug: DebugOpt = False,
     progress: ProgressOpt = True,
     plot: PlotOpt = None,
+    forward_only: ForwardOnlyOpt = False,
 ) -> None:
     """Scan every activation site of MODEL and report dead/dormant neurons and gradient flow."""
     from neurodiag.cli.runner import scan_from_options
@@ -98,6 +100,7 @@ def scan(
                 exclude=exclude,
                 feature_dim=feature_dim,
                 progress=progress,
+                forward_only=forward_only,
             )
         except ScanInterrupted as stop:
             emit(stop.report, fmt, output)
