@@ -69,6 +69,7 @@ class Monitor:
         self._totals: dict[SiteKey, SiteStats] = {}
         self._steps = 0
         self._window_start = 0
+        self._window_measured = 0
         self._handle: Any = None
         self._started = 0.0
         self.history: list[dict[str, Any]] = []
@@ -195,8 +196,15 @@ class Monitor:
         return SiteStats(stats.neurons, stats.device, stats.dtype, self.options)
 
     def _close_window(self) -> None:
-        """Summarise the window into history and fold it into the running totals."""
+        """Summarise the window into history and fold it into the running totals.
+
+        A window in which no step was measured (``measure_every`` > ``every``) has no data and
+        adds no history entry (summarising empty statistics would read as 100 % dead).
+        """
         if self._steps == self._window_start:
+            return
+        if self._measured == self._window_measured:
+            self._window_start = self._steps
             return
         sites = self._recorder.sites
         summaries = summarize_sites(
@@ -211,6 +219,7 @@ class Monitor:
             site.stats = self._fresh_like(site.stats)
         self.history.append(_window_summary(self._steps, rows))
         self._window_start = self._steps
+        self._window_measured = self._measured
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

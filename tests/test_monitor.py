@@ -97,3 +97,18 @@ def test_measure_every_equals_a_scan_of_the_measured_batches(name: str) -> None:
 def test_measure_every_must_be_positive() -> None:
     with pytest.raises(ValueError, match="measure_every"):
         neurodiag.Monitor(nn.ReLU(), measure_every=0)
+
+
+def test_windows_without_a_measured_step_add_no_history() -> None:
+    """every=2 with measure_every=3 over 8 steps: steps 0, 3, 6 measured; windows [0,2) [2,4)
+    [4,6) [6,8) hold 1, 1, 0, 1 measured steps, so three entries, none from empty statistics."""
+    torch.manual_seed(0)
+    model = ZOO["inplace_relu"]().double().eval()
+    batches = make_batches("inplace_relu", model, n_batches=8)
+    with neurodiag.Monitor(model, every=2, measure_every=3) as monitor:
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+    assert [h["step"] for h in monitor.history] == [2, 4, 8]
+    full = neurodiag.scan(model, batches[::3])
+    assert monitor.report().row("act2")["dead_pct"] == full.row("act2")["dead_pct"]
+    assert all(h["max_dead_pct"] < 100.0 for h in monitor.history)
