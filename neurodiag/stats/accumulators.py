@@ -20,7 +20,12 @@ import torch
 from torch import Tensor
 
 from neurodiag.stats.base import Accumulator, LazyState
-from neurodiag.stats.observation import ForwardObservation, reduction_dims, state_dtype
+from neurodiag.stats.observation import (
+    ForwardObservation,
+    positions_of,
+    reduction_dims,
+    state_dtype,
+)
 from neurodiag.stats.passes import ForwardSweep, count_nonfinite, finite_count, grad_sweep
 
 #: Finite counts (float scalars) kept aside before they are folded into the int64 count.
@@ -189,12 +194,7 @@ class GradientMagnitude(_PerNeuron):
 
     def update_sum(self, sum_abs: Tensor, shape: torch.Size, dims: tuple[int, ...]) -> None:
         """Add Σ|∂L/∂a| of one call (per neuron, already reduced over ``dims`` of ``shape``)."""
-        self.__dict__["sum_abs_grad"].add_(sum_abs)
-        positions = 1
-        for i in dims:
-            positions *= shape[i]
-        self._new_positions += positions
-        self._dirty = True
+        self.add_sum(sum_abs, positions_of(shape, dims))
 
     def add_sum(self, sum_abs: Tensor, positions: int) -> None:
         """``update_sum`` with the number of positions already known."""

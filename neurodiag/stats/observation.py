@@ -22,6 +22,7 @@ __all__ = [
     "Shortcuts",
     "count_nonfinite",
     "finite_count",
+    "positions_of",
     "reduction_dims",
     "state_dtype",
 ]
@@ -33,6 +34,14 @@ def reduction_dims(ndim: int, feature_dim: int) -> tuple[int, ...]:
         return ()
     fd = feature_dim % ndim
     return tuple(i for i in range(ndim) if i != fd)
+
+
+def positions_of(shape: torch.Size, dims: tuple[int, ...]) -> int:
+    """Positions per neuron of a call: the product of the reduced dims' sizes."""
+    out = 1
+    for i in dims:
+        out *= shape[i]
+    return out
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -111,11 +120,7 @@ class ForwardObservation:
 
     @property
     def positions(self) -> int:
-        shape = self.a.shape
-        out = 1
-        for i in self.dims:
-            out *= shape[i]
-        return out
+        return positions_of(self.a.shape, self.dims)
 
     @property
     def derivative(self) -> Callable[[Tensor | None, Tensor], Tensor]:

@@ -22,7 +22,7 @@ from neurodiag.stats.accumulators import (
     NonFinite,
 )
 from neurodiag.stats.base import Accumulator
-from neurodiag.stats.observation import ForwardObservation, Shortcuts
+from neurodiag.stats.observation import ForwardObservation, Shortcuts, positions_of
 from neurodiag.stats.passes import (
     SCRATCH_ELEMENTS,
     abs_in_scratch,
@@ -153,17 +153,14 @@ class SiteStats:
                 from_z = z is not None
                 self.deriv_max.defer(sum_abs, derivative, from_z)
                 self.deriv_min.defer(low, derivative, from_z)
-                neurons = self.neurons
-                if neurons:
-                    positions = n // neurons
-                else:
-                    shape = a.shape
-                    positions = 1
-                    for i in dims:
-                        positions *= shape[i]
-                self.act.add(sum_abs, positions)
+                self.act.add(sum_abs, self._positions(a, dims))
                 return
         self.observe(ForwardObservation(z, a, derivative, dims, shortcuts))
+
+    def _positions(self, x: Tensor, dims: tuple[int, ...]) -> int:
+        """Positions per neuron of a call on x (numel / neurons: no loop on the hot path)."""
+        neurons = self.neurons
+        return x.numel() // neurons if neurons else positions_of(x.shape, dims)
 
     def tensor_hook(self, dims: tuple[int, ...]) -> Callable[[Tensor], None]:
         """A ``Tensor.register_hook`` hook feeding ∂L/∂a to these statistics (one per dims)."""
@@ -202,8 +199,7 @@ class SiteStats:
         if dims and grad.is_cpu and grad.numel() <= SCRATCH_ELEMENTS:  # the common small case
             g = abs_in_scratch(grad)
             total = g.sum(dims, dtype=self.dtype)
-            neurons = self.neurons
-            grad_acc.add_sum(total, grad.numel() // neurons if neurons else _positions(grad, dims))
+            grad_acc.add_sum(total, self._positions(grad, dims))
             if not host_check(grad):
                 self.nonfinite.add_finite_one(grad.numel(), finite_in_place(g))
             elif not reductions_show_finite(total):  # Σ|∂L/∂a| is finite iff every entry is
@@ -312,14 +308,6 @@ class SiteStats:
             "min_abs_deriv": torch.from_numpy(min_d),
         }
         return SiteSummary(row, neurons)
-
-
-def _positions(x: Tensor, dims: tuple[int, ...]) -> int:
-    shape = x.shape
-    positions = 1
-    for i in dims:
-        positions *= shape[i]
-    return positions
 
 
 def summarize_sites(
