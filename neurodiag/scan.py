@@ -202,6 +202,10 @@ class _Progress:
         self.samples = 0
         self.notes: list[str] = []
 
+    def count(self, raw_batch: Any) -> None:
+        self.batches += 1
+        self.samples += batch_size_of(raw_batch)
+
     def reduce(self, device: torch.device) -> None:
         """Sum the counts over ranks (notes and the loss name are rank 0's)."""
         counts = torch.tensor([self.batches, self.samples], device=device, dtype=torch.int64)
@@ -268,10 +272,7 @@ def _step(
             return fed
         return t
 
-    try:
-        split = split_batch(raw_batch)
-    except (TypeError, ValueError) as exc:
-        raise NeurodiagError(f"bad batch from the data source: {exc}") from exc
+    split = _split(raw_batch)
     fed = SplitBatch(
         map_tensors(split.args, to_model),
         map_tensors(split.kwargs, to_model),
@@ -283,12 +284,7 @@ def _step(
     watched = recorder.watched
     assert watched is not None
     watched.clear()
-    try:
-        output = fed.call(model)
-    except NeurodiagError:
-        raise
-    except Exception as exc:
-        raise NeurodiagError(_forward_error(model, split, exc)) from exc
+    output = _call(model, fed, split)
     loss = resolver(output, fed, _raw_on_device(raw_batch, device))
     if loss.requires_grad:
         targets = choose_targets(leaves, fed_inputs, params, watched)
@@ -296,8 +292,7 @@ def _step(
         torch.autograd.grad(loss, targets, allow_unused=True)
     elif "the loss does not depend on anything that requires grad" not in state.notes:
         state.notes.append("the loss does not depend on anything that requires grad")
-    state.batches += 1
-    state.samples += batch_size_of(raw_batch)
+    state.count(raw_batch)
 
 
 def _forward_step(
@@ -314,20 +309,29 @@ def _forward_step(
         # a copy: the model may write into its input; keep the batch intact
         return t.to(dtype, copy=True) if t.is_floating_point() else t
 
+    split = _split(raw_batch)
+    fed = SplitBatch(map_tensors(split.args, to_model), map_tensors(split.kwargs, to_model), None)
+    with torch.no_grad():
+        _call(model, fed, split)
+    state.count(raw_batch)
+
+
+def _split(raw_batch: Any) -> SplitBatch:
+    """The batch as (args, kwargs, targets), or a one-line error naming the data source."""
     try:
-        split = split_batch(raw_batch)
+        return split_batch(raw_batch)
     except (TypeError, ValueError) as exc:
         raise NeurodiagError(f"bad batch from the data source: {exc}") from exc
-    fed = SplitBatch(map_tensors(split.args, to_model), map_tensors(split.kwargs, to_model), None)
+
+
+def _call(model: nn.Module, fed: SplitBatch, split: SplitBatch) -> Any:
+    """The model's forward on ``fed``; its exceptions become one-line errors (see below)."""
     try:
-        with torch.no_grad():
-            fed.call(model)
+        return fed.call(model)
     except NeurodiagError:
         raise
     except Exception as exc:
         raise NeurodiagError(_forward_error(model, split, exc)) from exc
-    state.batches += 1
-    state.samples += batch_size_of(raw_batch)
 
 
 def _raw_on_device(batch: Any, device: torch.device) -> Any:
