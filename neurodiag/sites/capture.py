@@ -342,9 +342,7 @@ class SiteRecorder:
             pre, a.detach() if requires_grad else a, plan.derivative, plan.dims, plan.shortcuts
         )
         if requires_grad and stats.grad is not None:
-            site.watch_grad(a, plan.dims)
-            if self.watched is not None:
-                self.watched.append(a.grad_fn)
+            self._watch_grad(site, a, plan.dims)
 
     def _measure_module(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         saved_stack = self._saved_inputs.get(module)
@@ -496,9 +494,13 @@ class SiteRecorder:
         stats = site.stats
         stats.observe_call(z, a.detach() if requires_grad else a, derivative, dims, shortcuts)
         if requires_grad and stats.grad is not None:
-            site.watch_grad(a, dims)
-            if self.watched is not None:
-                self.watched.append(a.grad_fn)
+            self._watch_grad(site, a, dims)
+
+    def _watch_grad(self, site: Site, a: Tensor, dims: tuple[int, ...]) -> None:
+        """Have ∂L/∂a of this call measured; note a's autograd node for the scan's targets."""
+        site.watch_grad(a, dims)
+        if self.watched is not None:
+            self.watched.append(a.grad_fn)
 
     def _wanted(self, key: SiteKey) -> bool:
         if not (self.include or self.exclude):
