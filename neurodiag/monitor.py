@@ -21,8 +21,8 @@ from neurodiag.activations.registry import REGISTRY, ActivationRegistry
 from neurodiag.report.model import Report, ScanHeader
 from neurodiag.scan import DEFAULT_EPS, DEFAULT_TAU, build_report, model_device, model_dtype
 from neurodiag.sites.capture import SiteRecorder
-from neurodiag.sites.site import SiteKey
-from neurodiag.stats.site_stats import SiteStats, StatOptions, summarize_sites
+from neurodiag.sites.site import SiteKey, summarize
+from neurodiag.stats.site_stats import SiteStats, StatOptions
 from neurodiag.stats.sync import all_reduce_sites, copy_site
 
 
@@ -207,10 +207,7 @@ class Monitor:
             self._window_start = self._steps
             return
         sites = self._recorder.sites
-        summaries = summarize_sites(
-            [site.stats for site in sites.values()], [site.delta_bar for site in sites.values()]
-        )
-        rows = [summary.row for summary in summaries]
+        rows = [summary.row for summary in summarize(sites.values())]
         for key, site in sites.items():
             if key in self._totals:
                 self._totals[key].merge(site.stats)

@@ -23,8 +23,8 @@ from neurodiag.loss import LossResolver, UserLoss
 from neurodiag.model_state import preserved
 from neurodiag.report.model import Report, ScanHeader, SiteNeurons
 from neurodiag.sites.capture import SiteRecorder
-from neurodiag.sites.site import Site, SiteKey, display_names
-from neurodiag.stats.site_stats import StatOptions, summarize_sites
+from neurodiag.sites.site import Site, SiteKey, display_names, summarize
+from neurodiag.stats.site_stats import StatOptions
 from neurodiag.stats.sync import all_reduce_sites
 
 MODES = ("eval", "train")
@@ -186,9 +186,7 @@ def build_report(sites: dict[SiteKey, Site], header: ScanHeader) -> Report:
     rows: list[dict[str, Any]] = []
     neurons: dict[str, SiteNeurons] = {}
     names = display_names(list(sites))
-    summaries = summarize_sites(
-        [site.stats for site in sites.values()], [site.delta_bar for site in sites.values()]
-    )
+    summaries = summarize(sites.values())
     for (key, site), summary in zip(sites.items(), summaries, strict=True):
         name = names[key]
         rows.append({"site": name, "activation": site.activation, "kind": site.kind, **summary.row})

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from neurodiag.stats.observation import ForwardObservation, reduction_dims
-from neurodiag.stats.site_stats import SiteStats
+from neurodiag.stats.site_stats import SiteStats, SiteSummary, summarize_sites
 
 ROOT_NAME = "<root>"
 
@@ -84,3 +84,9 @@ def display_names(keys: list[SiteKey]) -> dict[SiteKey, str]:
         else:
             names[key] = key.candidate_names()[0]
     return names
+
+
+def summarize(sites: Iterable[Site]) -> list[SiteSummary]:
+    """Each site's summary, in order, with one host transfer for all (``summarize_sites``)."""
+    listed = list(sites)
+    return summarize_sites([s.stats for s in listed], [s.delta_bar for s in listed])
