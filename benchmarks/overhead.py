@@ -642,61 +642,30 @@ def monitor_target(r: ModelResult) -> float | None:
     return MONITOR_TARGETS.get(r.key) if r.device_type == "cpu" else None
 
 
+def _check(name: str, value: float | None, limit: float) -> dict[str, Any]:
+    return {"check": name, "value": value, "limit": limit, "result": verdict(value, limit)}
+
+
 def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for r in models:
         limit = scan_target(r)
         if limit is not None:
-            value = r.ratio("scan")
-            out.append(
-                {
-                    "check": f"({r.key}) scan/plain",
-                    "value": value,
-                    "limit": limit,
-                    "result": verdict(value, limit),
-                }
-            )
+            out.append(_check(f"({r.key}) scan/plain", r.ratio("scan"), limit))
         monitor_limit = monitor_target(r)
         if monitor_limit is not None:
-            value = r.ratio("monitor")
-            out.append(
-                {
-                    "check": f"({r.key}) monitor/plain",
-                    "value": value,
-                    "limit": monitor_limit,
-                    "result": verdict(value, monitor_limit),
-                }
-            )
+            out.append(_check(f"({r.key}) monitor/plain", r.ratio("monitor"), monitor_limit))
         for variant in ("scan", "monitor"):
             if variant in r.times_ms and r.peak_bytes:
-                value = r.extra_mem_pct(variant)
-                out.append(
-                    {
-                        "check": f"({r.key}) {variant} extra peak mem %",
-                        "value": value,
-                        "limit": MEM_TARGET_PCT,
-                        "result": verdict(value, MEM_TARGET_PCT),
-                    }
-                )
+                name = f"({r.key}) {variant} extra peak mem %"
+                out.append(_check(name, r.extra_mem_pct(variant), MEM_TARGET_PCT))
     if isinstance(acts, list):
         for a in acts:
-            out.append(
-                {
-                    "check": f"(d) Bernstein/GELU {tuple(a.shape)}",
-                    "value": a.ratio,
-                    "limit": BERNSTEIN_TARGET,
-                    "result": verdict(a.ratio, BERNSTEIN_TARGET),
-                }
-            )
+            shape = tuple(a.shape)
+            out.append(_check(f"(d) Bernstein/GELU {shape}", a.ratio, BERNSTEIN_TARGET))
             if a.compiled_ratio is not None:
-                out.append(
-                    {
-                        "check": f"(d) compiled Bernstein/GELU {tuple(a.shape)}",
-                        "value": a.compiled_ratio,
-                        "limit": BERNSTEIN_TARGET,
-                        "result": verdict(a.compiled_ratio, BERNSTEIN_TARGET),
-                    }
-                )
+                name = f"(d) compiled Bernstein/GELU {shape}"
+                out.append(_check(name, a.compiled_ratio, BERNSTEIN_TARGET))
     return out
 
 
