@@ -240,8 +240,14 @@ def scan_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]], mode: str)
     return neurodiag.scan(model, batches, mode=mode)
 
 
-def monitor_pass(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Any:
-    with neurodiag.Monitor(model) as monitor:
+#: ``Monitor(measure_every=...)`` of the "monitor/4" variant: 2 of the 8 batches of (a) measured.
+MEASURE_EVERY = 4
+
+
+def monitor_pass(
+    model: nn.Module, batches: list[tuple[Tensor, Tensor]], measure_every: int = 1
+) -> Any:
+    with neurodiag.Monitor(model, measure_every=measure_every) as monitor:
         plain_pass(model, batches)
     # Read the results once per pass, as a user would (scan builds its report per call, too).
     return monitor.report() if hasattr(monitor, "report") else None
@@ -467,11 +473,15 @@ def bench_model(
         "plain": lambda: plain_pass(model, batches),
         "scan": lambda: scan_pass(model, batches, mode),
         "floor": lambda: floor_pass(model, batches),
+        "scan --forward-only": lambda: neurodiag.scan(model, batches, mode=mode, gradients=False),
     }
     if has_monitor():
         try:
             monitor_pass(model, batches)
             variants["monitor"] = lambda: monitor_pass(model, batches)
+            variants[f"monitor/{MEASURE_EVERY}"] = lambda: monitor_pass(
+                model, batches, MEASURE_EVERY
+            )
         except Exception as exc:  # an API this script does not know yet: say so, keep going
             result.notes.append(f"Monitor failed: {type(exc).__name__}: {exc}")
 
