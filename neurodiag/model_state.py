@@ -37,3 +37,20 @@ def preserved(model: nn.Module) -> Iterator[None]:
         for param, requires_grad, grad in params:
             param.requires_grad_(requires_grad)
             param.grad = grad
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model lives: its first parameter's (or buffer's) device, else the CPU."""
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype inputs are cast to: its first floating parameter's, else torch's default."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -18,12 +17,14 @@ import torch.distributed as dist
 from torch import nn
 
 from neurodiag.activations.registry import REGISTRY, ActivationRegistry
+from neurodiag.config import ScanConfig
+from neurodiag.model_state import model_device, model_dtype
+from neurodiag.report.build import build_report
 from neurodiag.report.model import Report, ScanHeader
-from neurodiag.scan import DEFAULT_EPS, DEFAULT_TAU, build_report, model_device, model_dtype
-from neurodiag.sites.capture import SiteRecorder
-from neurodiag.sites.site import SiteKey, summarize
-from neurodiag.stats.site_stats import SiteStats, StatOptions
-from neurodiag.stats.sync import all_reduce_sites, copy_site
+from neurodiag.scan import recorder_for
+from neurodiag.sites.site import SiteKey
+from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.sync import all_reduce_sites, copy_site, stats_of, summarize
 
 
 class Monitor:
@@ -40,14 +41,12 @@ class Monitor:
         *,
         every: int | None = None,
         measure_every: int = 1,
-        eps: float = DEFAULT_EPS,
-        tau: float = DEFAULT_TAU,
-        dead_window: str = "scan",
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
-        feature_dims: Mapping[str, int] | None = None,
+        config: ScanConfig | None = None,
         registry: ActivationRegistry = REGISTRY,
+        **options: Any,
     ) -> None:
+        """``config`` or its fields as keywords (``eps``, ``tau``, ``dead_window``, ``include``,
+        ``exclude``, ``feature_dims``): the same measuring options as ``neurodiag.scan``."""
         if every is not None and every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if measure_every < 1:
@@ -57,15 +56,8 @@ class Monitor:
         self.measure_every = measure_every
         self._measured = 0
         self._soft_paused = False
-        self.options = StatOptions(eps=eps, tau=tau, dead_window=dead_window)
-        self._recorder = SiteRecorder(
-            model,
-            self.options,
-            registry=registry,
-            include=include,
-            exclude=exclude,
-            feature_dims=feature_dims,
-        )
+        self.options = (config or ScanConfig()).with_options(**options)
+        self._recorder = recorder_for(model, self.options, registry)
         self._totals: dict[SiteKey, SiteStats] = {}
         self._steps = 0
         self._window_start = 0
@@ -157,8 +149,8 @@ class Monitor:
         recorder = self._recorder
         merged: dict[SiteKey, SiteStats] = {}
         for key, site in recorder.sites.items():
-            total = self._fresh_like(site.stats)
-            total.merge(site.stats)
+            total = stats_of(site).fresh()
+            total.merge(stats_of(site))
             if key in self._totals:
                 total.merge(self._totals[key])
             merged[key] = total
@@ -192,9 +184,6 @@ class Monitor:
             )
         return tuple(notes)
 
-    def _fresh_like(self, stats: SiteStats) -> SiteStats:
-        return SiteStats(stats.neurons, stats.device, stats.dtype, self.options)
-
     def _close_window(self) -> None:
         """Summarise the window into history and fold it into the running totals.
 
@@ -209,11 +198,12 @@ class Monitor:
         sites = self._recorder.sites
         rows = [summary.row for summary in summarize(sites.values())]
         for key, site in sites.items():
+            stats = stats_of(site)
             if key in self._totals:
-                self._totals[key].merge(site.stats)
+                self._totals[key].merge(stats)
             else:
-                self._totals[key] = site.stats
-            site.stats = self._fresh_like(site.stats)
+                self._totals[key] = stats
+            site.replace_stats(stats.fresh())
         self.history.append(_window_summary(self._steps, rows))
         self._window_start = self._steps
         self._window_measured = self._measured

@@ -8,7 +8,7 @@ at the end.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -17,19 +17,17 @@ from torch import Tensor, nn
 
 from neurodiag.activations.registry import REGISTRY, ActivationRegistry
 from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
+from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU, ScanConfig
 from neurodiag.errors import NeurodiagError
 from neurodiag.grad_targets import choose_targets
 from neurodiag.loss import LossResolver, UserLoss
-from neurodiag.model_state import preserved
-from neurodiag.report.model import Report, ScanHeader, SiteNeurons
+from neurodiag.model_state import model_device, model_dtype, preserved
+from neurodiag.report.build import build_report
+from neurodiag.report.model import Report, ScanHeader
 from neurodiag.sites.capture import SiteRecorder
-from neurodiag.sites.site import Site, SiteKey, display_names, summarize
-from neurodiag.stats.site_stats import StatOptions
+from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.reductions import release_scratch
 from neurodiag.stats.sync import all_reduce_sites
-
-MODES = ("eval", "train")
-DEFAULT_EPS = 1e-3
-DEFAULT_TAU = 0.1
 
 
 class ScanInterrupted(Exception):
@@ -52,58 +50,55 @@ def unwrap_compiled(model: nn.Module) -> tuple[nn.Module, bool]:
     return model, False
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
+def sink_factory(config: ScanConfig) -> Callable[[int, torch.device, torch.dtype], SiteStats]:
+    """What a scan or Monitor hands ``SiteRecorder``: every registered statistic per site."""
+
+    def make(neurons: int, device: torch.device, dtype: torch.dtype) -> SiteStats:
+        return SiteStats(neurons, device, dtype, config)
+
+    return make
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.get_default_dtype()
+def recorder_for(
+    model: nn.Module, config: ScanConfig, registry: ActivationRegistry = REGISTRY
+) -> SiteRecorder:
+    """The site recorder of a scan or Monitor under ``config``."""
+    return SiteRecorder(
+        model,
+        sink_factory(config),
+        registry=registry,
+        include=config.include,
+        exclude=config.exclude,
+        feature_dims=config.feature_dims,
+        on_close=release_scratch,
+    )
 
 
 def scan(
     model: nn.Module,
     data: Iterable[Any],
+    config: ScanConfig | None = None,
     *,
     loss_fn: UserLoss | None = None,
-    eps: float = DEFAULT_EPS,
-    tau: float = DEFAULT_TAU,
-    dead_window: str = "scan",
-    mode: str = "eval",
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    feature_dims: Mapping[str, int] | None = None,
-    max_batches: int | None = None,
-    seed: int = 0,
-    timeout_s: float | None = None,
-    gradients: bool = True,
     registry: ActivationRegistry = REGISTRY,
     on_batch: Callable[[int], None] | None = None,
     model_name: str | None = None,
     data_name: str | None = None,
+    **options: Any,
 ) -> Report:
     """Scan ``model`` on ``data`` (a DataLoader or any iterable of ``x``/``(x, y)``/dict batches).
 
-    Statistics are accumulated per neuron over all positions of all batches; see README "Metrics"
-    for ε (``eps``, dead), τ (``tau``, dormant) and the dead window. ``mode`` picks the model's
-    train/eval behaviour during the scan (eval by default: dropout off, BatchNorm running stats);
+    ``config`` (a ``ScanConfig``) or its fields as keywords (``eps``, ``tau``, ``dead_window``,
+    ``gradients``, ``mode``, ``include``, ``exclude``, ``feature_dims``, ``max_batches``,
+    ``seed``, ``timeout_s``) say how to measure; their defaults live in ``ScanConfig`` only.
+    Statistics are accumulated per neuron over all finite positions of all batches; see README
+    "Metrics". ``mode`` picks the model's train/eval behaviour during the scan (eval by default);
     the model's own mode is restored afterwards. ``gradients=False`` runs the forward alone (no
     autograd graph, no loss, no backward): the forward columns only, the gradient ones are NaN.
     """
-    if mode not in MODES:
-        raise NeurodiagError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    try:
-        options = StatOptions(eps=eps, tau=tau, dead_window=dead_window, gradients=gradients)
-    except ValueError as exc:
-        raise NeurodiagError(str(exc)) from None
-    if max_batches is not None and max_batches < 1:
-        raise NeurodiagError(f"max_batches must be >= 1, got {max_batches}")
+    cfg = (config or ScanConfig()).with_options(**options)
+    gradients, mode, seed = cfg.gradients, cfg.mode, cfg.seed
+    max_batches, timeout_s = cfg.max_batches, cfg.timeout_s
     notes: list[str] = []
     model, compiled = unwrap_compiled(model)
     if compiled:
@@ -111,14 +106,7 @@ def scan(
     device = model_device(model)
     dtype = model_dtype(model)
     started = time.perf_counter()
-    recorder = SiteRecorder(
-        model,
-        options,
-        registry=registry,
-        include=include,
-        exclude=exclude,
-        feature_dims=feature_dims,
-    )
+    recorder = recorder_for(model, cfg, registry)
     state = _Progress()
     state.notes.extend(notes)
     timed_out = False
@@ -154,7 +142,7 @@ def scan(
                 interrupted = True
     sites = recorder.sites
     if world > 1:
-        sites = all_reduce_sites(sites, options, device)
+        sites = all_reduce_sites(sites, cfg, device)
         state.reduce(device)
     if state.batches == 0 and not interrupted:
         raise NeurodiagError("the data yielded no batches; check --data (is the dataset empty?)")
@@ -168,9 +156,9 @@ def scan(
         dtype=str(dtype).removeprefix("torch."),
         seed=seed,
         wall_time_s=time.perf_counter() - started,
-        eps=eps,
-        tau=tau,
-        dead_window=dead_window,
+        eps=cfg.eps,
+        tau=cfg.tau,
+        dead_window=cfg.dead_window,
         mode=mode,
         partial=interrupted or timed_out,
         notes=tuple(state.notes) + (() if recorder.sites else ("no activation sites found",)),
@@ -179,19 +167,6 @@ def scan(
     if interrupted:
         raise ScanInterrupted(report)
     return report
-
-
-def build_report(sites: dict[SiteKey, Site], header: ScanHeader) -> Report:
-    """Summarise each site (the one host read of a scan) into report rows, in forward order."""
-    rows: list[dict[str, Any]] = []
-    neurons: dict[str, SiteNeurons] = {}
-    names = display_names(list(sites))
-    summaries = summarize(sites.values())
-    for (key, site), summary in zip(sites.items(), summaries, strict=True):
-        name = names[key]
-        rows.append({"site": name, "activation": site.activation, "kind": site.kind, **summary.row})
-        neurons[name] = SiteNeurons(**summary.neurons)
-    return Report(header=header, rows=rows, neurons=neurons)
 
 
 class _Progress:
@@ -374,4 +349,4 @@ def _check_includes(recorder: SiteRecorder) -> None:
         )
 
 
-__all__ = ["DEFAULT_EPS", "DEFAULT_TAU", "ScanInterrupted", "scan"]
+__all__ = ["DEFAULT_EPS", "DEFAULT_TAU", "ScanConfig", "ScanInterrupted", "scan"]

@@ -13,7 +13,6 @@ thresholds as ``neurodiag check`` (keywords then act as its command-line flags).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,18 @@ from neurodiag.check.config import load_thresholds
 from neurodiag.check.evaluation import CheckResult, evaluate
 from neurodiag.check.summary import plural
 from neurodiag.check.thresholds import THRESHOLD_KEYS
+from neurodiag.config import OPTION_NAMES
 from neurodiag.scan import scan
 
-#: Keywords passed through to ``neurodiag.scan`` (everything but the model and the data).
-SCAN_KEYWORDS: tuple[str, ...] = tuple(
-    name for name in inspect.signature(scan).parameters if name not in ("model", "data")
+#: Keywords passed through to ``neurodiag.scan`` (its ``ScanConfig`` options and the rest).
+SCAN_KEYWORDS: tuple[str, ...] = (
+    "config",
+    *OPTION_NAMES,
+    "loss_fn",
+    "registry",
+    "on_batch",
+    "model_name",
+    "data_name",
 )
 
 
@@ -48,8 +54,8 @@ def assert_healthy(
 ) -> CheckResult:
     """Scan ``model`` on ``data`` and raise AssertionError naming every violating site.
 
-    ``options`` are threshold keys (``max_dead_pct``, ``max_dormant_pct``,
-    ``max_grad_dormant_pct``, ``min_mag``, ``min_deriv``, ``max_nonfinite``) and ``neurodiag.scan``
+    ``options`` are threshold keys (``THRESHOLD_KEYS``: ``max_dead_pct``, ``min_mag``, ...,
+    ``max_nonfinite``, one per declared statistic threshold) and ``neurodiag.scan``
     keywords (``eps``, ``tau``, ``max_batches``, ``loss_fn``, ``include`` ...). An unknown keyword
     is a TypeError, so a typo cannot silently switch a check off. Returns the CheckResult (with
     ``.report``) when the model is healthy.

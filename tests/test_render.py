@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from rich.cells import cell_len
 from rich.console import Console
 
 from neurodiag.errors import NeurodiagError
@@ -51,12 +52,13 @@ ROWS = [
     _row(
         "features.relu#0", "relu", "module", 64,
         dead_pct=25.0, dormant_pct=26.5625, grad_dormant_pct=28.125,
-        mag=0.0012345678901234567, min_abs_deriv=0.0,
+        mag=0.0012345678901234567, min_abs_deriv=0.0, inactive_pct=61.71875,
     ),
     # A functional call site: named after its module, op and call index.
     _row(
         "encoder.layer.0.mlp:gelu#0", "gelu", "functional", 3072,
         grad_dormant_pct=1.0416666666666667, mag=3.2e-05, min_abs_deriv=1.7e-06,
+        inactive_pct=0.0,
     ),
     # A Bernstein site: the only kind with delta_bar and bound_ok.
     _row(
@@ -218,10 +220,10 @@ def test_table_marks_exactly_the_unhealthy_rows(report: Report) -> None:
 def test_table_cells(report: Report) -> None:
     lines = _site_lines(to_table(report))
     relu = lines["features.relu#0"].split()
-    assert relu[-7:] == ["64", "25.0", "26.6", "28.1", "1.23e-3", "0", "0"]
-    assert lines["head.act"].split()[-4:] == ["2.13e-2", "9.00e-3", "✓", "0"]
+    assert relu[-8:] == ["64", "25.0", "26.6", "28.1", "1.23e-3", "0", "61.7", "0"]
+    assert lines["head.act"].split()[-5:] == ["2.13e-2", "9.00e-3", "✓", "0.0", "0"]
     # NaN statistics read MISSING; delta_bar and bound_ok are blank for a silu site.
-    assert lines["decoder.act#1"].split()[-5:] == ["3.1", MISSING, MISSING, "3.10e-3", "17"]
+    assert lines["decoder.act#1"].split()[-6:] == ["3.1", MISSING, MISSING, "3.10e-3", "0.0", "17"]
 
 
 def test_table_header_block(report: Report, partial_report: Report) -> None:
@@ -249,7 +251,8 @@ def test_table_never_drops_a_column(report: Report, width: int) -> None:
 
 def test_table_fits_the_width_when_it_can(report: Report) -> None:
     for width in (120, 200):
-        assert max(len(line) for line in to_table(report, width=width).splitlines()) <= width
+        lines = to_table(report, width=width).splitlines()
+        assert max(cell_len(line) for line in lines) <= width  # cells: δ̄ is 2 code points
     natural = to_table(report)
     assert "encoder.layer.0.mlp:gelu#0" in natural  # width=None: nothing folded
 
@@ -344,7 +347,7 @@ def test_csv_has_no_header_facts_and_empty_cells_for_missing(report: Report) -> 
     lines = to_csv(report).splitlines()
     assert lines[0] == ",".join(COLUMNS)
     assert len(lines) == 1 + len(ROWS)
-    assert lines[4] == "decoder.act#1,silu,module,128,0.0,3.125,,,0.0031,,,17"
+    assert lines[4] == "decoder.act#1,silu,module,128,0.0,3.125,,,0.0031,,,0.0,17"
 
 
 # --- JSON ---------------------------------------------------------------------------------------

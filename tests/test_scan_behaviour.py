@@ -214,19 +214,20 @@ def test_model_writing_into_its_input_does_not_change_the_batch() -> None:
     assert torch.equal(x, original)
 
 
-def test_statistics_stay_on_the_model_device_until_the_end() -> None:
-    """No per-batch host sync: accumulators are device tensors, read once in summarize()."""
-    from neurodiag.sites.capture import SiteRecorder
-    from neurodiag.stats.site_stats import StatOptions
+def test_statistics_are_o_neurons_tensors_on_the_model_device() -> None:
+    """Every state is a device tensor of at most F entries (the host-sync test that can fail
+    is tests/test_reductions.py::test_no_host_sync_while_measuring_on_the_device_path)."""
+    from neurodiag.config import ScanConfig
+    from neurodiag.scan import recorder_for
+    from neurodiag.stats.sync import stats_of
 
     model = ZOO["inplace_relu"]()
-    with SiteRecorder(model, StatOptions()) as rec:
+    with recorder_for(model, ScanConfig()) as rec:
         model(torch.randn(4, 6))
         for _, site in rec.ordered_sites():
-            for acc in site.stats.accumulators():
-                for name in acc.state_names:
-                    assert acc.state(name).device == torch.device("cpu")
-                    assert acc.state(name).numel() <= site.neurons
+            for _, value in stats_of(site).store.items():
+                assert value.device == torch.device("cpu")
+                assert value.numel() <= site.neurons
 
 
 def test_hf_bert_from_config_scans_with_synthetic_ids() -> None:

@@ -1,48 +1,40 @@
-"""Statistic math and accumulator merging, against brute force on small tensors."""
+"""Statistic declarations, the state store and the host math, against brute force."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neurodiag.stats import functional as fn
-from neurodiag.stats.accumulators import DerivativeMax, GradientMagnitude
-from neurodiag.stats.observation import ForwardObservation, reduction_dims
-from neurodiag.stats.site_stats import SiteStats, StatOptions
-
-
-def test_dead_mask_is_max_below_eps() -> None:
-    d = torch.tensor([[0.0, 0.5, 1e-4], [0.0, 0.0, 2e-3]])
-    assert fn.dead_mask(d.amax(0), 1e-3).tolist() == [True, False, False]
+from neurodiag.activations import derivatives
+from neurodiag.config import ScanConfig
+from neurodiag.errors import NeurodiagError
+from neurodiag.report.model import COLUMNS
+from neurodiag.sites.site import reduction_dims
+from neurodiag.stats import STATISTICS, Column, Statistic
+from neurodiag.stats.base import StateSpec, StateStore
+from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.registry import StatisticRegistry
+from neurodiag.stats.statistic import normalized_scores
 
 
 def test_normalized_scores_brute_force() -> None:
-    m = torch.tensor([0.0, 1.0, 2.0, 5.0])
-    torch.testing.assert_close(fn.normalized_scores(m), m / m.mean())
-    assert fn.dormant_percent(fn.normalized_scores(m), 0.5) == 50.0  # 0.0 and 0.5 (≤ τ)
+    m = np.array([0.0, 1.0, 2.0, 5.0])
+    np.testing.assert_allclose(normalized_scores(m), m / m.mean())
 
 
 def test_normalized_scores_all_zero_are_all_dormant() -> None:
-    scores = fn.normalized_scores(torch.zeros(3))
-    assert fn.dormant_percent(scores, 0.0) == 100.0
+    assert (normalized_scores(np.zeros(3)) == 0).all()
 
 
-def test_normalized_scores_ignore_nonfinite_neurons() -> None:
-    scores = fn.normalized_scores(torch.tensor([1.0, 3.0, math.nan]))
-    torch.testing.assert_close(scores[:2], torch.tensor([0.5, 1.5]))
+def test_normalized_scores_ignore_neurons_without_a_finite_mean() -> None:
+    scores = normalized_scores(np.array([1.0, 3.0, math.nan]))
+    np.testing.assert_allclose(scores[:2], [0.5, 1.5])
     assert math.isnan(scores[2])
-    assert fn.dormant_percent(scores, 10.0) == pytest.approx(200 / 3)
-
-
-def test_mag_brute_force() -> None:
-    g = torch.randn(7, 3)
-    sums = g.abs().sum(0)
-    assert fn.mean_abs_gradient(sums, torch.tensor(7)) == pytest.approx(float(g.abs().mean()))
-    assert math.isnan(fn.mean_abs_gradient(sums, torch.tensor(0)))
 
 
 def test_reduction_dims() -> None:
@@ -52,52 +44,96 @@ def test_reduction_dims() -> None:
     assert reduction_dims(0, 0) == ()
 
 
+def test_states_merge_with_their_declared_reduction() -> None:
+    specs = [StateSpec("hi", "max"), StateSpec("lo", "min"), StateSpec("n", "sum", count=True)]
+    a = StateStore(specs, 3, torch.device("cpu"), torch.float32)
+    b = StateStore(specs, 3, torch.device("cpu"), torch.float32)
+    a.fold("hi", torch.tensor([1.0, 0.0, 2.0]))
+    b.fold("hi", torch.tensor([0.0, 3.0, 1.0]))
+    a.fold("lo", torch.tensor([1.0, 0.0, 2.0]))
+    b.fold("lo", torch.tensor([0.0, 3.0, 1.0]))
+    a.fold("n", 4)  # a host int: pending until read
+    b.fold("n", torch.tensor([1.0, 2.0, 3.0]))
+    a.merge(b)
+    assert a["hi"].tolist() == [1.0, 3.0, 2.0]
+    assert a["lo"].tolist() == [0.0, 0.0, 1.0]
+    assert a["n"].tolist() == [5.0, 6.0, 7.0]
+
+
+def test_a_state_declared_twice_differently_is_refused() -> None:
+    with pytest.raises(ValueError, match="declared twice"):
+        StateStore(
+            [StateSpec("x", "sum"), StateSpec("x", "max")], 2, torch.device("cpu"), torch.float32
+        )
+
+
+def test_registry_refuses_silent_overrides_and_column_clashes() -> None:
+    registry = StatisticRegistry()
+    dead = STATISTICS["dead"]
+    registry.register(dead)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(dead)
+
+    class Clash(Statistic):
+        name = "clash"
+        columns = (Column("dead_pct", "float64", "percent", "the same column again"),)
+
+    with pytest.raises(ValueError, match="already taken"):
+        registry.register(Clash)
+    with pytest.raises(KeyError, match="known: dead"):
+        registry["nope"]
+
+
+def test_report_columns_are_the_declared_ones_in_order() -> None:
+    declared = [c.name for c in STATISTICS.columns()]
+    assert list(COLUMNS) == ["site", "activation", "kind", "neurons", *declared]
+    assert "inactive_pct" in COLUMNS
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     shape=st.lists(st.integers(1, 4), min_size=2, max_size=4),
     splits=st.integers(1, 4),
     seed=st.integers(0, 2**16),
+    step=st.booleans(),
 )
-def test_streaming_equals_one_shot(shape: list[int], splits: int, seed: int) -> None:
-    """Accumulating batch by batch (and merging partial accumulators) equals all-at-once."""
+def test_streaming_equals_one_shot(shape: list[int], splits: int, seed: int, step: bool) -> None:
+    """Accumulating call by call (and merging partial statistics) equals all-at-once."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn([splits * shape[0], *shape[1:]], generator=g, dtype=torch.float64)
     dims = reduction_dims(x.dim(), 1)
-    options = StatOptions()
-
-    def deriv(z: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
-        assert z is not None
-        return (z > 0).double() * z
-
-    whole = SiteStats(shape[1], x.device, torch.float64, options)
-    whole.observe(ForwardObservation(x, x.relu(), deriv, dims))
-    parts = [SiteStats(shape[1], x.device, torch.float64, options) for _ in range(splits)]
-    for part, chunk in zip(parts, x.chunk(splits)):
-        part.observe(ForwardObservation(chunk, chunk.relu(), deriv, dims))
+    config = ScanConfig()
+    whole = SiteStats(shape[1], x.device, torch.float64, config)
+    whole.observe_forward(x, x.relu(), derivatives.relu, dims, step)
+    parts = [whole.fresh() for _ in range(splits)]
+    for part, chunk in zip(parts, x.chunk(splits), strict=True):
+        part.observe_forward(chunk, chunk.relu(), derivatives.relu, dims, step)
     merged = parts[0]
     for part in parts[1:]:
         merged.merge(part)
     a, b = whole.summarize(None), merged.summarize(None)
-    for key in ("dead_pct", "dormant_pct", "min_abs_deriv"):
+    for key in ("dead_pct", "dormant_pct", "min_abs_deriv", "inactive_pct"):
         assert a.row[key] == pytest.approx(b.row[key], nan_ok=True)
-    torch.testing.assert_close(a.neurons["mean_abs_activation"], b.neurons["mean_abs_activation"])
+    for name, tensor in a.neurons.items():
+        torch.testing.assert_close(tensor, b.neurons[name], equal_nan=True, msg=name)
 
 
-def test_state_reductions_are_declared() -> None:
-    acc = DerivativeMax(3, torch.device("cpu"), torch.float32)
-    other = DerivativeMax(3, torch.device("cpu"), torch.float32)
-    acc.max_abs_deriv = torch.tensor([1.0, 0.0, 2.0])
-    other.max_abs_deriv = torch.tensor([0.0, 3.0, 1.0])
-    acc.merge(other)
-    assert acc.max_abs_deriv.tolist() == [1.0, 3.0, 2.0]
-    grad = GradientMagnitude(2, torch.device("cpu"), torch.float32)
-    assert dict(zip(grad.state_names, ("sum", "sum"))) == {
-        name: grad._reductions[name] for name in grad.state_names
-    }
+def test_a_neuron_that_saw_only_nonfinite_values_is_not_dead() -> None:
+    stats = SiteStats(2, torch.device("cpu"), torch.float64, ScanConfig())
+    z = torch.tensor([[math.nan, -1.0], [math.nan, -2.0]], dtype=torch.float64)
+    stats.observe_forward(z, torch.relu(z), derivatives.relu, (0,), step=True)
+    summary = stats.summarize(None)
+    assert summary.neurons["dead"].tolist() == [False, True]
+    assert summary.neurons["finite_positions"].tolist() == [0, 2]
+    assert summary.row["dead_pct"] == 100.0  # of the neurons that saw a finite value
+    assert summary.row["nonfinite"] == 2
+    assert math.isnan(float(summary.neurons["mean_abs_activation"][0]))
 
 
-def test_stat_options_validate() -> None:
-    with pytest.raises(ValueError, match="dead window"):
-        StatOptions(dead_window="epoch")
-    with pytest.raises(ValueError, match="eps"):
-        StatOptions(eps=-1)
+def test_scan_config_validates() -> None:
+    with pytest.raises(NeurodiagError, match="dead window"):
+        ScanConfig(dead_window="epoch")
+    with pytest.raises(NeurodiagError, match="eps"):
+        ScanConfig(eps=-1)
+    with pytest.raises(NeurodiagError, match="unknown scan option"):
+        ScanConfig().with_options(epsilon=1)

@@ -59,10 +59,9 @@ class ActivationKind:
     derivative_params: tuple[str, ...] = ()
     #: theoretical lower bound on |σ'| for this module (Bernstein), else None
     delta_bar: Callable[[nn.Module], float] | None = None
-    #: params -> True when σ and |σ'| are both non-decreasing in z (lets a site reduce z first)
-    monotone_when: Callable[[Mapping[str, Any]], bool] | None = None
-    #: the output is never negative (Σ|a| = Σa)
-    nonnegative: bool = False
+    #: σ' = [z > 0] exactly and a = max(z, 0) (ReLU): the step shortcut of
+    #: ``neurodiag.stats.reductions`` counts a > 0 instead of evaluating σ'
+    step: bool = False
 
     def derivative_kwargs(self, bound: Mapping[str, Any]) -> dict[str, Any]:
         return {k: bound[k] for k in self.derivative_params if k in bound}
@@ -185,8 +184,7 @@ def _default_registry() -> ActivationRegistry:
                 _fn(torch.relu_, inplace=True),
                 _fn(T.relu_, inplace=True),
             ),
-            monotone_when=lambda p: True,
-            nonnegative=True,
+            step=True,
         ),
         ActivationKind(
             "relu6",
@@ -194,7 +192,6 @@ def _default_registry() -> ActivationRegistry:
             from_output=True,
             module_types=(nn.ReLU6,),
             functions=(_fn(F.relu6, "inplace"),),
-            nonnegative=True,
         ),
         ActivationKind(
             "hardtanh",
@@ -219,7 +216,6 @@ def _default_registry() -> ActivationRegistry:
                 _fn(F.leaky_relu_, "negative_slope", inplace=True),
             ),
             derivative_params=("negative_slope",),
-            monotone_when=lambda p: 0 <= p.get("negative_slope", 0.01) <= 1,
         ),
         ActivationKind(
             "elu",
@@ -229,7 +225,6 @@ def _default_registry() -> ActivationRegistry:
             module_params=_attrs("alpha"),
             functions=(_fn(F.elu, "alpha", "inplace"), _fn(F.elu_, "alpha", inplace=True)),
             derivative_params=("alpha",),
-            monotone_when=lambda p: 0 <= p.get("alpha", 1.0) <= 1,
         ),
         ActivationKind(
             "selu",
@@ -250,7 +245,6 @@ def _default_registry() -> ActivationRegistry:
             module_params=_attrs("alpha"),
             functions=(_fn(F.celu, "alpha", "inplace"),),
             derivative_params=("alpha",),
-            monotone_when=lambda p: True,
         ),
         ActivationKind(
             "gelu",
@@ -277,7 +271,6 @@ def _default_registry() -> ActivationRegistry:
                 _fn(torch.sigmoid_, inplace=True),
                 _fn(T.sigmoid_, inplace=True),
             ),
-            nonnegative=True,
         ),
         ActivationKind(
             "tanh",
@@ -298,8 +291,6 @@ def _default_registry() -> ActivationRegistry:
             module_params=_attrs("beta", "threshold"),
             functions=(_fn(F.softplus, "beta", "threshold"),),
             derivative_params=("beta", "threshold"),
-            monotone_when=lambda p: True,
-            nonnegative=True,
         ),
         ActivationKind(
             "mish", d.mish, module_types=(nn.Mish,), functions=(_fn(F.mish, "inplace"),)

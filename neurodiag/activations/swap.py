@@ -50,12 +50,9 @@ from neurodiag.activations.registry import REGISTRY, looks_like_activation
 from neurodiag.activations.specs import AUTO_RANGE_STDS, ActivationSpec, parse_spec
 from neurodiag.batch import map_tensors, split_batch
 from neurodiag.errors import NeurodiagError
-from neurodiag.model_state import preserved
-from neurodiag.scan import model_device, model_dtype
+from neurodiag.model_state import model_device, model_dtype, preserved
 from neurodiag.sites.capture import SiteRecorder
 from neurodiag.sites.site import ROOT_NAME, SiteKey
-from neurodiag.stats.observation import Shortcuts
-from neurodiag.stats.site_stats import StatOptions
 
 SWAP_ATTRIBUTE = "neurodiag_swapped"
 INITS = ("fit", "critical")
@@ -209,31 +206,32 @@ def _swap_calibrated(result: SwapResult, globs: tuple[str, ...], batch: Any) -> 
         result.notes.append("no activation sites found; the copy is unchanged")
 
 
-class _Calibration(SiteRecorder):
-    """A SiteRecorder that also keeps the moments of each site's pre-activations (range=auto)."""
+class _Moments:
+    """A site sink that keeps the moments of the pre-activations z (``range=auto``)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model, StatOptions(gradients=False))
-        self.moments: dict[SiteKey, list[float]] = {}
+    wants_grad = False
 
-    def _record(
+    def __init__(self) -> None:
+        self.moments = [0.0, 0.0, 0.0]  # count, Σz, Σz²
+        self.seen = False
+
+    def observe_forward(
         self,
-        key: SiteKey,
-        activation: str,
-        kind: str,
         z: Tensor | None,
         a: Tensor,
         derivative: Callable[[Tensor | None, Tensor], Tensor],
-        delta_bar: float | None,
-        shortcuts: Shortcuts,
+        dims: tuple[int, ...],
+        step: bool = False,
     ) -> None:
-        super()._record(key, activation, kind, z, a, derivative, delta_bar, shortcuts)
-        if key in self.sites and z is not None:
+        if z is not None:
             zd = z.detach().double()
-            acc = self.moments.setdefault(key, [0.0, 0.0, 0.0])
-            acc[0] += zd.numel()
-            acc[1] += float(zd.sum())
-            acc[2] += float((zd * zd).sum())
+            self.moments[0] += zd.numel()
+            self.moments[1] += float(zd.sum())
+            self.moments[2] += float((zd * zd).sum())
+            self.seen = True
+
+    def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
+        """Calibration runs without gradients."""
 
 
 def _calibrate(
@@ -243,7 +241,7 @@ def _calibrate(
     inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     for module in inplace:  # so the recorder sees every pre-activation z (range=auto)
         module.inplace = False  # type: ignore[assignment]
-    recorder = _Calibration(model)
+    recorder = SiteRecorder(model, lambda neurons, device, dtype: _Moments())
     try:
         with (
             preserved(model),
@@ -264,7 +262,8 @@ def _calibrate(
             module.inplace = True  # type: ignore[assignment]
     infos = []
     for name, site in recorder.ordered_sites():
-        moments = recorder.moments.get(site.key)
+        sink = site.stats
+        moments = sink.moments if isinstance(sink, _Moments) and sink.seen else None
         infos.append(
             _SiteInfo(
                 site.key,

@@ -8,7 +8,10 @@ Decisions (why a baseline gate differs from thresholds): it fails ONLY on regres
 that already has 40% dead neurons can adopt the gate today and be stopped from getting worse.
 Per site present in both reports:
 
-* ``dead_pct``, ``dormant_pct``, ``grad_dormant_pct``: worse by more than ``tolerance``
+Which columns are compared, and how, is declared by each statistic (``Column.regression``):
+
+* percentages (``dead_pct``, ``dormant_pct``, ``grad_dormant_pct``, ``inactive_pct``): worse by
+  more than ``tolerance``
   percentage points (default 1.0: one neuron in a hundred, above scan-to-scan noise of a
   retrained model but well below a real regression);
 * ``mag``: fell below baseline / ``mag_factor`` (default 2.0: gradient flow halved). MAG scales
@@ -35,12 +38,13 @@ from neurodiag.check.evaluation import BaselineSummary, CheckResult, SiteCheck, 
 from neurodiag.check.text import fmt_value
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.cells import is_missing, site_records
-from neurodiag.report.model import COLUMNS, Report, ScanHeader
+from neurodiag.report.model import COLUMN_SPECS, COLUMNS, Report, ScanHeader
 from neurodiag.report.render_data import JSON_SCHEMA_VERSION, to_json
 
 DEFAULT_TOLERANCE = 1.0
 DEFAULT_MAG_FACTOR = 2.0
-PCT_METRICS: tuple[str, ...] = ("dead_pct", "dormant_pct", "grad_dormant_pct")
+#: Percentages compared in percentage points (declared ``regression="points"``).
+PCT_METRICS: tuple[str, ...] = tuple(c.name for c in COLUMN_SPECS if c.regression == "points")
 #: Header fields that must agree, or the percentages mean different things.
 COMPARABLE: tuple[str, ...] = ("eps", "tau", "dead_window")
 
@@ -125,21 +129,25 @@ def regressions(
         reason = f"was {was} in the baseline; {why}"
         found.append(Violation(site, metric, value, limit, reason, "regression", op, "baseline"))
 
-    for metric in PCT_METRICS:
-        old, new = _number(then.get(metric)), _number(now.get(metric))
-        if old is None:
-            continue
-        limit = old + tolerance
-        if new is None or (new > limit and not math.isclose(new, limit, rel_tol=1e-9)):
-            add(metric, new, limit, ">", f"tolerance {tolerance:g} percentage points")
-    old_mag, new_mag = _number(then.get("mag")), _number(now.get("mag"))
-    if old_mag is not None and old_mag > 0:
-        limit = old_mag / mag_factor
-        if new_mag is None or new_mag < limit:
-            add("mag", new_mag, limit, "<", f"allowed to shrink by a factor {mag_factor:g}")
-    old_bad, new_bad = _number(then.get("nonfinite")) or 0, _number(now.get("nonfinite")) or 0
-    if new_bad > old_bad:
-        add("nonfinite", int(new_bad), old_bad, ">", "any new NaN/Inf is a regression")
+    for column in COLUMN_SPECS:
+        metric = column.name
+        if column.regression == "points":  # percentages: worse by more than the tolerance
+            old, new = _number(then.get(metric)), _number(now.get(metric))
+            if old is None:
+                continue
+            limit = old + tolerance
+            if new is None or (new > limit and not math.isclose(new, limit, rel_tol=1e-9)):
+                add(metric, new, limit, ">", f"tolerance {tolerance:g} percentage points")
+        elif column.regression == "factor":  # scale-dependent: only a ratio means something
+            old, new = _number(then.get(metric)), _number(now.get(metric))
+            if old is not None and old > 0:
+                limit = old / mag_factor
+                if new is None or new < limit:
+                    add(metric, new, limit, "<", f"allowed to shrink by a factor {mag_factor:g}")
+        elif column.regression == "increase":  # counts of errors: any rise
+            old_bad, new_bad = _number(then.get(metric)) or 0, _number(now.get(metric)) or 0
+            if new_bad > old_bad:
+                add(metric, int(new_bad), old_bad, ">", "any rise is a regression")
     old_ok, new_ok = then.get("bound_ok"), now.get("bound_ok")
     if not is_missing(new_ok) and not bool(new_ok) and (is_missing(old_ok) or bool(old_ok)):
         deriv, delta_bar = _number(now.get("min_abs_deriv")), _number(now.get("delta_bar"))

@@ -120,7 +120,7 @@ class ThresholdConfig:
         values.update(flags)
         sources.update({key: overrides_source or "--" + key.replace("_", "-") for key in flags})
         return cls(
-            base=Thresholds(**values),  # type: ignore[arg-type]
+            base=Thresholds(**values),
             base_sources=sources,
             activations=tuple(rule for config in files for rule in config.activations),
             sites=tuple(rule for config in files for rule in config.sites),
@@ -145,7 +145,7 @@ class ThresholdConfig:
             if rule is not None:
                 values.update(rule.values)
                 sources.update(dict.fromkeys(rule.values, rule.source))
-        thresholds = Thresholds(**values)  # type: ignore[arg-type]
+        thresholds = Thresholds(**values)
         return thresholds, {key: sources[key] for key in thresholds.active()}
 
     def for_site(self, site: str, activation: str) -> Thresholds:

@@ -27,12 +27,12 @@ from neurodiag.check.config import ThresholdConfig
 from neurodiag.check.text import fmt_limit, fmt_value
 from neurodiag.check.thresholds import SPECS, Thresholds
 from neurodiag.report.cells import is_missing, site_records
-from neurodiag.report.model import Report
+from neurodiag.report.model import COLUMN_SPECS, Report
 
 #: Values this close (relative) to a limit count as equal to it: float noise is not a violation.
 REL_TOL = 1e-9
-#: Columns that are empty when no gradient reached a site.
-GRADIENT_COLUMNS: frozenset[str] = frozenset({"mag", "grad_dormant_pct"})
+#: Columns that are empty when no gradient reached a site (declared by their statistics).
+GRADIENT_COLUMNS: frozenset[str] = frozenset(c.name for c in COLUMN_SPECS if c.gradient)
 Status = Literal["ok", "fail", "new"]
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from neurodiag.errors import NeurodiagError
+from neurodiag.stats.registry import STATISTICS
 
 #: A validated threshold value; None means "not checked".
 Limit = float | int | None
@@ -29,6 +30,8 @@ class ThresholdSpec:
     bound: Literal["max", "min"]
     integer: bool = False
     percent: bool = False
+    gradient: bool = False  # the column needs a backward (empty in a forward-only scan)
+    help: str = ""
 
     @property
     def flag(self) -> str:
@@ -44,51 +47,78 @@ class ThresholdSpec:
         return "a non-negative number"
 
 
+#: Every threshold key, from the statistics' column declarations (``neurodiag.stats.registry``).
 SPECS: dict[str, ThresholdSpec] = {
-    spec.key: spec
-    for spec in (
-        ThresholdSpec("max_dead_pct", "dead_pct", "max", percent=True),
-        ThresholdSpec("max_dormant_pct", "dormant_pct", "max", percent=True),
-        ThresholdSpec("max_grad_dormant_pct", "grad_dormant_pct", "max", percent=True),
-        ThresholdSpec("min_mag", "mag", "min"),
-        ThresholdSpec("min_deriv", "min_abs_deriv", "min"),
-        ThresholdSpec("max_nonfinite", "nonfinite", "max", integer=True),
+    key: ThresholdSpec(
+        key,
+        column.name,
+        threshold.bound,
+        integer=threshold.integer,
+        percent=threshold.percent,
+        gradient=column.gradient,
+        help=column.help,
     )
+    for key, (column, threshold) in STATISTICS.thresholds().items()
 }
 THRESHOLD_KEYS: tuple[str, ...] = tuple(SPECS)
 
-#: Built-in defaults: only NaN/Inf is checked when nothing is configured, because a non-finite
-#: value is a bug on any model, while "how many dead neurons is too many" depends on the model.
-DEFAULTS: dict[str, Limit] = {"max_nonfinite": 0}
+#: Built-in defaults, as declared (only ``max_nonfinite: 0``): a non-finite value is a bug on any
+#: model, while "how many dead neurons is too many" depends on the model.
+DEFAULTS: dict[str, Limit] = {
+    key: threshold.default
+    for key, (_, threshold) in STATISTICS.thresholds().items()
+    if threshold.default is not None
+}
 
 
-@dataclass(frozen=True)
 class Thresholds:
-    """The limits that apply to one site (None: not checked).
+    """The limits that apply to one site (None: not checked); one attribute per key.
 
     The Bernstein bound (``bound_ok`` must not be False) is always checked and has no key: a broken
     bound means the activation is wrong, whatever the model.
     """
 
-    max_dead_pct: float | None = None
-    max_dormant_pct: float | None = None
-    max_grad_dormant_pct: float | None = None
-    min_mag: float | None = None
-    min_deriv: float | None = None
-    max_nonfinite: int | None = 0
+    __slots__ = ("_limits",)
+    _limits: dict[str, Limit]
+
+    def __init__(self, **limits: Limit) -> None:
+        unknown = sorted(set(limits) - set(SPECS))
+        if unknown:
+            raise unknown_key_error(unknown[0], "thresholds", THRESHOLD_KEYS)
+        values = {key: DEFAULTS.get(key) for key in THRESHOLD_KEYS}
+        values.update(limits)
+        object.__setattr__(self, "_limits", values)
+
+    def __getattr__(self, key: str) -> Limit:
+        if key in SPECS:
+            value: Limit = self._limits[key]
+            return value
+        raise AttributeError(key)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError("Thresholds are immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Thresholds) and self._limits == other._limits
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._limits.items()))
+
+    def __repr__(self) -> str:
+        return f"Thresholds({', '.join(f'{k}={v!r}' for k, v in self.active().items())})"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "thresholds") -> Thresholds:
         """Validated thresholds from ``{key: value}``; keys left out keep the built-in defaults."""
-        return cls(**{**DEFAULTS, **parse_thresholds(values, where)})  # type: ignore[arg-type]
+        return cls(**{**DEFAULTS, **parse_thresholds(values, where)})
 
     def to_dict(self) -> dict[str, Limit]:
         """Every key, None for the ones not checked (stable order: ``THRESHOLD_KEYS``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(self._limits)
 
     def active(self) -> dict[str, float | int]:
         """Only the keys that are checked."""
-        return {key: value for key, value in self.to_dict().items() if value is not None}
+        return {key: value for key, value in self._limits.items() if value is not None}
 
 
 def unknown_key_error(key: object, where: str, valid: tuple[str, ...]) -> NeurodiagError:

@@ -9,10 +9,13 @@ than after a long scan.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
@@ -30,6 +33,7 @@ from neurodiag.check import (
 )
 from neurodiag.check.config import ThresholdConfig
 from neurodiag.check.render_text import render_check_table
+from neurodiag.check.thresholds import DEFAULTS, SPECS, ThresholdSpec
 from neurodiag.cli.common import (
     EXIT_INTERRUPTED,
     BatchSizeOpt,
@@ -80,11 +84,6 @@ class CheckFormat(str, Enum):
     csv = "csv"
 
 
-def _pct(flag: str, what: str) -> Any:
-    """A percentage threshold option: click checks the 0-100 range before anything runs."""
-    return typer.Option(flag, min=0.0, max=100.0, help=f"Fail if {what} (percent, 0-100).")
-
-
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -92,32 +91,6 @@ ConfigOpt = Annotated[
         "-c",
         help="YAML thresholds file (thresholds/activations/sites); the tool.neurodiag "
         "table of the nearest pyproject.toml is read too.",
-    ),
-]
-MaxDeadOpt = Annotated[float | None, _pct("--max-dead-pct", "a site's dead % is above this")]
-MaxDormantOpt = Annotated[
-    float | None, _pct("--max-dormant-pct", "a site's τ-dormant % is above this")
-]
-MaxGradDormantOpt = Annotated[
-    float | None, _pct("--max-grad-dormant-pct", "a site's gradient-dormant % is above this")
-]
-MinMagOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--min-mag", min=0.0, help="Fail if a site's MAG is below this (or no gradient reached it)."
-    ),
-]
-MinDerivOpt = Annotated[
-    float | None,
-    typer.Option("--min-deriv", min=0.0, help="Fail if a site's min |σ'(z)| is below this."),
-]
-MaxNonfiniteOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-nonfinite",
-        min=0,
-        help="Fail if a site saw more NaN/Inf values than this (default 0).",
-        show_default=False,
     ),
 ]
 BaselineOpt = Annotated[
@@ -148,6 +121,56 @@ JunitOpt = Annotated[
 ]
 
 
+def _threshold_option(spec: ThresholdSpec) -> inspect.Parameter:
+    """One ``--max-…``/``--min-…`` flag, from the statistic's declaration of its column."""
+    side = "above" if spec.bound == "max" else "below"
+    unit = " (percent, 0-100)" if spec.percent else ""
+    default = DEFAULTS.get(spec.key)
+    suffix = f" (default {default})" if default is not None else ""
+    option = typer.Option(
+        spec.flag,
+        min=0,
+        max=100.0 if spec.percent else None,
+        help=f"Fail if a site's {spec.metric} is {side} this{unit}{suffix}.",
+        show_default=False,
+        rich_help_panel="Thresholds",
+    )
+    kind: Any = int | None if spec.integer else float | None
+    return inspect.Parameter(
+        spec.key,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[kind, option],
+    )
+
+
+def with_threshold_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one flag per declared threshold key; it receives them as ``thresholds``.
+
+    A new statistic's threshold (``Column.threshold``) becomes a ``check`` flag with no edit here.
+    """
+    hints = get_type_hints(command, include_extras=True)
+    params = [
+        p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY)
+        if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or p.default is not p.empty
+        else p.replace(annotation=hints[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.name not in ("thresholds", "return")
+    ]
+    at = next(i for i, p in enumerate(params) if p.name == "config") + 1
+    params[at:at] = [_threshold_option(spec) for spec in SPECS.values()]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        limits = {key: kwargs.pop(key, None) for key in SPECS}
+        command(*args, **kwargs, thresholds=limits)
+
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must read the signature above, not the command's
+    return wrapper
+
+
 def emit_check(result: CheckResult, fmt: CheckFormat, output: Path | None) -> None:
     """Print (in colour on a terminal) or write the result in the chosen format."""
     if not is_rank_zero():
@@ -159,6 +182,7 @@ def emit_check(result: CheckResult, fmt: CheckFormat, output: Path | None) -> No
 
 
 @app.command()
+@with_threshold_flags
 def check(
     model: Annotated[
         str,
@@ -185,12 +209,6 @@ def check(
     exclude: ExcludeOpt = [],  # noqa: B006
     feature_dim: FeatureDimOpt = [],  # noqa: B006
     config: ConfigOpt = None,
-    max_dead_pct: MaxDeadOpt = None,
-    max_dormant_pct: MaxDormantOpt = None,
-    max_grad_dormant_pct: MaxGradDormantOpt = None,
-    min_mag: MinMagOpt = None,
-    min_deriv: MinDerivOpt = None,
-    max_nonfinite: MaxNonfiniteOpt = None,
     baseline: BaselineOpt = None,
     tolerance: ToleranceOpt = DEFAULT_TOLERANCE,
     mag_factor: MagFactorOpt = DEFAULT_MAG_FACTOR,
@@ -202,20 +220,14 @@ def check(
     progress: ProgressOpt = True,
     plot: PlotOpt = None,
     forward_only: ForwardOnlyOpt = False,
+    thresholds: dict[str, Any] | None = None,
 ) -> None:
     """Scan MODEL like `scan`, then exit 1 if a site breaks a threshold (or regressed).
 
     Threshold precedence per site: first matching `sites` glob > `activations` entry > flags >
     --config thresholds > pyproject.toml thresholds > defaults (max-nonfinite 0).
     """
-    flags = {
-        "max_dead_pct": max_dead_pct,
-        "max_dormant_pct": max_dormant_pct,
-        "max_grad_dormant_pct": max_grad_dormant_pct,
-        "min_mag": min_mag,
-        "min_deriv": min_deriv,
-        "max_nonfinite": max_nonfinite,
-    }
+    flags = dict(thresholds or {})
     with user_errors(debug):
         if update_baseline and baseline is None:
             raise NeurodiagError("--update-baseline needs --baseline FILE to write to")
@@ -285,7 +297,7 @@ def _check_forward_only(limits: ThresholdConfig | None, with_baseline: bool) -> 
             "--forward-only cannot be combined with --baseline: a baseline compares the "
             "gradient columns too"
         )
-    gradient_keys = {"min_mag", "max_grad_dormant_pct"} & (
+    gradient_keys = {key for key, spec in SPECS.items() if spec.gradient} & (
         limits.keys_in_use() if limits else set()
     )
     if gradient_keys:

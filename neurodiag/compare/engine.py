@@ -28,8 +28,9 @@ from neurodiag.compare.training import (
 from neurodiag.compare.variants import BASELINE, Variant, build_variants, parse_specs
 from neurodiag.errors import NeurodiagError
 from neurodiag.loss import UserLoss
+from neurodiag.model_state import model_device
 from neurodiag.report.model import Report
-from neurodiag.scan import model_device, scan
+from neurodiag.scan import scan
 
 
 @dataclass(frozen=True)

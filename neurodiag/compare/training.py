@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
 from neurodiag.errors import NeurodiagError
 from neurodiag.loss import LossResolver, UserLoss, primary_output
-from neurodiag.scan import model_device, model_dtype
+from neurodiag.model_state import model_device, model_dtype
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,

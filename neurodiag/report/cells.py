@@ -10,16 +10,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from neurodiag.report.model import Report, ScanHeader
+import numpy as np
+
+from neurodiag.report.model import COLUMN_SPECS, Report, ScanHeader
 
 MISSING = "\u2013"  # en dash: reads as "no value" and cannot be mistaken for a minus sign
 PARTIAL_WARNING = "PARTIAL: the scan stopped early; the numbers cover only the batches seen."
 
 #: Columns that only exist for Bernstein sites: blank there means "not applicable".
-BERNSTEIN_ONLY: frozenset[str] = frozenset({"delta_bar", "bound_ok"})
-PERCENT_COLUMNS: frozenset[str] = frozenset({"dead_pct", "dormant_pct", "grad_dormant_pct"})
-SCIENTIFIC_COLUMNS: frozenset[str] = frozenset({"mag", "min_abs_deriv", "delta_bar"})
-COUNT_COLUMNS: frozenset[str] = frozenset({"neurons", "nonfinite"})
+BERNSTEIN_ONLY: frozenset[str] = frozenset(c.name for c in COLUMN_SPECS if c.bernstein_only)
+PERCENT_COLUMNS: frozenset[str] = frozenset(c.name for c in COLUMN_SPECS if c.unit == "percent")
+SCIENTIFIC_COLUMNS: frozenset[str] = frozenset(c.name for c in COLUMN_SPECS if c.unit == "value")
+COUNT_COLUMNS: frozenset[str] = frozenset(c.name for c in COLUMN_SPECS if c.unit == "count")
 
 
 def is_missing(value: Any) -> bool:
@@ -74,8 +76,8 @@ def fmt_cell(column: str, value: Any) -> str:
     """One per-site cell as shown to a human (1-decimal %, 3-digit scientific, ✓/✗)."""
     if is_missing(value):
         return "" if column in BERNSTEIN_ONLY else MISSING
-    if column == "bound_ok":
-        return "✓" if bool(value) else "✗"
+    if isinstance(value, bool | np.bool_):
+        return "✓" if value else "✗"
     if column in PERCENT_COLUMNS:
         return f"{float(value):.1f}"
     if column in SCIENTIFIC_COLUMNS:

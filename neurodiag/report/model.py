@@ -12,21 +12,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-#: Per-site columns, in the order every renderer shows them (see DESIGN.md / README "Metrics").
-COLUMNS: tuple[str, ...] = (
-    "site",
-    "activation",
-    "kind",
-    "neurons",
-    "dead_pct",
-    "dormant_pct",
-    "grad_dormant_pct",
-    "mag",
-    "min_abs_deriv",
-    "delta_bar",
-    "bound_ok",
-    "nonfinite",
-)
+from neurodiag.stats.registry import all_columns
+from neurodiag.stats.statistic import Column
+
+#: Per-site columns, in the order every renderer shows them: declared by the statistics
+#: (``neurodiag.stats.registry``), see README "Metrics".
+COLUMN_SPECS: tuple[Column, ...] = all_columns()
+COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMN_SPECS)
+COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMN_SPECS}
 
 
 @dataclass(frozen=True)
@@ -55,17 +48,34 @@ class ScanHeader:
         return out
 
 
-@dataclass(frozen=True)
 class SiteNeurons:
-    """Per-neuron tensors of one site (on the CPU, detached), for the Python API."""
+    """Per-neuron tensors of one site (on the CPU, detached), for the Python API.
 
-    dead: torch.Tensor  # bool (F,)
-    dormant_score: torch.Tensor  # float (F,)  s_i = E|a_i| / mean_k E|a_k|
-    grad_score: torch.Tensor  # float (F,)  same on E|dL/da_i|
-    mean_abs_activation: torch.Tensor  # float (F,)
-    mean_abs_grad: torch.Tensor  # float (F,)
-    max_abs_deriv: torch.Tensor  # float (F,)
-    min_abs_deriv: torch.Tensor  # float (F,)
+    Attributes (each ``(F,)``): ``dead`` (bool), ``max_abs_deriv``, ``min_abs_deriv``,
+    ``mean_abs_activation``, ``dormant_score`` (s_i = E|a_i| / mean_k E|a_k|), ``mean_abs_grad``,
+    ``grad_score``, ``inactive_fraction``, ``finite_positions``; whatever else a registered
+    statistic computes per neuron is there under its name too (``names()``).
+    """
+
+    def __init__(self, **values: torch.Tensor) -> None:
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            tensor: torch.Tensor = values[name]
+            return tensor
+        raise AttributeError(f"no per-neuron value {name!r}; known: {', '.join(values)}")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._values[name]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._values)
+
+    def __repr__(self) -> str:
+        neurons = next((len(v) for v in self._values.values()), 0)
+        return f"SiteNeurons({neurons} neurons: {', '.join(self._values)})"
 
 
 @dataclass
@@ -79,19 +89,7 @@ class Report:
     def to_frame(self) -> pd.DataFrame:
         """One row per site in forward execution order, columns exactly ``COLUMNS``."""
         frame = pd.DataFrame(self.rows, columns=list(COLUMNS))
-        typed: pd.DataFrame = frame.astype(
-            {
-                "neurons": "int64",
-                "nonfinite": "int64",
-                "dead_pct": "float64",
-                "dormant_pct": "float64",
-                "grad_dormant_pct": "float64",
-                "mag": "float64",
-                "min_abs_deriv": "float64",
-                "delta_bar": "float64",
-                "bound_ok": "object",
-            }
-        )
+        typed: pd.DataFrame = frame.astype({c.name: c.dtype for c in COLUMN_SPECS})
         return typed
 
     @property

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from neurodiag.report.cells import PARTIAL_WARNING, fmt_cell, header_facts, site_records
 from neurodiag.report.health import is_unhealthy
-from neurodiag.report.model import COLUMNS, Report
+from neurodiag.report.model import COLUMN_SPECS, COLUMNS, Report
 
-_ALIGN = {"site": "left", "activation": "left", "kind": "left", "bound_ok": "center"}
 _RULES = {"left": "---", "right": "---:", "center": ":---:"}
 
 
@@ -43,7 +42,7 @@ def to_markdown(report: Report, *, width: int | None = None, color: bool = False
         if is_unhealthy(record):
             cells[0] = f"**{cells[0]}** !"
         rows.append(cells)
-    align = [_ALIGN.get(column, "right") for column in COLUMNS]  # numbers line up on the right
+    align: list[str] = [spec.align for spec in COLUMN_SPECS]  # numbers line up on the right
     parts.append(pipe_table(list(COLUMNS), rows, align))
     flagged = sum(is_unhealthy(record) for record in records)
     if flagged:

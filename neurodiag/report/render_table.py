@@ -20,7 +20,7 @@ from rich.text import Text
 
 from neurodiag.report.cells import PARTIAL_WARNING, fmt_cell, header_facts, site_records
 from neurodiag.report.health import is_unhealthy
-from neurodiag.report.model import COLUMNS, Report
+from neurodiag.report.model import COLUMN_SPECS, Report
 
 UNHEALTHY_STYLE = "bold red"
 PARTIAL_STYLE = "bold yellow"
@@ -31,22 +31,6 @@ UNHEALTHY_MARK = "!"
 _NATURAL_WIDTH = 10_000
 #: Below this the site column would be folded into unreadable slivers.
 _SITE_MIN_WIDTH = 16
-
-# column -> (heading, justify). Headings are short because the table must fit ~120 columns.
-_HEADINGS: dict[str, tuple[str, JustifyMethod]] = {
-    "site": ("site", "left"),
-    "activation": ("activation", "left"),
-    "kind": ("kind", "left"),
-    "neurons": ("neurons", "right"),
-    "dead_pct": ("dead\n%", "right"),
-    "dormant_pct": ("dormant\n%", "right"),
-    "grad_dormant_pct": ("grad\ndormant %", "right"),
-    "mag": ("mag", "right"),
-    "min_abs_deriv": ("min\n|σ'|", "right"),
-    "delta_bar": ("δ̄", "right"),
-    "bound_ok": ("bound\nok", "center"),
-    "nonfinite": ("non-\nfinite", "right"),
-}
 
 
 def _facts_grid(report: Report) -> Table:
@@ -65,13 +49,13 @@ def _sites_table(records: list[dict[str, Any]]) -> Table:
     table.add_column("", no_wrap=True)
     # Rich measures the combining "δ̄" heading one cell off, which can fold short site names.
     site_min = min(_SITE_MIN_WIDTH, max(len(str(r["site"])) for r in [{"site": "site"}, *records]))
-    for column in COLUMNS:
-        heading, justify = _HEADINGS[column]
+    for spec in COLUMN_SPECS:
         # Only the site column gives way on a narrow console (it folds, so the full name is
         # still there to look up); numbers are never cut.
-        wraps = column == "site"
+        wraps = spec.name == "site"
+        justify: JustifyMethod = spec.align
         table.add_column(
-            heading,
+            spec.header,
             justify=justify,
             no_wrap=not wraps,
             overflow="fold" if wraps else "ellipsis",
@@ -79,7 +63,7 @@ def _sites_table(records: list[dict[str, Any]]) -> Table:
         )
     for record in records:
         unhealthy = is_unhealthy(record)
-        cells = [Text(fmt_cell(column, record[column])) for column in COLUMNS]
+        cells = [Text(fmt_cell(spec.name, record[spec.name])) for spec in COLUMN_SPECS]
         table.add_row(
             Text(UNHEALTHY_MARK if unhealthy else ""),
             *cells,

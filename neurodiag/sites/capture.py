@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from neurodiag.activations import derivatives
 from neurodiag.activations.registry import (
     REGISTRY,
     ActivationKind,
@@ -29,13 +28,9 @@ from neurodiag.activations.registry import (
     FunctionBinding,
     looks_like_activation,
 )
+from neurodiag.errors import NeurodiagError
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
-from neurodiag.sites.site import Site, SiteKey, display_names
-from neurodiag.stats.observation import NO_SHORTCUTS, Shortcuts, state_dtype
-from neurodiag.stats.passes import release_scratch
-from neurodiag.stats.site_stats import SiteStats, StatOptions
-
-DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
+from neurodiag.sites.site import DerivativeFn, SinkFactory, Site, SiteKey, display_names
 
 
 class _FunctionalSites(TorchFunctionMode):
@@ -101,7 +96,7 @@ class _Plan:
     inplace_flag: bool
     inplace: bool
     derivative: DerivativeFn
-    shortcuts: Shortcuts
+    step: bool
     dims: tuple[int, ...]
 
 
@@ -116,16 +111,18 @@ class SiteRecorder:
     def __init__(
         self,
         model: nn.Module,
-        options: StatOptions,
+        make_sink: SinkFactory,
         *,
         registry: ActivationRegistry = REGISTRY,
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         feature_dims: Mapping[str, int] | None = None,
         functional: bool = True,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
-        self.options = options
+        self.make_sink = make_sink
+        self.on_close = on_close
         self.registry = registry
         self.include = tuple(include)
         self.exclude = tuple(exclude)
@@ -139,7 +136,6 @@ class SiteRecorder:
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
         self._module_keys: dict[tuple[nn.Module, int], SiteKey] = {}
-        self._plain_shortcuts: dict[nn.Module, Shortcuts] = {}
         self._func_calls: dict[tuple[str, str], int] = {}
         self._stack: list[str] = []
         self._last_module: nn.Module | None = None
@@ -188,7 +184,8 @@ class SiteRecorder:
         self._stack.clear()
         self._plans.clear()
         self._lean_modules.clear()
-        release_scratch()
+        if self.on_close is not None:
+            self.on_close()
 
     def end_discovery(self) -> None:
         """After the first forward: keep the function mode only if it found functional sites.
@@ -338,10 +335,10 @@ class SiteRecorder:
         stats = site.stats
         requires_grad = a.requires_grad
         pre = None if plan.inplace else (z.detach() if z.requires_grad else z)
-        stats.observe_call(
-            pre, a.detach() if requires_grad else a, plan.derivative, plan.dims, plan.shortcuts
+        stats.observe_forward(
+            pre, a.detach() if requires_grad else a, plan.derivative, plan.dims, plan.step
         )
-        if requires_grad and stats.grad is not None:
+        if requires_grad and stats.wants_grad:
             self._watch_grad(site, a, plan.dims)
 
     def _measure_module(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -375,28 +372,23 @@ class SiteRecorder:
         pre = saved if inplace else z  # saved is None for in-place from_output kinds
         delta_bar = None
         params: Mapping[str, Any] = {}
+        step = False
         if kind is None:
             derivative = _autograd_derivative(module, self)
             activation = type(module).__name__
-            shortcuts = NO_SHORTCUTS
         else:
             params = kind.module_params(module)
             activation = kind.name
-            if params:
-                derivative = _bind_derivative(kind, params)
-                shortcuts = _shortcuts(kind, params)
-            else:  # no parameters: the same derivative and shortcuts every call
-                derivative = kind.derivative
-                shortcuts = self._plain_shortcuts.get(module) or self._plain_shortcut(module, kind)
+            derivative = _bind_derivative(kind, params)
+            step = kind.step and not params
             if kind.delta_bar:
                 delta_bar = kind.delta_bar(module)
-        self._record(key, activation, "module", pre, output, derivative, delta_bar, shortcuts)
+        self._record(key, activation, "module", pre, output, derivative, delta_bar, step)
         if (
             (module in self._lean_modules or module in self._leanable)  # plans ready for batch 2
             and kind is not None
             and not params
             and delta_bar is None
-            and type(self)._record is SiteRecorder._record  # an override sees every call
         ):
             site = self.sites.get(key)
             if site is not None:
@@ -408,14 +400,9 @@ class SiteRecorder:
                     inplace_flag=bool(getattr(module, "inplace", False)),
                     inplace=inplace,
                     derivative=derivative,
-                    shortcuts=shortcuts,
+                    step=step,
                     dims=site.dims(output.dim()),
                 )
-
-    def _plain_shortcut(self, module: nn.Module, kind: ActivationKind) -> Shortcuts:
-        # cached per module: hashing an ActivationKind (a frozen dataclass) is slow
-        shortcuts = self._plain_shortcuts[module] = _shortcuts(kind, {})
-        return shortcuts
 
     def _module_key(self, module: nn.Module, index: int) -> SiteKey:
         """SiteKey of call ``index`` of ``module`` (cached: built once, not per batch)."""
@@ -455,8 +442,8 @@ class SiteRecorder:
             self.found_functional = True
             params = kind.derivative_kwargs(bound)
             derivative = _bind_derivative(kind, params)
-            shortcuts = _shortcuts(kind, params)
-            self._record(key, kind.name, "functional", pre, out, derivative, None, shortcuts)
+            step = kind.step and not params
+            self._record(key, kind.name, "functional", pre, out, derivative, None, step)
         return out
 
     # -- shared ----------------------------------------------------------------------------------
@@ -469,7 +456,7 @@ class SiteRecorder:
         a: Tensor,
         derivative: DerivativeFn,
         delta_bar: float | None,
-        shortcuts: Shortcuts,
+        step: bool,
     ) -> None:
         site = self.sites.get(key)
         if site is None:
@@ -480,8 +467,6 @@ class SiteRecorder:
         ndim = a.dim()
         dims = site.dims(ndim)
         if ndim and a.shape[site.feature_dim] != site.neurons:
-            from neurodiag.errors import NeurodiagError
-
             raise NeurodiagError(
                 f"site {key.candidate_names()[0]} had {site.neurons} neurons along dim "
                 f"{site.feature_dim} and now {a.shape[site.feature_dim]}; set its neuron dim with "
@@ -492,8 +477,8 @@ class SiteRecorder:
         if z is not None and z.requires_grad:
             z = z.detach()
         stats = site.stats
-        stats.observe_call(z, a.detach() if requires_grad else a, derivative, dims, shortcuts)
-        if requires_grad and stats.grad is not None:
+        stats.observe_forward(z, a.detach() if requires_grad else a, derivative, dims, step)
+        if requires_grad and stats.wants_grad:
             self._watch_grad(site, a, dims)
 
     def _watch_grad(self, site: Site, a: Tensor, dims: tuple[int, ...]) -> None:
@@ -521,15 +506,13 @@ class SiteRecorder:
             neurons = 1
         else:
             if not -a.dim() <= feature_dim < a.dim():
-                from neurodiag.errors import NeurodiagError
-
                 raise NeurodiagError(
                     f"neuron dim {feature_dim} is out of range for site "
                     f"{key.candidate_names()[0]} with shape {tuple(a.shape)}"
                 )
             feature_dim %= a.dim()
             neurons = a.shape[feature_dim]
-        stats = SiteStats(neurons, a.device, state_dtype(a.dtype), self.options)
+        stats = self.make_sink(neurons, a.device, a.dtype)
         site = Site(key, activation, kind, feature_dim, neurons, delta_bar, stats)
         self.sites[key] = site
         return site
@@ -544,22 +527,6 @@ class SiteRecorder:
         seen = [n for key in list(self.sites) + list(self.skipped) for n in key.candidate_names()]
         final = [name for name, _ in self.ordered_sites()]
         return [p for p in self.include if not any(fnmatchcase(n, p) for n in seen + final)]
-
-
-def _shortcuts(kind: ActivationKind, params: Mapping[str, Any]) -> Shortcuts:
-    monotone = bool(kind.monotone_when is not None and kind.monotone_when(params))
-    # σ' = [x > 0] exactly: the registry's ReLU derivative (the step shortcut, see Shortcuts)
-    step = monotone and kind.nonnegative and kind.derivative is derivatives.relu
-    key = (monotone, bool(kind.nonnegative), step)
-    found = _SHORTCUTS.get(key)
-    if found is None:
-        found = _SHORTCUTS[key] = Shortcuts(
-            monotone=monotone, nonnegative=key[1], trust_z=True, step=step
-        )
-    return found
-
-
-_SHORTCUTS: dict[tuple[bool, bool, bool], Shortcuts] = {}
 
 
 def _bind_derivative(kind: ActivationKind, params: Mapping[str, Any]) -> DerivativeFn:

@@ -1,16 +1,53 @@
-"""One activation site: identity, naming and its statistics."""
+"""One activation site: identity, naming, and the sink its hooks feed.
+
+The sites layer knows nothing of statistics: a site's ``stats`` is anything with the
+``SiteSink`` methods (``neurodiag.stats.SiteStats`` in a scan, a moments recorder when
+``swap_activations`` calibrates), made by the factory given to ``SiteRecorder``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import torch
 from torch import Tensor
 
-from neurodiag.stats.observation import ForwardObservation, reduction_dims
-from neurodiag.stats.site_stats import SiteStats, SiteSummary, summarize_sites
-
 ROOT_NAME = "<root>"
+
+DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
+NodePreHook = Callable[[Sequence[Tensor | None]], None]
+
+
+class SiteSink(Protocol):
+    """What a site's hooks feed: one forward call, one gradient."""
+
+    @property
+    def wants_grad(self) -> bool: ...
+
+    def observe_forward(
+        self,
+        z: Tensor | None,
+        a: Tensor,
+        derivative: DerivativeFn,
+        dims: tuple[int, ...],
+        step: bool = False,
+    ) -> None: ...
+
+    def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None: ...
+
+
+#: Makes the sink of a new site: (neurons, device, activation dtype).
+SinkFactory = Callable[[int, torch.device, torch.dtype], SiteSink]
+
+
+def reduction_dims(ndim: int, feature_dim: int) -> tuple[int, ...]:
+    """All dims but the neuron dim: the "positions" of each neuron."""
+    if ndim == 0:
+        return ()
+    fd = feature_dim % ndim
+    return tuple(i for i in range(ndim) if i != fd)
 
 
 @dataclass(frozen=True)
@@ -37,8 +74,11 @@ class Site:
     feature_dim: int
     neurons: int
     delta_bar: float | None
-    stats: SiteStats
+    stats: SiteSink
     _dims: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _hooks: dict[tuple[tuple[int, ...], int], NodePreHook] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def dims(self, ndim: int) -> tuple[int, ...]:
         """Reduction dims for a call with ``ndim`` dims (cached: the hot path asks every call)."""
@@ -47,27 +87,38 @@ class Site:
             cached = self._dims[ndim] = reduction_dims(ndim, self.feature_dim)
         return cached
 
-    def observe(self, obs: ForwardObservation) -> None:
-        self.stats.observe(obs)
-
-    def grad_hook(self, dims: tuple[int, ...]) -> Callable[[Tensor], None]:
-        """The tensor hook feeding ∂L/∂a to the current statistics (built once per dims)."""
-        return self.stats.tensor_hook(dims)
+    def replace_stats(self, stats: SiteSink) -> None:
+        """Feed a new sink from now on (a new Monitor window); hooks are rebuilt for it."""
+        self.stats = stats
+        self._hooks = {}
 
     def watch_grad(self, a: Tensor, dims: tuple[int, ...]) -> None:
-        """Feed ∂L/∂a of this call to the current statistics during backward.
+        """Feed ∂L/∂a of this call to the current sink during backward.
 
         A pre-hook on a's autograd node when it has one (what ``Tensor.register_hook`` does under
-        the hood, minus its Python wrapper), else a tensor hook. The hook is bound to the
-        statistics object current now, as a per-call closure was.
+        the hood, minus its Python wrapper), else a tensor hook.
         """
         node = a.grad_fn
-        if node is not None:
-            stats = self.stats
-            hook = stats._node_hooks.get((dims, a.output_nr)) or stats.node_hook(dims, a.output_nr)
-            node.register_prehook(hook)
-        else:
-            a.register_hook(self.stats.tensor_hook(dims))  # type: ignore[no-untyped-call]
+        if node is None:
+            sink = self.stats
+            a.register_hook(lambda grad: sink.observe_grad(grad.detach(), dims))  # type: ignore[no-untyped-call]
+            return
+        key = (dims, a.output_nr)
+        hook = self._hooks.get(key)
+        if hook is None:
+            hook = self._hooks[key] = _node_hook(self.stats, dims, a.output_nr)
+        node.register_prehook(hook)
+
+
+def _node_hook(sink: SiteSink, dims: tuple[int, ...], output_nr: int) -> NodePreHook:
+    """A pre-hook of a's autograd node: takes ∂L/∂a at a's output index (skips undefined ones)."""
+
+    def hook(grads: Sequence[Tensor | None]) -> None:
+        grad = grads[output_nr]
+        if grad is not None:
+            sink.observe_grad(grad.detach() if grad.requires_grad else grad, dims)
+
+    return hook
 
 
 def display_names(keys: list[SiteKey]) -> dict[SiteKey, str]:
@@ -84,9 +135,3 @@ def display_names(keys: list[SiteKey]) -> dict[SiteKey, str]:
         else:
             names[key] = key.candidate_names()[0]
     return names
-
-
-def summarize(sites: Iterable[Site]) -> list[SiteSummary]:
-    """Each site's summary, in order, with one host transfer for all (``summarize_sites``)."""
-    listed = list(sites)
-    return summarize_sites([s.stats for s in listed], [s.delta_bar for s in listed])

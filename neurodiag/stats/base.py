@@ -1,20 +1,20 @@
-"""Streaming accumulators whose states are declared with their cross-batch/cross-rank reduction.
+"""States declared with their cross-batch / cross-rank reduction, merged by one generic operation.
 
-As in torchmetrics, each statistic only declares its states (``add_state(name, default,
-reduce)``) and writes ``update``; merging two accumulators (batches, ranks) is written once here.
-There is no "mean" state: means are kept as sums and counts and divided at the end.
+As in torchmetrics, a statistic only declares its states (``StateSpec(name, reduce, ...)``);
+folding a call in, merging two stores (Monitor windows) and all-reducing across ranks are written
+once here. There is no "mean" state: means are kept as sums and counts and divided at the end.
 
-Lazy updates (``LazyState``, ``flush``): counts known on the host (positions, calls: shapes,
-never tensor values) are kept as Python ints and small per-call results can be batched, then
-folded into the tensor states whenever a state is read (attribute access, ``state()``, ``merge``,
-``all_reduce``). The hot path spends fewer tensor ops, and every state is still a tensor with its
-declared reduction.
+A "sum" state may be fed a host ``int`` (positions per call are known from the shape, never read
+from the device): those are kept as a pending Python int and added to the tensor when the state is
+read (``flush``), so counting positions costs no tensor op on the hot path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, overload
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -32,79 +32,96 @@ _DIST_OP = {
     "min": dist.ReduceOp.MIN,
     "max": dist.ReduceOp.MAX,
 }
+_EMPTY = {"sum": 0.0, "min": math.inf, "max": -math.inf}
 
 
-class LazyState:
-    """Class-level declaration of a state that ``update`` feeds lazily (see ``Accumulator.flush``).
+@dataclass(frozen=True)
+class StateSpec:
+    """One accumulated state: per neuron ``(F,)`` or a scalar, a count (float64) or a value.
 
-    A data descriptor: reading the attribute first folds the accumulator's pending updates in
-    (``flush``), so ``acc.positions`` is always exact; the hot path writes to the raw value in
-    ``acc.__dict__`` and marks the accumulator dirty. Assigning folds pending updates into the old
-    value first, then replaces it.
+    Two statistics that declare the same name must declare the same spec: the state is then
+    allocated and updated once and both read it.
     """
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
+    name: str
+    reduce: Reduce
+    per_neuron: bool = True
+    count: bool = False
 
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> LazyState: ...
+    def __post_init__(self) -> None:
+        if self.reduce not in _MERGE:
+            raise ValueError(f"reduce must be one of {sorted(_MERGE)}, got {self.reduce!r}")
+        if self.count and self.reduce != "sum":
+            raise ValueError(f"state {self.name}: a count is reduced by sum")
 
-    @overload
-    def __get__(self, obj: Accumulator, owner: type | None = None) -> Tensor: ...
-
-    def __get__(self, obj: Accumulator | None, owner: type | None = None) -> Tensor | LazyState:
-        if obj is None:
-            return self
-        if obj._dirty:
-            obj.flush()
-        value: Tensor = obj.__dict__[self.name]
-        return value
-
-    def __set__(self, obj: Accumulator, value: Tensor) -> None:
-        if obj.__dict__.get("_dirty"):
-            obj.flush()
-        obj.__dict__[self.name] = value
+    def initial(self, neurons: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        shape = (neurons,) if self.per_neuron else ()
+        if self.count:  # float64: exact to 2**53, and per-call float counts add in directly
+            return torch.zeros(shape, device=device, dtype=torch.float64)
+        return torch.full(shape, _EMPTY[self.reduce], device=device, dtype=dtype)
 
 
-class Accumulator:
-    """Base class: fixed-shape tensor states, each with a declared reduction.
+class StateStore:
+    """The tensor states of one site, each with its declared reduction."""
 
-    Lazy updates: a subclass may keep part of an update pending (host ints such as position
-    counts, which cost no tensor op, or small per-call tensors folded in batches) as long as it
-    declares those states as ``LazyState()`` class attributes, sets ``_dirty`` when something is
-    pending and folds everything in ``flush``. Every read of a state (attribute, ``state()``,
-    ``merge``, ``all_reduce``) then sees exact values, and every state stays a tensor.
-    """
+    def __init__(
+        self, specs: Iterable[StateSpec], neurons: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.specs: dict[str, StateSpec] = {}
+        for spec in specs:
+            known = self.specs.get(spec.name)
+            if known is not None and known != spec:
+                raise ValueError(f"state {spec.name!r} declared twice differently: {known}, {spec}")
+            self.specs[spec.name] = spec
+        self.neurons = neurons
+        self.device = device
+        self.dtype = dtype
+        self._values = {n: s.initial(neurons, device, dtype) for n, s in self.specs.items()}
+        self._pending: dict[str, int] = {}
 
-    def __init__(self) -> None:
-        self._reductions: dict[str, Reduce] = {}
-        self._dirty = False
+    def __contains__(self, name: str) -> bool:
+        return name in self.specs
 
-    def add_state(self, name: str, default: Tensor, reduce: Reduce) -> None:
-        if reduce not in _MERGE:
-            raise ValueError(f"reduce must be one of {sorted(_MERGE)}, got {reduce!r}")
-        self._reductions[name] = reduce
-        setattr(self, name, default)
+    def fold(self, name: str, value: Tensor | int) -> None:
+        """Combine one call's ``value`` into state ``name`` with its reduction (in place)."""
+        if isinstance(value, int):
+            if self.specs[name].reduce != "sum":
+                raise TypeError(f"state {name}: host ints are only summed")
+            self._pending[name] = self._pending.get(name, 0) + value
+            return
+        state = self._values[name]
+        reduce = self.specs[name].reduce
+        if reduce == "sum":
+            state.add_(value)
+        elif reduce == "max":
+            torch.maximum(state, value, out=state)
+        else:
+            torch.minimum(state, value, out=state)
 
     def flush(self) -> None:
-        """Fold pending updates into the states (a no-op unless a subclass defers work)."""
-        self._dirty = False
+        """Add the pending host ints to their tensors."""
+        for name, value in self._pending.items():
+            if value:
+                self._values[name].add_(value)
+        self._pending.clear()
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return tuple(self._reductions)
+    def __getitem__(self, name: str) -> Tensor:
+        if self._pending:
+            self.flush()
+        return self._values[name]
 
-    def state(self, name: str) -> Tensor:
-        value = getattr(self, name)
-        assert isinstance(value, Tensor)
-        return value
+    def items(self) -> list[tuple[str, Tensor]]:
+        if self._pending:
+            self.flush()
+        return list(self._values.items())
 
-    def merge(self, other: Accumulator) -> None:
-        """Fold ``other`` (same class, same shapes) into self with each state's reduction."""
-        for name, reduce in self._reductions.items():
-            setattr(self, name, _MERGE[reduce](self.state(name), other.state(name)))
+    def merge(self, other: StateStore) -> None:
+        """Fold ``other`` (same specs, same shapes) into self with each state's reduction."""
+        for name, value in other.items():
+            mine = self[name]
+            self._values[name] = _MERGE[self.specs[name].reduce](mine, value)
 
     def all_reduce(self, group: dist.ProcessGroup | None = None) -> None:
         """Reduce every state across the ranks of ``group`` in place (same op as ``merge``)."""
-        for name, reduce in self._reductions.items():
-            dist.all_reduce(self.state(name), op=_DIST_OP[reduce], group=group)
+        for name, value in self.items():
+            dist.all_reduce(value, op=_DIST_OP[self.specs[name].reduce], group=group)

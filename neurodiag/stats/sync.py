@@ -7,14 +7,21 @@ empty accumulators. Each state is then reduced with its declared op (sum/min/max
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 
+from neurodiag.config import ScanConfig
 from neurodiag.sites.site import Site, SiteKey
-from neurodiag.stats.site_stats import SiteStats, StatOptions
+from neurodiag.stats.bundle import SiteStats, SiteSummary, summarize_sites
+
+
+def stats_of(site: Site) -> SiteStats:
+    """The statistics a scan or Monitor gave this site (its sink is a ``SiteStats``)."""
+    return cast(SiteStats, site.stats)
 
 
 def _describe(site: Site) -> tuple[Any, ...]:
@@ -28,19 +35,19 @@ def _describe(site: Site) -> tuple[Any, ...]:
         site.feature_dim,
         site.neurons,
         site.delta_bar,
-        str(site.stats.dtype).removeprefix("torch."),
+        str(stats_of(site).dtype).removeprefix("torch."),
     )
 
 
 def all_reduce_sites(
-    sites: dict[SiteKey, Site], options: StatOptions, device: torch.device | None = None
+    sites: dict[SiteKey, Site], config: ScanConfig, device: torch.device | None = None
 ) -> dict[SiteKey, Site]:
     """Return the sites of all ranks, in rank-0-first order, with globally reduced statistics."""
     world = dist.get_world_size()
     gathered: list[list[tuple[Any, ...]]] = [[] for _ in range(world)]
     dist.all_gather_object(gathered, [_describe(s) for s in sites.values()])
     if device is None:
-        device = next((s.stats.device for s in sites.values()), torch.device("cpu"))
+        device = next((stats_of(s).device for s in sites.values()), torch.device("cpu"))
     united: dict[SiteKey, Site] = {}
     for rank_sites in gathered:
         for (
@@ -59,13 +66,20 @@ def all_reduce_sites(
                 continue
             mine = sites.get(key)
             if mine is None:
-                stats = SiteStats(neurons, device, getattr(torch, dtype), options)
+                stats = SiteStats(neurons, device, getattr(torch, dtype), config)
                 mine = Site(key, activation, kind, feature_dim, neurons, delta_bar, stats)
             united[key] = mine
     for site in united.values():
-        site.stats.all_reduce()
+        stats_of(site).all_reduce()
     return united
 
 
 def copy_site(site: Site, stats: SiteStats) -> Site:
-    return replace(site, stats=stats)
+    """The same site over other statistics (a merged Monitor total)."""
+    return replace(site, stats=stats, _hooks={})
+
+
+def summarize(sites: Iterable[Site]) -> list[SiteSummary]:
+    """Each site's summary, in order, with one host transfer for all (``summarize_sites``)."""
+    listed = list(sites)
+    return summarize_sites([stats_of(s) for s in listed], [s.delta_bar for s in listed])

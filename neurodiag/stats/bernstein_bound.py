@@ -1,0 +1,50 @@
+"""δ̄ and whether min |σ'| respects it: Bernstein sites only (the paper's theorem, checked)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from neurodiag.stats.statistic import Array, Column, Computed, SiteContext, Statistic
+
+#: Relative and absolute float tolerance of the bound check (σ' is computed in float32).
+REL_TOL = 1e-5
+ABS_TOL = 1e-7
+
+
+class BernsteinBound(Statistic):
+    """δ̄ = n·δ/(u−l) of a Bernstein site, and min |σ'| ≥ δ̄ within float tolerance."""
+
+    name = "bernstein_bound"
+    columns = (
+        Column(
+            "delta_bar",
+            "float64",
+            "value",
+            "Bernstein sites: the theoretical lower bound δ̄ of |σ'|",
+            bernstein_only=True,
+            title="δ̄",
+        ),
+        Column(
+            "bound_ok",
+            "object",
+            "flag",
+            "Bernstein sites: min_abs_deriv ≥ delta_bar (within float tolerance)",
+            bernstein_only=True,
+            title="bound\nok",
+            align="center",
+        ),
+    )
+
+    def compute(
+        self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
+    ) -> Computed:
+        delta_bar = ctx.delta_bar
+        low = row.get("min_abs_deriv", math.nan)
+        ok: bool | None = None
+        if delta_bar is not None and not math.isnan(low):
+            ok = bool(low >= delta_bar * (1 - REL_TOL) - ABS_TOL)
+        return Computed(
+            {"delta_bar": delta_bar if delta_bar is not None else math.nan, "bound_ok": ok}
+        )

@@ -1,0 +1,182 @@
+"""``SiteStats``: every registered statistic of one site, over one store of states.
+
+The site's hooks call ``observe_forward`` / ``observe_grad``; each computes the call's
+reductions once (``reductions``) and folds every declared state from them, once per state
+however many statistics read it. ``summarize_sites`` reads all sites back with one transfer
+per (device, dtype) and lets each statistic compute its columns on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from neurodiag.config import ScanConfig
+from neurodiag.stats.base import StateStore
+from neurodiag.stats.reductions import (
+    DerivativeFn,
+    ForwardReductions,
+    GradReductions,
+    reduce_forward,
+    reduce_grad,
+    step_extremes,
+)
+from neurodiag.stats.registry import STATISTICS, StatisticRegistry
+from neurodiag.stats.statistic import Array, SiteContext, Statistic
+
+_FORWARD_FIELDS = frozenset(ForwardReductions.__slots__)
+_GRAD_FIELDS = frozenset(GradReductions.__slots__)
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate in at least float32 (bf16/fp16 sums would lose neurons to rounding)."""
+    if dtype in (torch.float32, torch.float64):
+        return dtype
+    return torch.promote_types(dtype, torch.float32)
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """Per-site numbers (the report row without names) and per-neuron tensors (CPU)."""
+
+    row: dict[str, Any]
+    neurons: dict[str, Tensor]
+
+
+class SiteStats:
+    """The statistics of one site, on the site's device, O(neurons) memory."""
+
+    def __init__(
+        self,
+        neurons: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        config: ScanConfig,
+        registry: StatisticRegistry = STATISTICS,
+    ) -> None:
+        self.neurons = neurons
+        self.device = device
+        self.dtype = state_dtype(dtype)
+        self.config = config
+        self.registry = registry
+        self.statistics: list[Statistic] = [cls(config) for cls in registry]
+        specs = [spec for stat in self.statistics for spec in stat.state_specs()]
+        self.store = StateStore(specs, neurons, device, self.dtype)
+        self._forward = [n for n in self.store.specs if n in _FORWARD_FIELDS]
+        self._grad = [n for n in self.store.specs if n in _GRAD_FIELDS]
+        self._per_call = [stat for stat in self.statistics if stat.per_call]
+        #: Some call took the step shortcut: max/min |σ'| are derived from the totals.
+        self.step = False
+
+    @property
+    def wants_grad(self) -> bool:
+        return self.config.gradients
+
+    def fresh(self) -> SiteStats:
+        """Empty statistics of the same site (a new Monitor window)."""
+        return SiteStats(self.neurons, self.device, self.dtype, self.config, self.registry)
+
+    # -- observations --------------------------------------------------------------------------
+    def observe_forward(
+        self,
+        z: Tensor | None,
+        a: Tensor,
+        derivative: DerivativeFn,
+        dims: tuple[int, ...],
+        step: bool = False,
+    ) -> None:
+        """One call: pre-activation ``z`` (None if overwritten in place), activation ``a``."""
+        red = reduce_forward(z, a, derivative, dims, self.config.eps, self.dtype, step)
+        if red.max_abs_deriv is None:
+            self.step = True
+        store = self.store
+        for name in self._forward:
+            value = getattr(red, name)
+            if value is not None:
+                store.fold(name, value)
+        for stat in self._per_call:
+            stat.update(store, red)
+
+    def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
+        """One ∂L/∂a of a call of this site."""
+        red = reduce_grad(grad, dims, self.dtype)
+        store = self.store
+        for name in self._grad:
+            store.fold(name, getattr(red, name))
+
+    # -- merging -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Fold pending host counts; on step sites derive max/min |σ'| from the totals."""
+        store = self.store
+        store.flush()
+        if self.step and "max_abs_deriv" in store and "min_abs_deriv" in store:
+            high, low = step_extremes(store["active_entries"], store["finite_positions"])
+            dtype = store["max_abs_deriv"].dtype
+            store.fold("max_abs_deriv", high.to(dtype))
+            store.fold("min_abs_deriv", low.to(dtype))
+
+    def merge(self, other: SiteStats) -> None:
+        self.flush()
+        other.flush()
+        self.store.merge(other.store)
+        self.step = self.step or other.step
+
+    def all_reduce(self, group: dist.ProcessGroup | None = None) -> None:
+        self.flush()
+        self.store.all_reduce(group)
+
+    def host_states(self) -> list[Tensor]:
+        """The flushed states, in store order, still on the device."""
+        self.flush()
+        return [value for _, value in self.store.items()]
+
+    def summarize(self, delta_bar: float | None) -> SiteSummary:
+        return summarize_sites([self], [delta_bar])[0]
+
+    def compute(self, states: dict[str, Array], delta_bar: float | None) -> SiteSummary:
+        """Each statistic's columns and per-neuron arrays from host ``states``."""
+        ctx = SiteContext(self.neurons, delta_bar, self.config)
+        row: dict[str, Any] = {"neurons": self.neurons}
+        neurons: dict[str, Tensor] = {}
+        for stat in self.statistics:
+            computed = stat.compute(states, row, ctx)
+            row.update(computed.site)
+            for name, values in computed.neurons.items():
+                neurons[name] = torch.from_numpy(np.ascontiguousarray(values))
+        return SiteSummary(row, neurons)
+
+
+def summarize_sites(
+    sites: Sequence[SiteStats], delta_bars: Sequence[float | None]
+) -> list[SiteSummary]:
+    """``compute`` of many sites with one device-to-host transfer per (device, dtype).
+
+    A report reads every site; one ``cat`` and one copy instead of several per site keeps the
+    report's cost flat in the number of sites.
+    """
+    payloads = [stats.host_states() for stats in sites]
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, int]]] = {}
+    for i, states in enumerate(payloads):
+        for j, value in enumerate(states):
+            groups.setdefault((value.device, value.dtype), []).append((i, j))
+    host: list[list[Array | None]] = [[None] * len(states) for states in payloads]
+    for members in groups.values():
+        flat = torch.cat([payloads[i][j].reshape(-1) for i, j in members]).cpu().numpy()
+        offset = 0
+        for i, j in members:
+            value = payloads[i][j]
+            size = value.numel()
+            host[i][j] = flat[offset : offset + size].reshape(value.shape)
+            offset += size
+    summaries = []
+    for stats, arrays, delta_bar in zip(sites, host, delta_bars, strict=True):
+        names = list(stats.store.specs)
+        host_states = {n: arr for n, arr in zip(names, arrays, strict=True) if arr is not None}
+        summaries.append(stats.compute(host_states, delta_bar))
+    return summaries

@@ -1,0 +1,301 @@
+"""The per-call reductions every statistic reads: one measuring path per observation kind.
+
+A site call is reduced to per-neuron values over its **finite positions** (an entry is finite
+when z and a, or ∂L/∂a, are neither NaN nor ±Inf): Σ|a|, the finite positions, the positions with
+|σ'| > ε, max and min of |σ'|; Σ|∂L/∂a| and its finite positions; and the count of non-finite
+entries. Non-finite entries are counted and kept out of everything else.
+
+``exact_forward`` / ``exact_grad`` are the reference: masks, σ' in slices along a position dim
+(so σ's temporaries stay O(slice) whatever the activation size). Two shortcuts sit behind the same
+interface, each pinned to the reference by tests/test_reductions.py:
+
+* **finite-proved** (CPU only, where reading a scalar costs no device synchronisation): NaN
+  propagates through sums and ±Inf survives them, so a finite Σ|a| + Σz (+ Σ of the σ' extremes)
+  proves the call clean and the masks are skipped; otherwise the call is measured again exactly.
+  Accelerators always take the exact path: no host read per call.
+* **step** (ReLU: σ' = [z > 0], a ≥ 0, ε < 1): |σ'| > ε exactly where a > 0, so the active count
+  is Σ[a > 0] and σ' is never evaluated; the per-neuron max/min of σ' follow from the totals
+  (``step_extremes``), so they are derived once per read, not once per call.
+
+On CPU the temporaries go to a per-thread scratch buffer reused from call to call (fresh pages
+from the OS cost more than the ops that fill them); ``release_scratch`` drops it on detach.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
+
+#: Elements per slice of the exact path and of σ' on the finite-proved path.
+SLICE_ELEMENTS = 1 << 16
+#: Largest CPU scratch buffer (elements); larger tensors are reduced slice by slice.
+SCRATCH_LIMIT = 1 << 20
+#: Devices on which a per-call host read is free (no device synchronisation).
+HOST_READ_DEVICES = frozenset({"cpu"})
+
+
+@dataclass(slots=True)
+class ForwardReductions:
+    """One forward call, per neuron, over its finite positions.
+
+    ``finite_positions`` is a host int when every position was finite (the common case);
+    ``max_abs_deriv``/``min_abs_deriv`` are None on the step shortcut (see ``step_extremes``).
+    """
+
+    finite_positions: Tensor | int
+    sum_abs_act: Tensor
+    active_entries: Tensor
+    max_abs_deriv: Tensor | None
+    min_abs_deriv: Tensor | None
+    nonfinite: Tensor | int
+
+
+@dataclass(slots=True)
+class GradReductions:
+    """One gradient ∂L/∂a, per neuron, over its finite positions."""
+
+    grad_finite_positions: Tensor | int
+    sum_abs_grad: Tensor
+    nonfinite: Tensor | int
+
+
+# -- scratch -------------------------------------------------------------------------------------
+class _Pool(threading.local):
+    def __init__(self) -> None:
+        self.buffers: dict[torch.dtype, Tensor] = {}
+
+
+_POOL = _Pool()
+
+
+def release_scratch() -> None:
+    """Drop this thread's scratch buffers (the recorder calls it when it detaches)."""
+    _POOL.buffers.clear()
+
+
+def _scratch(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A CPU temporary shaped like ``like`` from the per-thread pool (valid until the next call)."""
+    dtype = dtype or like.dtype
+    n = like.numel()
+    buffer = _POOL.buffers.get(dtype)
+    if buffer is None or buffer.numel() < n:
+        buffer = _POOL.buffers[dtype] = torch.empty(n, dtype=dtype)
+    return buffer[:n].view(like.shape)
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+def _as_positions(
+    z: Tensor | None, a: Tensor, dims: tuple[int, ...]
+) -> tuple[Tensor | None, Tensor, tuple[int, ...]]:
+    """A call with no position dim (0-d or (F,)) seen as one position: shape (1, F), dims (0,)."""
+    if dims:
+        return z, a, dims
+    return (z.reshape(1, -1) if z is not None else None), a.reshape(1, -1), (0,)
+
+
+def _slices(
+    z: Tensor | None, a: Tensor, dims: tuple[int, ...]
+) -> list[tuple[Tensor | None, Tensor]]:
+    """(z, a) cut along dim 0 (a position dim) into slices of about ``SLICE_ELEMENTS``."""
+    n = a.numel()
+    rows = a.shape[0]
+    if n <= SLICE_ELEMENTS or 0 not in dims or rows <= 1:
+        return [(z, a)]
+    step = max(1, SLICE_ELEMENTS // max(1, n // rows))
+    return [
+        (z[i : i + step] if z is not None else None, a[i : i + step]) for i in range(0, rows, step)
+    ]
+
+
+def _positions(shape: torch.Size, dims: tuple[int, ...]) -> int:
+    out = 1
+    for i in dims:
+        out *= shape[i]
+    return out
+
+
+def _combine(parts: list[Tensor], op: Callable[..., Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else op(torch.stack(parts), 0)
+
+
+# -- forward ---------------------------------------------------------------------------------------
+def reduce_forward(
+    z: Tensor | None,
+    a: Tensor,
+    derivative: DerivativeFn,
+    dims: tuple[int, ...],
+    eps: float,
+    dtype: torch.dtype,
+    step: bool = False,
+) -> ForwardReductions:
+    """The reductions of one forward call (``z`` None: an in-place op overwrote it)."""
+    z, a, dims = _as_positions(z, a, dims)
+    if a.is_cpu and "cpu" in HOST_READ_DEVICES:
+        quick = (
+            _quick_step(z, a, dims, dtype)
+            if step and eps < 1
+            else _quick_general(z, a, derivative, dims, eps, dtype)
+        )
+        if quick is not None:
+            return quick
+    return exact_forward(z, a, derivative, dims, eps, dtype)
+
+
+def exact_forward(
+    z: Tensor | None,
+    a: Tensor,
+    derivative: DerivativeFn,
+    dims: tuple[int, ...],
+    eps: float,
+    dtype: torch.dtype,
+) -> ForwardReductions:
+    """The reference: masks of the finite entries, σ' in slices. No host read."""
+    z, a, dims = _as_positions(z, a, dims)
+    finite: list[Tensor] = []
+    sums: list[Tensor] = []
+    active: list[Tensor] = []
+    highs: list[Tensor] = []
+    lows: list[Tensor] = []
+    nonfinite = torch.zeros((), dtype=torch.int64, device=a.device)
+    for zc, ac in _slices(z, a, dims):
+        ok = torch.isfinite(ac)
+        if zc is not None:
+            ok &= torch.isfinite(zc)
+        nonfinite = nonfinite + (ok.numel() - ok.sum())
+        finite.append(ok.sum(dims, dtype=dtype))
+        zero = torch.zeros((), dtype=ac.dtype, device=ac.device)
+        clean_a = torch.where(ok, ac, zero)
+        clean_z = torch.where(ok, zc, zero) if zc is not None else None
+        sums.append(clean_a.abs().sum(dims, dtype=dtype))
+        d = derivative(clean_z, clean_a).abs().to(dtype)
+        active.append((ok & (d > eps)).sum(dims, dtype=dtype))
+        highs.append(torch.where(ok, d, -math.inf).amax(dims))
+        lows.append(torch.where(ok, d, math.inf).amin(dims))
+    return ForwardReductions(
+        finite_positions=_combine(finite, torch.sum),
+        sum_abs_act=_combine(sums, torch.sum),
+        active_entries=_combine(active, torch.sum),
+        max_abs_deriv=_combine(highs, torch.amax),
+        min_abs_deriv=_combine(lows, torch.amin),
+        nonfinite=nonfinite,
+    )
+
+
+def _finite(*checks: Tensor) -> bool:
+    """The one host read of a finite-proved call: is the sum of these reductions finite?"""
+    return math.isfinite(sum(float(c.sum()) for c in checks))
+
+
+def _quick_step(
+    z: Tensor | None, a: Tensor, dims: tuple[int, ...], dtype: torch.dtype
+) -> ForwardReductions | None:
+    """ReLU on CPU: Σa and Σ[a > 0] per neuron; None if a non-finite entry may be there."""
+    sum_abs = a.sum(dims, dtype=dtype)
+    checks = [sum_abs]  # NaN/+Inf in a (a >= 0) make Σa non-finite
+    if z is not None:
+        checks.append(z.sum(dtype=torch.float64))  # -Inf in z gives a = 0: check z itself
+    if not _finite(*checks):
+        return None
+    if a.numel() <= SCRATCH_LIMIT:
+        active = torch.gt(a, 0, out=_scratch(a, dtype)).sum(dims)
+    else:
+        parts = [
+            torch.gt(c, 0, out=_scratch(c, dtype)).sum(dims) for _, c in _slices(None, a, dims)
+        ]
+        active = _combine(parts, torch.sum)
+    return ForwardReductions(
+        finite_positions=_positions(a.shape, dims),
+        sum_abs_act=sum_abs,
+        active_entries=active,
+        max_abs_deriv=None,
+        min_abs_deriv=None,
+        nonfinite=0,
+    )
+
+
+def _quick_general(
+    z: Tensor | None,
+    a: Tensor,
+    derivative: DerivativeFn,
+    dims: tuple[int, ...],
+    eps: float,
+    dtype: torch.dtype,
+) -> ForwardReductions | None:
+    """Any σ on CPU without masks; None if a non-finite entry may be there."""
+    if a.numel() <= SCRATCH_LIMIT:
+        sum_abs = torch.abs(a, out=_scratch(a)).sum(dims, dtype=dtype)
+    else:
+        sum_abs = a.abs().sum(dims, dtype=dtype)
+    checks = [sum_abs]
+    if z is not None:
+        checks.append(z.sum(dtype=torch.float64))
+    highs: list[Tensor] = []
+    lows: list[Tensor] = []
+    active: list[Tensor] = []
+    for zc, ac in _slices(z, a, dims):
+        d = derivative(zc, ac)
+        d = d.abs() if d is zc or d is ac else d.abs_()
+        highs.append(torch.amax(d, dims))
+        lows.append(torch.amin(d, dims))
+        active.append(torch.gt(d, eps, out=d).sum(dims, dtype=dtype))
+    high, low = _combine(highs, torch.amax), _combine(lows, torch.amin)
+    checks += [high, low]  # σ' NaN on a finite input would otherwise pass unseen
+    if not _finite(*checks):
+        return None
+    return ForwardReductions(
+        finite_positions=_positions(a.shape, dims),
+        sum_abs_act=sum_abs,
+        active_entries=_combine(active, torch.sum),
+        max_abs_deriv=high.to(dtype),
+        min_abs_deriv=low.to(dtype),
+        nonfinite=0,
+    )
+
+
+def step_extremes(active: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
+    """max and min of σ' = [z > 0] per neuron from the totals of a step site.
+
+    max is 1 where some finite position was active, 0 where all were inactive; min is 0 where
+    some finite position was inactive, else 1; both are empty (-inf / +inf) without any finite
+    position, as the exact path's masked reductions are.
+    """
+    measured = finite > 0
+    one, zero = torch.ones_like(active), torch.zeros_like(active)
+    high = torch.where(active > 0, one, zero)
+    low = torch.where(active < finite, zero, one)
+    high = torch.where(measured, high, torch.full_like(active, -math.inf))
+    low = torch.where(measured, low, torch.full_like(active, math.inf))
+    return high, low
+
+
+# -- gradient ------------------------------------------------------------------------------------
+def reduce_grad(grad: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> GradReductions:
+    """The reductions of one ∂L/∂a."""
+    _, grad, dims = _as_positions(None, grad, dims)
+    if grad.is_cpu and "cpu" in HOST_READ_DEVICES:
+        if grad.numel() <= SCRATCH_LIMIT:
+            total = torch.abs(grad, out=_scratch(grad)).sum(dims, dtype=dtype)
+        else:
+            total = grad.abs().sum(dims, dtype=dtype)
+        if _finite(total):
+            return GradReductions(_positions(grad.shape, dims), total, 0)
+    return exact_grad(grad, dims, dtype)
+
+
+def exact_grad(grad: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> GradReductions:
+    """The reference: Σ|∂L/∂a| and the count over finite entries. No host read."""
+    _, grad, dims = _as_positions(None, grad, dims)
+    ok = torch.isfinite(grad)
+    clean = torch.where(ok, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    return GradReductions(
+        grad_finite_positions=ok.sum(dims, dtype=dtype),
+        sum_abs_grad=clean.abs().sum(dims, dtype=dtype),
+        nonfinite=ok.numel() - ok.sum(),
+    )

@@ -1,0 +1,87 @@
+"""The registry of statistics: a new statistic is one file plus one line here.
+
+The order is the column order of every report. Report columns, table headers, CSV/JSON fields,
+``check`` thresholds (flags and config keys), baseline comparison and the README's column table
+all derive from these declarations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from neurodiag.stats.bernstein_bound import BernsteinBound
+from neurodiag.stats.dead import DeadNeurons
+from neurodiag.stats.dormant import DormantNeurons
+from neurodiag.stats.grad_dormant import GradDormantNeurons
+from neurodiag.stats.inactive import InactiveEntries
+from neurodiag.stats.mag import MeanAbsGradient
+from neurodiag.stats.min_deriv import MinAbsDerivative
+from neurodiag.stats.nonfinite import NonFiniteEntries
+from neurodiag.stats.statistic import Column, Statistic, Threshold
+
+
+class StatisticRegistry:
+    """Ordered statistics by name; refuses silent overrides, names the valid ones when asked."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, type[Statistic]] = {}
+
+    def register(self, cls: type[Statistic], *, overwrite: bool = False) -> type[Statistic]:
+        if cls.name in self._items and not overwrite:
+            raise ValueError(f"statistic {cls.name!r} is already registered (overwrite=True)")
+        taken = {c.name for other in self if other.name != cls.name for c in other.columns}
+        clash = [c.name for c in cls.columns if c.name in taken]
+        if clash:
+            raise ValueError(f"statistic {cls.name!r}: column {clash[0]!r} is already taken")
+        self._items[cls.name] = cls
+        return cls
+
+    def __iter__(self) -> Iterator[type[Statistic]]:
+        return iter(self._items.values())
+
+    def __getitem__(self, name: str) -> type[Statistic]:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(f"no statistic {name!r}; known: {', '.join(self._items)}") from None
+
+    def columns(self) -> tuple[Column, ...]:
+        return tuple(c for cls in self for c in cls.columns)
+
+    def thresholds(self) -> dict[str, tuple[Column, Threshold]]:
+        """Every ``check`` threshold key with the column it reads."""
+        return {c.threshold.key: (c, c.threshold) for c in self.columns() if c.threshold}
+
+
+STATISTICS = StatisticRegistry()
+for _cls in (
+    DeadNeurons,
+    DormantNeurons,
+    GradDormantNeurons,
+    MeanAbsGradient,
+    MinAbsDerivative,
+    BernsteinBound,
+    InactiveEntries,
+    NonFiniteEntries,
+):
+    STATISTICS.register(_cls)
+
+#: The columns that name a site rather than measure it (first in every report).
+IDENTITY_COLUMNS: tuple[Column, ...] = (
+    Column(
+        "site", "object", "flag", "site name: module path, call index, functional op", align="left"
+    ),
+    Column(
+        "activation", "object", "flag", "activation (registry name or module class)", align="left"
+    ),
+    Column("kind", "object", "flag", "module or functional", align="left"),
+    Column("neurons", "int64", "count", "neurons of the site (size of its feature dim)"),
+)
+
+
+def all_columns() -> tuple[Column, ...]:
+    """Identity columns, then every statistic's, in report order."""
+    return IDENTITY_COLUMNS + STATISTICS.columns()
+
+
+__all__ = ["IDENTITY_COLUMNS", "STATISTICS", "StatisticRegistry", "all_columns"]

@@ -1,0 +1,163 @@
+"""What a statistic is: its states, how they update, how they compute, and how its columns read.
+
+One statistic is one ``Statistic`` subclass in one file (see ``neurodiag/stats/registry.py``).
+It declares
+
+* ``states``: the accumulated states with their reductions (``StateSpec``). A state named after a
+  field of ``ForwardReductions`` / ``GradReductions`` is updated from that field on every call,
+  once per site even when several statistics declare it; a statistic that needs something else
+  per call overrides ``update``;
+* ``compute``: per-site values (one per column) and per-neuron arrays from the states, on the host
+  (numpy: a report summarises every site, torch dispatch per tiny op would cost more than the scan);
+* ``columns``: the metadata every renderer, ``check`` threshold and baseline derives from.
+
+Everything non-finite is already out of the states (``reductions``): compute divides by the
+finite counts and never sees a NaN it did not make itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from neurodiag.config import ScanConfig
+from neurodiag.stats.base import StateSpec
+
+Array = npt.NDArray[Any]
+Unhealthy = Literal["high", "low"] | None
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A ``check`` limit on a column: key (config and flag name), which side fails, its range."""
+
+    key: str
+    bound: Literal["max", "min"]
+    default: float | int | None = None
+    integer: bool = False
+    percent: bool = False
+
+    @property
+    def flag(self) -> str:
+        """The CLI flag for this key (``max_dead_pct`` -> ``--max-dead-pct``)."""
+        return "--" + self.key.replace("_", "-")
+
+    def expected(self) -> str:
+        """What a value must be, as told to the user in an error message."""
+        if self.integer:
+            return "a non-negative integer"
+        if self.percent:
+            return "a percentage between 0 and 100"
+        return "a non-negative number"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One report column: its name, type, unit, meaning and which direction is unhealthy.
+
+    ``unit``: "percent" (0-100, one decimal), "count" (integer), "value" (scientific) or "flag".
+    ``unhealthy``: "high" / "low" (a regression is a rise / a fall), or None (not judged).
+    ``gradient``: the value needs a backward (NaN in a forward-only scan).
+    ``bernstein_only``: empty, meaning "does not apply", off Bernstein sites.
+    ``regression``: how a baseline compares it: "points" (percentage points, absolute),
+    "factor" (a fall by more than the factor), "increase" (any rise), or None (not compared).
+    """
+
+    name: str
+    dtype: Literal["float64", "int64", "object"]
+    unit: Literal["percent", "count", "value", "flag"]
+    help: str
+    unhealthy: Unhealthy = None
+    threshold: Threshold | None = None
+    gradient: bool = False
+    bernstein_only: bool = False
+    regression: Literal["points", "factor", "increase"] | None = None
+    title: str = ""
+    align: Literal["left", "right", "center"] = "right"
+
+    @property
+    def header(self) -> str:
+        """The table header: the title if one is given, else the name."""
+        return self.title or self.name
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """What a statistic may know of its site besides its states."""
+
+    neurons: int
+    delta_bar: float | None
+    config: ScanConfig
+
+
+@dataclass
+class Computed:
+    """What ``compute`` returns: per-site values by column name, per-neuron arrays by name."""
+
+    site: dict[str, Any] = field(default_factory=dict)
+    neurons: dict[str, Array] = field(default_factory=dict)
+
+
+class Statistic:
+    """Base class of a statistic; subclasses are registered in ``neurodiag.stats.registry``.
+
+    ``observes`` says which observations feed it (forward, gradient, both, or none: a statistic
+    computed from other columns). ``needs_gradients`` ones are skipped in a forward-only scan.
+    """
+
+    name: ClassVar[str]
+    states: ClassVar[tuple[StateSpec, ...]] = ()
+    columns: ClassVar[tuple[Column, ...]] = ()
+    needs_gradients: ClassVar[bool] = False
+
+    def __init__(self, config: ScanConfig) -> None:
+        self.config = config
+
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        """The states this statistic needs under ``self.config`` (default: ``states``)."""
+        return self.states
+
+    #: True when ``update`` is overridden (per-call work beyond folding reductions).
+    per_call: ClassVar[bool] = False
+
+    def update(self, store: Any, reductions: Any) -> None:
+        """Per-call work for states that are not plain reductions (``per_call`` statistics)."""
+
+    def compute(
+        self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
+    ) -> Computed:
+        """Per-site values (``row`` holds the columns of the statistics computed before)."""
+        raise NotImplementedError
+
+
+def finite_mean(total: Array, count: Array) -> Array:
+    """Per-neuron mean over finite positions; NaN where a neuron had none."""
+    with np.errstate(all="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(total.dtype)
+
+
+def percent_of(mask: Array, measured: Array) -> float:
+    """% of measured neurons where ``mask`` holds; NaN when no neuron was measured."""
+    n = int(np.count_nonzero(measured))
+    return 100.0 * int(np.count_nonzero(mask & measured)) / n if n else float("nan")
+
+
+def normalized_scores(mean_abs: Array) -> Array:
+    """Sokar et al. (2023): s_i = E|x_i| / mean_k E|x_k| over the neurons with a finite mean.
+
+    A neuron without a finite mean has score NaN (never dormant). If every measured neuron is
+    exactly zero the scores are all zero (every neuron is dormant), not NaN.
+    """
+    finite = np.isfinite(mean_abs)
+    count = int(np.count_nonzero(finite))
+    total = mean_abs.sum(where=finite, dtype=mean_abs.dtype)
+    norm = total / mean_abs.dtype.type(max(count, 1))
+    with np.errstate(all="ignore"):
+        scores = mean_abs / norm if norm > 0 else np.zeros_like(mean_abs)
+    if count < finite.size:
+        scores = np.where(finite, scores, np.nan).astype(mean_abs.dtype)
+    return scores
