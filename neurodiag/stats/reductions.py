@@ -70,6 +70,7 @@ class GradReductions:
 class _Pool(threading.local):
     def __init__(self) -> None:
         self.buffers: dict[torch.dtype, Tensor] = {}
+        self.views: dict[tuple[torch.dtype, torch.Size], Tensor] = {}
 
 
 _POOL = _Pool()
@@ -78,16 +79,27 @@ _POOL = _Pool()
 def release_scratch() -> None:
     """Drop this thread's scratch buffers (the recorder calls it when it detaches)."""
     _POOL.buffers.clear()
+    _POOL.views.clear()
 
 
 def _scratch(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """A CPU temporary shaped like ``like`` from the per-thread pool (valid until the next call)."""
-    dtype = dtype or like.dtype
+    """A CPU temporary shaped like ``like`` from the per-thread pool (valid until the next call).
+
+    Views are cached per shape: slicing and viewing cost more than the op that fills them.
+    """
+    key = (dtype or like.dtype, like.shape)
+    view = _POOL.views.get(key)
+    if view is not None:
+        return view
     n = like.numel()
-    buffer = _POOL.buffers.get(dtype)
+    buffer = _POOL.buffers.get(key[0])
     if buffer is None or buffer.numel() < n:
-        buffer = _POOL.buffers[dtype] = torch.empty(n, dtype=dtype)
-    return buffer[:n].view(like.shape)
+        buffer = _POOL.buffers[key[0]] = torch.empty(n, dtype=key[0])
+        _POOL.views.clear()
+    if len(_POOL.views) >= 64:  # many shapes (variable lengths): keep the cache small
+        _POOL.views.clear()
+    view = _POOL.views[key] = buffer[:n].view(like.shape)
+    return view
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -188,9 +200,16 @@ def exact_forward(
     )
 
 
-def _finite(*checks: Tensor) -> bool:
-    """The one host read of a finite-proved call: is the sum of these reductions finite?"""
-    return math.isfinite(sum(float(c.sum()) for c in checks))
+def _finite(per_neuron: Tensor, whole: Tensor | None = None) -> bool:
+    """The one host read of a finite-proved call: are these reductions finite?
+
+    NaN propagates through sums and ±Inf survives them (+Inf + -Inf is NaN), so a finite total
+    proves every summed entry finite; an overflowing sum only sends the call to the exact path.
+    """
+    total = per_neuron.sum() if per_neuron.dim() else per_neuron
+    if whole is not None:
+        total = total + whole
+    return math.isfinite(float(total))
 
 
 def _quick_step(
@@ -198,10 +217,9 @@ def _quick_step(
 ) -> ForwardReductions | None:
     """ReLU on CPU: Σa and Σ[a > 0] per neuron; None if a non-finite entry may be there."""
     sum_abs = a.sum(dims, dtype=dtype)
-    checks = [sum_abs]  # NaN/+Inf in a (a >= 0) make Σa non-finite
-    if z is not None:
-        checks.append(z.sum(dtype=torch.float64))  # -Inf in z gives a = 0: check z itself
-    if not _finite(*checks):
+    # a = max(z, 0): z finite means a finite, so z alone is checked when there is one (-Inf in z
+    # gives a = 0, which Σa would not show); else NaN/+Inf in a make Σa non-finite.
+    if not (_finite(z.sum()) if z is not None else _finite(sum_abs)):
         return None
     if a.numel() <= SCRATCH_LIMIT:
         active = torch.gt(a, 0, out=_scratch(a, dtype)).sum(dims)
@@ -233,9 +251,6 @@ def _quick_general(
         sum_abs = torch.abs(a, out=_scratch(a)).sum(dims, dtype=dtype)
     else:
         sum_abs = a.abs().sum(dims, dtype=dtype)
-    checks = [sum_abs]
-    if z is not None:
-        checks.append(z.sum(dtype=torch.float64))
     highs: list[Tensor] = []
     lows: list[Tensor] = []
     active: list[Tensor] = []
@@ -246,8 +261,11 @@ def _quick_general(
         lows.append(torch.amin(d, dims))
         active.append(torch.gt(d, eps, out=d).sum(dims, dtype=dtype))
     high, low = _combine(highs, torch.amax), _combine(lows, torch.amin)
-    checks += [high, low]  # σ' NaN on a finite input would otherwise pass unseen
-    if not _finite(*checks):
+    # Σ|a|, Σz, and the σ' extremes (a NaN σ' of a finite input would otherwise pass unseen)
+    whole = high.sum() + low.sum()
+    if z is not None:
+        whole = whole + z.sum()
+    if not _finite(sum_abs, whole):
         return None
     return ForwardReductions(
         finite_positions=_positions(a.shape, dims),
