@@ -1,7 +1,7 @@
 """neurodiag: dead neurons and gradient flow at every activation site of a PyTorch model."""
 
 from neurodiag.activations.bernstein import Bernstein
-from neurodiag.activations.swap import swap_activations
+from neurodiag.swap import swap_activations
 from neurodiag.errors import NeurodiagError
 from neurodiag.monitor import Monitor
 from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from neurodiag import scan
 from neurodiag.activations.bernstein import Bernstein
-from neurodiag.activations.swap import SWAP_ATTRIBUTE, swap_activations, swap_with_report
+from neurodiag.swap import SWAP_ATTRIBUTE, swap_activations, swap_with_report
 from neurodiag.errors import NeurodiagError
 
 

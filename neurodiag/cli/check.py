@@ -60,7 +60,7 @@ from neurodiag.cli.common import (
     TauOpt,
     TimeoutOpt,
     WeightsOpt,
-    _fail,
+    exit_with,
     app,
     is_rank_zero,
     print_or_write,
@@ -266,7 +266,7 @@ def check(
                 forward_only=forward_only,
             )
         except ScanInterrupted:
-            raise _fail(
+            raise exit_with(
                 "interrupted; the scan did not finish, so there is no verdict", EXIT_INTERRUPTED
             ) from None
         save_scan_plot(report, plot)

@@ -70,7 +70,7 @@ def main_callback(
     """Dead neurons and gradient flow at every activation site of a PyTorch model."""
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+def exit_with(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     if is_rank_zero():
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"error: {message}", markup=False
@@ -86,7 +86,7 @@ def user_errors(debug: bool) -> Iterator[None]:
     except NeurodiagError as exc:
         if debug:
             raise
-        raise _fail(str(exc)) from None
+        raise exit_with(str(exc)) from None
 
 
 def init_distributed(device: torch.device) -> torch.device:
@@ -287,7 +287,7 @@ ForwardOnlyOpt = Annotated[
 ]
 
 
-def _count(batches: Any, cap: int | None) -> int | None:
+def count_batches(batches: Any, cap: int | None) -> int | None:
     try:
         n = len(batches)
     except TypeError:

@@ -111,7 +111,7 @@ def compare(
     from neurodiag.cli.runner import load_model_and_data
     from neurodiag.compare import compare as run_compare
     from neurodiag.compare.split import holdout_split
-    from neurodiag.report.render_compare import render_comparison
+    from neurodiag.compare.render import render_comparison
 
     with user_errors(debug):
         if not activation:

@@ -11,7 +11,7 @@ from neurodiag.cli.common import (
     DeadWindow,
     Device,
     Mode,
-    _count,
+    count_batches,
     init_distributed,
     is_rank_zero,
     parse_feature_dims,
@@ -94,7 +94,7 @@ def scan_from_options(
         input_shape=input_shape,
         target=target,
     )
-    total = _count(source.batches, max_batches)
+    total = count_batches(source.batches, max_batches)
     with progress_bar(total, progress and is_rank_zero()) as on_batch:
         return run_scan(
             loaded.model,

@@ -34,7 +34,7 @@ from neurodiag.cli.common import (
     TauOpt,
     TimeoutOpt,
     WeightsOpt,
-    _fail,
+    exit_with,
     app,
     emit,
     save_scan_plot,
@@ -104,6 +104,6 @@ def scan(
             )
         except ScanInterrupted as stop:
             emit(stop.report, fmt, output)
-            raise _fail("interrupted; the report above is partial", EXIT_INTERRUPTED) from None
+            raise exit_with("interrupted; the report above is partial", EXIT_INTERRUPTED) from None
         emit(report, fmt, output)
         save_scan_plot(report, plot)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from neurodiag.activations.specs import ActivationSpec, parse_spec
-from neurodiag.activations.swap import swap_with_report
+from neurodiag.swap import swap_with_report
 from neurodiag.errors import NeurodiagError
 
 BASELINE = "baseline"
