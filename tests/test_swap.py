@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from neurodiag import scan
 from neurodiag.activations.bernstein import Bernstein
-from neurodiag.swap import SWAP_ATTRIBUTE, swap_activations, swap_with_report
 from neurodiag.errors import NeurodiagError
+from neurodiag.swap import SWAP_ATTRIBUTE, swap_activations, swap_with_report
 
 
 @pytest.fixture(autouse=True, scope="module")

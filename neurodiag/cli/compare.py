@@ -110,8 +110,8 @@ def compare(
     """Compare MODEL with its activations swapped, on the same data, seed and initial weights."""
     from neurodiag.cli.runner import load_model_and_data
     from neurodiag.compare import compare as run_compare
-    from neurodiag.compare.split import holdout_split
     from neurodiag.compare.render import render_comparison
+    from neurodiag.compare.split import holdout_split
 
     with user_errors(debug):
         if not activation:

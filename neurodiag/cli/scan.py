@@ -34,9 +34,9 @@ from neurodiag.cli.common import (
     TauOpt,
     TimeoutOpt,
     WeightsOpt,
-    exit_with,
     app,
     emit,
+    exit_with,
     save_scan_plot,
     user_errors,
 )

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from neurodiag.activations.specs import ActivationSpec, parse_spec
-from neurodiag.swap import swap_with_report
 from neurodiag.errors import NeurodiagError
+from neurodiag.swap import swap_with_report
 
 BASELINE = "baseline"
 
