@@ -35,6 +35,7 @@ from neurodiag.cli.common import (
     progress_bar,
     user_errors,
 )
+from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
 
 
@@ -91,8 +92,8 @@ def compare(
             help="Fraction of samples held out for accuracy when training (0: none).",
         ),
     ] = 0.2,
-    eps: EpsOpt = 1e-3,
-    tau: TauOpt = 0.1,
+    eps: EpsOpt = DEFAULT_EPS,
+    tau: TauOpt = DEFAULT_TAU,
     dead_window: DeadWindowOpt = DeadWindow.scan,
     mode: ModeOpt = Mode.eval,
     per_site: Annotated[

@@ -19,6 +19,7 @@ from neurodiag.cli.common import (
     progress_bar,
     resolve_device,
 )
+from neurodiag.config import ScanConfig
 from neurodiag.report.model import Report
 
 
@@ -55,18 +56,8 @@ def load_model_and_data(
     return loaded, source
 
 
-def scan_from_options(
-    model: str,
+def scan_config(
     *,
-    data: str | None,
-    weights: Path | None,
-    device: Device,
-    seed: int | None,
-    batch_size: int | None,
-    max_batches: int | None,
-    timeout: float | None,
-    input_shape: str | None,
-    target: str | None,
     eps: float,
     tau: float,
     dead_window: DeadWindow,
@@ -74,8 +65,38 @@ def scan_from_options(
     include: list[str],
     exclude: list[str],
     feature_dim: list[str],
-    progress: bool,
+    max_batches: int | None,
+    seed: int | None,
+    timeout: float | None,
     forward_only: bool = False,
+) -> ScanConfig:
+    """The ``ScanConfig`` of the measuring flags shared by scan, check and compare."""
+    return ScanConfig(
+        eps=eps,
+        tau=tau,
+        dead_window=dead_window.value,
+        gradients=not forward_only,
+        mode=mode.value,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        feature_dims=parse_feature_dims(feature_dim),
+        max_batches=max_batches,
+        seed=seed if seed is not None else 0,
+        timeout_s=timeout,
+    )
+
+
+def scan_from_options(
+    model: str,
+    config: ScanConfig,
+    *,
+    data: str | None,
+    weights: Path | None,
+    device: Device,
+    batch_size: int | None,
+    input_shape: str | None,
+    target: str | None,
+    progress: bool,
 ) -> Report:
     """Everything ``neurodiag scan`` does between parsing and rendering.
 
@@ -88,30 +109,20 @@ def scan_from_options(
         data=data,
         weights=weights,
         device=device,
-        seed=seed,
+        seed=config.seed,
         batch_size=batch_size,
-        max_batches=max_batches,
+        max_batches=config.max_batches,
         input_shape=input_shape,
         target=target,
     )
-    total = count_batches(source.batches, max_batches)
+    total = count_batches(source.batches, config.max_batches)
     with progress_bar(total, progress and is_rank_zero()) as on_batch:
         return run_scan(
             loaded.model,
             source.batches,
+            config,
             loss_fn=loaded.hook("loss_fn"),
-            eps=eps,
-            tau=tau,
-            dead_window=dead_window.value,
-            mode=mode.value,
-            include=include,
-            exclude=exclude,
-            feature_dims=parse_feature_dims(feature_dim),
-            max_batches=max_batches,
-            timeout_s=timeout,
-            seed=seed if seed is not None else 0,
             on_batch=on_batch,
             model_name=loaded.name,
             data_name=source.description,
-            gradients=not forward_only,
         )

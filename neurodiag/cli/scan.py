@@ -40,6 +40,7 @@ from neurodiag.cli.common import (
     save_scan_plot,
     user_errors,
 )
+from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 
 
 @app.command()
@@ -61,8 +62,8 @@ def scan(
     timeout: TimeoutOpt = None,
     input_shape: InputShapeOpt = None,
     target: TargetOpt = None,
-    eps: EpsOpt = 1e-3,
-    tau: TauOpt = 0.1,
+    eps: EpsOpt = DEFAULT_EPS,
+    tau: TauOpt = DEFAULT_TAU,
     dead_window: DeadWindowOpt = DeadWindow.scan,
     mode: ModeOpt = Mode.eval,
     include: IncludeOpt = [],  # noqa: B006 - typer needs a literal default
@@ -76,31 +77,33 @@ def scan(
     forward_only: ForwardOnlyOpt = False,
 ) -> None:
     """Scan every activation site of MODEL and report dead/dormant neurons and gradient flow."""
-    from neurodiag.cli.runner import scan_from_options
+    from neurodiag.cli.runner import scan_config, scan_from_options
     from neurodiag.scan import ScanInterrupted
 
     with user_errors(debug):
         try:
             report = scan_from_options(
                 model,
+                scan_config(
+                    eps=eps,
+                    tau=tau,
+                    dead_window=dead_window,
+                    mode=mode,
+                    include=include,
+                    exclude=exclude,
+                    feature_dim=feature_dim,
+                    max_batches=max_batches,
+                    seed=seed,
+                    timeout=timeout,
+                    forward_only=forward_only,
+                ),
                 data=data,
                 weights=weights,
                 device=device,
-                seed=seed,
                 batch_size=batch_size,
-                max_batches=max_batches,
-                timeout=timeout,
                 input_shape=input_shape,
                 target=target,
-                eps=eps,
-                tau=tau,
-                dead_window=dead_window,
-                mode=mode,
-                include=include,
-                exclude=exclude,
-                feature_dim=feature_dim,
                 progress=progress,
-                forward_only=forward_only,
             )
         except ScanInterrupted as stop:
             emit(stop.report, fmt, output)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from neurodiag.compare.training import (
     optimizer_class,
 )
 from neurodiag.compare.variants import BASELINE, Variant, build_variants, parse_specs
+from neurodiag.config import ScanConfig
 from neurodiag.errors import NeurodiagError
 from neurodiag.loss import UserLoss
 from neurodiag.model_state import model_device
@@ -60,6 +61,7 @@ def compare(
     loss_fn: UserLoss | None = None,
     scan_batches: int | None = None,
     on_step: Callable[[CompareProgress], None] | None = None,
+    config: ScanConfig | None = None,
     **scan_options: Any,
 ) -> Comparison:
     """Compare ``model`` ("baseline") with one copy per activation spec in ``specs``.
@@ -70,10 +72,12 @@ def compare(
     stopping after ``steps`` optimizer steps in total if given. ``batch_size`` re-batches and
     reshuffles the samples each epoch; without it the batches are used as given, in order.
     After each epoch (and at epoch 0) the variant is scanned on the training data
-    (``scan_batches`` caps the batches; ``scan_options`` go to ``neurodiag.scan``), its eval-mode
+    (``scan_batches`` caps the batches; ``config`` or its fields as ``scan_options`` say how,
+    as for ``neurodiag.scan``; every variant is scanned with ``seed``), its eval-mode
     training loss is measured and, with ``eval_data``, its accuracy when targets are class ids.
     """
     _check(epochs, steps, lr, batch_size, scan_batches, optimizer)
+    scan_config = (config or ScanConfig()).with_options(**scan_options, seed=seed)
     parsed = parse_specs(specs)
     started = time.perf_counter()
     batches = EpochBatches(data, batch_size, seed)
@@ -83,7 +87,7 @@ def compare(
     progress = _Progress(on_step, len(variants) * (sum(plan) + len(plan) + 1))
     scan_data = batches.epoch(0)[:scan_batches]
     context = _Context(batches, scan_data, eval_batches, plan, optimizer, lr, seed, loss_fn)
-    results = [_run(variant, context, progress, scan_options) for variant in variants]
+    results = [_run(variant, context, progress, scan_config) for variant in variants]
     settings = {
         "optimizer": optimizer,
         "lr": lr,
@@ -92,7 +96,7 @@ def compare(
         "steps": steps,
         "scan_batches": scan_batches,
         "batches_per_epoch": len(batches),
-        **{k: v for k, v in scan_options.items() if isinstance(v, (int, float, str, bool))},
+        **{k: v for k, v in asdict(scan_config).items() if isinstance(v, (int, float, str, bool))},
     }
     return Comparison(results, seed, len(plan), settings, time.perf_counter() - started)
 
@@ -121,9 +125,7 @@ class _Progress:
             self.callback(CompareProgress(variant, phase, epoch, self.done, self.total))
 
 
-def _run(
-    variant: Variant, ctx: _Context, progress: _Progress, scan_options: dict[str, Any]
-) -> VariantResult:
+def _run(variant: Variant, ctx: _Context, progress: _Progress, config: ScanConfig) -> VariantResult:
     """Train and scan one variant with the global RNG seeded identically for every variant."""
     device = model_device(variant.model)
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -132,7 +134,7 @@ def _run(
         runner = Runner(variant.model, ctx.loss_fn, ctx.seed)
         opt = make_optimizer(ctx.optimizer, variant.model, ctx.lr) if ctx.plan else None
         history: list[dict[str, Any]] = []
-        report = _record(variant, runner, ctx, history, 0, 0, scan_options, progress)
+        report = _record(variant, runner, ctx, history, 0, 0, config, progress)
         if variant.name == BASELINE:
             variant.activation = _activations(report)
         step = 0
@@ -144,7 +146,7 @@ def _run(
                 if not math.isfinite(loss) and not any("non-finite" in n for n in variant.notes):
                     variant.notes.append(f"training loss became non-finite at step {step}")
                 progress.tick(variant.name, "train", epoch)
-            report = _record(variant, runner, ctx, history, epoch, step, scan_options, progress)
+            report = _record(variant, runner, ctx, history, epoch, step, config, progress)
     return VariantResult(
         variant.name, variant.activation, history, report, variant.model, variant.notes
     )
@@ -157,18 +159,17 @@ def _record(
     history: list[dict[str, Any]],
     epoch: int,
     step: int,
-    scan_options: dict[str, Any],
+    config: ScanConfig,
     progress: _Progress,
 ) -> Report:
     data = ctx.scan_data
     report = scan(
         variant.model,
         data,
+        config,
         loss_fn=ctx.loss_fn,
-        seed=ctx.seed,
         model_name=variant.name,
         data_name="training data",
-        **scan_options,
     )
     accuracy = runner.accuracy(ctx.eval_batches) if ctx.eval_batches is not None else None
     entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": runner.mean_loss(data)}
