@@ -1,6 +1,7 @@
 """neurodiag: dead neurons and gradient flow at every activation site of a PyTorch model."""
 
 from neurodiag.activations.bernstein import Bernstein
+from neurodiag.config import ScanConfig
 from neurodiag.errors import NeurodiagError
 from neurodiag.monitor import Monitor
 from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
@@ -15,6 +16,7 @@ __all__ = [
     "Monitor",
     "NeurodiagError",
     "Report",
+    "ScanConfig",
     "ScanHeader",
     "ScanInterrupted",
     "SiteNeurons",

@@ -1,0 +1,59 @@
+"""The README's column and threshold tables, generated from the statistics' declarations.
+
+``python -m neurodiag.report.docs README.md`` rewrites the blocks between the
+``<!-- generated:NAME -->`` / ``<!-- /generated:NAME -->`` markers; tests/test_readme.py fails
+when the README and the declarations disagree.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from neurodiag.stats.registry import STATISTICS, all_columns
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def columns_markdown() -> str:
+    """One row per report column, in report order."""
+    lines = ["| column | meaning | unhealthy when |", "|---|---|---|"]
+    for column in all_columns():
+        unhealthy = {"high": "high", "low": "low"}.get(column.unhealthy or "", "")
+        lines.append(f"| `{column.name}` | {_cell(column.help)} | {unhealthy} |")
+    return "\n".join(lines)
+
+
+def thresholds_markdown() -> str:
+    """One row per ``check`` threshold key (config key and ``--flag``)."""
+    lines = ["| key / flag | report column | fails when |", "|---|---|---|"]
+    for key, (column, threshold) in STATISTICS.thresholds().items():
+        side = "above" if threshold.bound == "max" else "below"
+        extra = " (percent, 0–100)" if threshold.percent else ""
+        if threshold.default is not None:
+            extra += f" (default **{threshold.default}**)"
+        lines.append(f"| `{key}` / `{threshold.flag}` | `{column.name}` | {side}{extra} |")
+    lines.append("| *(always)* | `bound_ok` | false (a Bernstein site below δ̄) |")
+    return "\n".join(lines)
+
+
+BLOCKS = {"columns": columns_markdown, "thresholds": thresholds_markdown}
+
+
+def rewrite(text: str) -> str:
+    """``text`` with every generated block replaced by its current content."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(
+            rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.DOTALL
+        )
+        body = make()
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    return text
+
+
+if __name__ == "__main__":  # pragma: no cover - a maintainer's command
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
