@@ -49,8 +49,8 @@ def rewrite(text: str) -> str:
         pattern = re.compile(
             rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.DOTALL
         )
-        body = make()
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        body = make().replace("\\", "\\\\")  # a replacement string: keep escapes literal
+        text = pattern.sub(rf"\g<1>{body}\n\g<2>", text)
     return text
 
 
