@@ -8,14 +8,9 @@ hardtanh' = 1 strictly inside (min, max), ...), so "dead" agrees with what autog
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
@@ -86,20 +81,17 @@ def tanh(z: Tensor | None, a: Tensor | None) -> Tensor:
 
 
 def gelu(z: Tensor | None, a: Tensor | None, approximate: str = "none") -> Tensor:
+    # autograd's own fused kernel (one pass; the erf/exp formula takes five and ~2x the time)
     assert z is not None
-    if approximate == "tanh":
-        inner = _SQRT_2_OVER_PI * (z + 0.044715 * z**3)
-        t = torch.tanh(inner)
-        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
-    cdf = 0.5 * (1 + torch.erf(z * _INV_SQRT_2))
-    pdf = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    return cdf + z * pdf
+    out: Tensor = torch.ops.aten.gelu_backward(torch.ones_like(z), z, approximate=approximate)
+    return out
 
 
 def silu(z: Tensor | None, a: Tensor | None) -> Tensor:
+    # autograd's own fused kernel: σ(z)(1 + z(1 − σ(z)))
     assert z is not None
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
+    out: Tensor = torch.ops.aten.silu_backward(torch.ones_like(z), z)
+    return out
 
 
 def softplus(
