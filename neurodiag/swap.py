@@ -52,6 +52,7 @@ from neurodiag.batch import map_tensors, split_batch
 from neurodiag.errors import NeurodiagError
 from neurodiag.model_state import model_device, model_dtype, preserved
 from neurodiag.sites.capture import SiteRecorder
+from neurodiag.sites.functional import FunctionalKeys
 from neurodiag.sites.site import ROOT_NAME, SiteKey
 
 SWAP_ATTRIBUTE = "neurodiag_swapped"
@@ -433,9 +434,8 @@ class _FunctionalSwap(nn.Module):
         self.targets: dict[tuple[str, str, int], str] = {}
         self.calls: dict[SiteKey, _Call] = {}
         self._recording = False
-        self._stack: list[str] = []
+        self._keys = FunctionalKeys()
         self._activation_depth = 0
-        self._counts: dict[tuple[str, str], int] = {}
         self._modes: list[_RouteMode] = []
 
     def add(self, key: SiteKey, name: str, module: nn.Module) -> None:
@@ -473,7 +473,7 @@ class _FunctionalSwap(nn.Module):
 
     def _enter(self, module: nn.Module, args: Any) -> None:
         if not self._modes:
-            self._counts.clear()
+            self._keys.new_forward()
         mode = _RouteMode(self)
         mode.__enter__()  # type: ignore[no-untyped-call]
         self._modes.append(mode)
@@ -486,12 +486,11 @@ class _FunctionalSwap(nn.Module):
             self._modes.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
     def _push(self, name: str, activation: bool, module: nn.Module, args: Any) -> None:
-        self._stack.append(name)
+        self._keys.enter(name)
         self._activation_depth += activation
 
     def _pop(self, activation: bool, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stack:
-            self._stack.pop()
+        self._keys.leave()
         self._activation_depth -= activation
 
     def route(self, func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
@@ -500,15 +499,12 @@ class _FunctionalSwap(nn.Module):
         if hit is None or self._activation_depth > 0 or not _is_float(x):
             return func(*args, **kwargs)
         kind, binding = hit
-        owner = self._stack[-1] if self._stack else ""
-        index = self._counts.get((owner, kind.name), 0)
-        self._counts[(owner, kind.name)] = index + 1
+        key = self._keys.next_key(kind.name)
         if self._recording:
             inplace = binding.inplace or binding.bind(args, kwargs).get("inplace") is True
-            key = SiteKey(owner, kind.name, index)
             self.calls[key] = _Call(func, tuple(args[1:]), dict(kwargs), inplace)
             return func(*args, **kwargs)
-        child = self.targets.get((owner, kind.name, index))
+        child = self.targets.get((key.module, key.op or "", key.index))
         if child is None:
             return func(*args, **kwargs)
         return self.get_submodule(child)(x)
@@ -533,7 +529,7 @@ class _Attached:
         while self.swap._modes:
             self.swap.leave_mode()
         self.swap._recording = False
-        self.swap._stack.clear()
+        self.swap._keys.clear()
         self.swap._activation_depth = 0
 
 

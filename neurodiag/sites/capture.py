@@ -30,6 +30,7 @@ from neurodiag.activations.registry import (
 )
 from neurodiag.errors import NeurodiagError
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
+from neurodiag.sites.functional import FunctionalKeys
 from neurodiag.sites.site import DerivativeFn, SinkFactory, Site, SiteKey, display_names
 
 
@@ -136,8 +137,7 @@ class SiteRecorder:
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
         self._module_keys: dict[tuple[nn.Module, int], SiteKey] = {}
-        self._func_calls: dict[tuple[str, str], int] = {}
-        self._stack: list[str] = []
+        self._keys = FunctionalKeys()
         self._last_module: nn.Module | None = None
         self._saved_inputs: dict[nn.Module, list[Tensor | None]] = {}
         self._mode: _FunctionalSites | None = None
@@ -181,7 +181,7 @@ class SiteRecorder:
         while self._mode_depth > 0:
             self._exit_mode()
         self._saved_inputs.clear()
-        self._stack.clear()
+        self._keys.clear()
         self._plans.clear()
         self._lean_modules.clear()
         if self.on_close is not None:
@@ -238,15 +238,15 @@ class SiteRecorder:
 
     # -- bookkeeping hooks -------------------------------------------------------------------
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
-        if not self._stack:  # a new top-level forward: call indices start again
+        if not self._keys.depth:  # a new top-level forward: call indices start again
             self._module_calls.clear()
-            self._func_calls.clear()
+            self._keys.new_forward()
             # a forward that raised may have skipped our post-hooks: start from a clean slate
             self.module_site_depth = 0
             self._saved_inputs.clear()
 
     def _root_mode_enter(self, module: nn.Module, args: Any) -> None:
-        if not self._stack:
+        if not self._keys.depth:
             while self._mode_depth > 0:  # left over from a forward that raised
                 self._exit_mode()
         self._mode = self._mode or _FunctionalSites(self)
@@ -258,7 +258,7 @@ class SiteRecorder:
             self._exit_mode()
         # Only after a forward that completed (output given): on the exception path PyTorch
         # iterates the hook dict itself, so removing hooks there would break the iteration.
-        if output is not None and self.enabled and not self._stack[1:]:
+        if output is not None and self.enabled and self._keys.depth <= 1:
             # (a forward with the hooks inert measured nothing: discovery is not over)
             self.forwards += 1
             if self.forwards == 1:
@@ -270,11 +270,10 @@ class SiteRecorder:
         self._mode_depth -= 1
 
     def _push(self, name: str, module: nn.Module, args: Any) -> None:
-        self._stack.append(name)
+        self._keys.enter(name)
 
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stack:
-            self._stack.pop()
+        self._keys.leave()
         self._last_module = module
 
     # -- module sites --------------------------------------------------------------------------
@@ -426,11 +425,7 @@ class SiteRecorder:
             return func(*args, **kwargs)
         bound = binding.bind(args, kwargs)
         inplace = binding.inplace or bound.get("inplace") is True
-        owner = self._stack[-1] if self._stack else ""
-        counter = (owner, kind.name)
-        index = self._func_calls.get(counter, 0)
-        self._func_calls[counter] = index + 1
-        key = SiteKey(owner, kind.name, index)
+        key = self._keys.next_key(kind.name)
         z: Tensor = args[0]
         if key in self.skipped:
             return func(*args, **kwargs)
