@@ -696,7 +696,7 @@ def print_table(
     if args.threads is not None:
         print(f"NOTE: torch threads set to {args.threads} by --threads (not torch's default)")
     print(
-        f"mode={args.mode}, repeats={args.repeats} (median, interleaved), "
+        f"mode={args.mode}, measure path={args.measure_path}, repeats={args.repeats} (median, interleaved), "
         f"neurodiag.Monitor: {'present' if has_monitor() else 'absent'}"
     )
     if models:
@@ -849,6 +849,16 @@ def to_json(
     }
 
 
+def set_measure_path(path: str) -> None:
+    """``--measure-path``: switch the shortcuts of ``neurodiag.stats.reductions`` off."""
+    from neurodiag.stats import reductions
+
+    if path in ("no-step", "reference"):
+        reductions.STEP_SHORTCUT = False
+    if path == "reference":
+        reductions.HOST_READ_DEVICES = frozenset()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (default 7)")
@@ -886,6 +896,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument(
+        "--measure-path",
+        choices=("default", "no-step", "reference"),
+        default="default",
+        help="which measuring path neurodiag uses (neurodiag/stats/reductions.py): default "
+        "(both shortcuts), no-step (without the ReLU step shortcut) or reference (the exact "
+        "masked path for every call, as on accelerators): what each shortcut earns",
+    )
+    parser.add_argument(
         "--sync-check",
         action="store_true",
         help="CUDA only: count the host-device syncs a scan adds per batch (torch profiler)",
@@ -912,6 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     env = environment(device)
     log = sys.stderr if args.json else sys.stdout
+    set_measure_path(args.measure_path)
     models: list[ModelResult] = []
     for key in args.keys:
         if key not in CASES:

@@ -39,6 +39,8 @@ SLICE_ELEMENTS = 1 << 16
 SCRATCH_LIMIT = 1 << 20
 #: Devices on which a per-call host read is free (no device synchronisation).
 HOST_READ_DEVICES = frozenset({"cpu"})
+#: The ReLU step shortcut (``benchmarks/overhead.py --measure-path no-step`` switches it off).
+STEP_SHORTCUT = True
 
 
 @dataclass(slots=True)
@@ -152,7 +154,7 @@ def reduce_forward(
     if a.is_cpu and "cpu" in HOST_READ_DEVICES:
         quick = (
             _quick_step(z, a, dims, dtype)
-            if step and eps < 1
+            if step and eps < 1 and STEP_SHORTCUT
             else _quick_general(z, a, derivative, dims, eps, dtype)
         )
         if quick is not None:
