@@ -696,7 +696,8 @@ def print_table(
     if args.threads is not None:
         print(f"NOTE: torch threads set to {args.threads} by --threads (not torch's default)")
     print(
-        f"mode={args.mode}, measure path={args.measure_path}, repeats={args.repeats} (median, interleaved), "
+        f"mode={args.mode}, measure path={args.measure_path}, "
+        f"repeats={args.repeats} (median, interleaved), "
         f"neurodiag.Monitor: {'present' if has_monitor() else 'absent'}"
     )
     if models:
