@@ -164,3 +164,34 @@ def test_scan_forward_only_has_the_forward_columns_and_no_gradient_ones(model_fi
         assert fwd_frame[column].tolist() == full_frame[column].tolist(), column
     assert fwd_frame["mag"].isna().all() and fwd_frame["grad_dormant_pct"].isna().all()
     assert full_frame["mag"].notna().all()
+
+
+def test_inactive_pct_is_in_every_output_format(model_file: Path) -> None:
+    """The statistic added as one file shows up everywhere through its declaration."""
+    frames = {}
+    for fmt in ("csv", "json", "markdown", "table"):
+        code, out, err = _invoke("scan", str(model_file), "-f", fmt, "--max-batches", "1")
+        assert code == 0, err
+        frames[fmt] = out
+    csv = pd.read_csv(io.StringIO(frames["csv"]), dtype={"site": str})
+    assert csv.loc[0, "inactive_pct"] >= 50.0  # half the ReLU units are dead by construction
+    assert all("inactive_pct" in site for site in json.loads(frames["json"])["sites"])
+    heading = [line for line in frames["markdown"].splitlines() if line.startswith("| site |")]
+    assert heading and "| inactive_pct |" in heading[0]
+    assert "inactive" in frames["table"]
+
+
+def test_check_gates_on_max_inactive_pct(model_file: Path, tmp_path: Path) -> None:
+    code, out, err = _invoke("check", str(model_file), "--max-batches", "1",
+                             "--max-inactive-pct", "40")  # fmt: skip
+    assert code == 1, err
+    assert "inactive_pct" in out
+    code, _, err = _invoke("check", str(model_file), "--max-batches", "1",
+                           "--max-inactive-pct", "100")  # fmt: skip
+    assert code == 0, err
+    config = tmp_path / "neurodiag.yaml"
+    config.write_text("thresholds: {max_inactive_pct: 40}\n")
+    code, out, err = _invoke("check", str(model_file), "--max-batches", "1", "-c", str(config))
+    assert code == 1 and "inactive_pct" in out, err
+    code, _, err = _invoke("check", str(model_file), "--max-inactive-pct", "140")
+    assert code == 2 and "0<=x<=100" in err.replace(" ", "")

@@ -35,8 +35,9 @@ DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
 
 #: Elements per slice of the exact path and of σ' on the finite-proved path.
 SLICE_ELEMENTS = 1 << 16
-#: Largest CPU scratch buffer (elements); larger tensors are reduced slice by slice.
-SCRATCH_LIMIT = 1 << 20
+#: Largest CPU scratch buffer (elements, 256 KB in float32); larger tensors are reduced slice by
+#: slice, so extra peak memory stays O(slice) whatever the activation size.
+SCRATCH_LIMIT = 1 << 16
 #: Devices on which a per-call host read is free (no device synchronisation).
 HOST_READ_DEVICES = frozenset({"cpu"})
 #: The ReLU step shortcut (``benchmarks/overhead.py --measure-path no-step`` switches it off).
@@ -139,6 +140,24 @@ def _combine(parts: list[Tensor], op: Callable[..., Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else op(torch.stack(parts), 0)
 
 
+def _in_scratch(
+    x: Tensor, dims: tuple[int, ...], dtype: torch.dtype, op: Callable[..., Tensor]
+) -> Tensor:
+    """Σ over ``dims`` of ``op(x, out=...)`` in ``dtype``, the elementwise result in the scratch.
+
+    Large tensors go slice by slice (the scratch never exceeds ``SCRATCH_LIMIT``); one that
+    cannot be sliced along a position dim gets an ordinary temporary.
+    """
+    out_dtype = dtype if op is not torch.abs else x.dtype
+    if x.numel() <= SCRATCH_LIMIT:
+        return op(x, out=_scratch(x, out_dtype)).sum(dims, dtype=dtype)
+    pieces = _slices(None, x, dims)
+    if len(pieces) == 1 or pieces[0][1].numel() > SCRATCH_LIMIT:
+        return op(x, out=torch.empty_like(x, dtype=out_dtype)).sum(dims, dtype=dtype)
+    parts = [op(c, out=_scratch(c, out_dtype)).sum(dims, dtype=dtype) for _, c in pieces]
+    return _combine(parts, torch.sum)
+
+
 # -- forward ---------------------------------------------------------------------------------------
 def reduce_forward(
     z: Tensor | None,
@@ -223,13 +242,7 @@ def _quick_step(
     # gives a = 0, which Σa would not show); else NaN/+Inf in a make Σa non-finite.
     if not (_finite(z.sum()) if z is not None else _finite(sum_abs)):
         return None
-    if a.numel() <= SCRATCH_LIMIT:
-        active = torch.gt(a, 0, out=_scratch(a, dtype)).sum(dims)
-    else:
-        parts = [
-            torch.gt(c, 0, out=_scratch(c, dtype)).sum(dims) for _, c in _slices(None, a, dims)
-        ]
-        active = _combine(parts, torch.sum)
+    active = _in_scratch(a, dims, dtype, lambda x, out: torch.gt(x, 0, out=out))
     return ForwardReductions(
         finite_positions=_positions(a.shape, dims),
         sum_abs_act=sum_abs,
@@ -249,10 +262,7 @@ def _quick_general(
     dtype: torch.dtype,
 ) -> ForwardReductions | None:
     """Any σ on CPU without masks; None if a non-finite entry may be there."""
-    if a.numel() <= SCRATCH_LIMIT:
-        sum_abs = torch.abs(a, out=_scratch(a)).sum(dims, dtype=dtype)
-    else:
-        sum_abs = a.abs().sum(dims, dtype=dtype)
+    sum_abs = _in_scratch(a, dims, dtype, torch.abs)
     highs: list[Tensor] = []
     lows: list[Tensor] = []
     active: list[Tensor] = []
@@ -300,10 +310,7 @@ def reduce_grad(grad: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Grad
     """The reductions of one ∂L/∂a."""
     _, grad, dims = _as_positions(None, grad, dims)
     if grad.is_cpu and "cpu" in HOST_READ_DEVICES:
-        if grad.numel() <= SCRATCH_LIMIT:
-            total = torch.abs(grad, out=_scratch(grad)).sum(dims, dtype=dtype)
-        else:
-            total = grad.abs().sum(dims, dtype=dtype)
+        total = _in_scratch(grad, dims, dtype, torch.abs)
         if _finite(total):
             return GradReductions(_positions(grad.shape, dims), total, 0)
     return exact_grad(grad, dims, dtype)
