@@ -11,6 +11,7 @@ read (``flush``), so counting positions costs no tensor op on the hot path.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ class StateSpec:
         return torch.full(shape, _EMPTY[self.reduce], device=device, dtype=dtype)
 
 
+def _bound_fold(state: Tensor, reduce: Reduce) -> Callable[[Tensor], object]:
+    if reduce == "sum":
+        return state.add_
+    op = torch.maximum if reduce == "max" else torch.minimum
+    return functools.partial(op, state, out=state)
+
+
 class StateStore:
     """The tensor states of one site, each with its declared reduction."""
 
@@ -78,6 +86,10 @@ class StateStore:
         self.dtype = dtype
         self._values = {n: s.initial(neurons, device, dtype) for n, s in self.specs.items()}
         self._pending: dict[str, int] = {}
+        # in-place fold of each state, bound once (states are never replaced, only updated)
+        self._folds: dict[str, Callable[[Tensor], object]] = {
+            name: _bound_fold(self._values[name], spec.reduce) for name, spec in self.specs.items()
+        }
 
     def __contains__(self, name: str) -> bool:
         return name in self.specs
@@ -87,16 +99,23 @@ class StateStore:
         if isinstance(value, int):
             if self.specs[name].reduce != "sum":
                 raise TypeError(f"state {name}: host ints are only summed")
-            self._pending[name] = self._pending.get(name, 0) + value
+            if value:
+                self._pending[name] = self._pending.get(name, 0) + value
             return
-        state = self._values[name]
-        reduce = self.specs[name].reduce
-        if reduce == "sum":
-            state.add_(value)
-        elif reduce == "max":
-            torch.maximum(state, value, out=state)
-        else:
-            torch.minimum(state, value, out=state)
+        self._folds[name](value)
+
+    def fold_fields(self, source: object, names: Iterable[str]) -> None:
+        """``fold(name, source.name)`` for each name whose value is not None (the hot path)."""
+        folds, pending = self._folds, self._pending
+        for name in names:
+            value = getattr(source, name)
+            if value is None:
+                continue
+            if value.__class__ is int:
+                if value:
+                    pending[name] = pending.get(name, 0) + value
+                continue
+            folds[name](value)
 
     def flush(self) -> None:
         """Add the pending host ints to their tensors."""
@@ -117,9 +136,9 @@ class StateStore:
 
     def merge(self, other: StateStore) -> None:
         """Fold ``other`` (same specs, same shapes) into self with each state's reduction."""
+        self.flush()
         for name, value in other.items():
-            mine = self[name]
-            self._values[name] = _MERGE[self.specs[name].reduce](mine, value)
+            self._folds[name](value)
 
     def all_reduce(self, group: dist.ProcessGroup | None = None) -> None:
         """Reduce every state across the ranks of ``group`` in place (same op as ``merge``)."""

@@ -96,19 +96,13 @@ class SiteStats:
         if red.max_abs_deriv is None:
             self.step = True
         store = self.store
-        for name in self._forward:
-            value = getattr(red, name)
-            if value is not None:
-                store.fold(name, value)
+        store.fold_fields(red, self._forward)
         for stat in self._per_call:
             stat.update(store, red)
 
     def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
         """One ∂L/∂a of a call of this site."""
-        red = reduce_grad(grad, dims, self.dtype)
-        store = self.store
-        for name in self._grad:
-            store.fold(name, getattr(red, name))
+        self.store.fold_fields(reduce_grad(grad, dims, self.dtype), self._grad)
 
     # -- merging -------------------------------------------------------------------------------
     def flush(self) -> None:
