@@ -59,8 +59,9 @@ import neurodiag
 ROOT = Path(__file__).resolve().parents[1]
 
 # Targets on a CPU (ratio limits); "mem" is extra peak tensor memory in % of the plain peak.
-SCAN_TARGETS = {"a": 1.50, "b": 1.15}
-MONITOR_TARGETS = {"b": 1.10}
+# Issue 11 (one measuring path): scan ≤ 1.00× on (a)(b), ≤ 1.15× on (c); Monitor ≤ 1.15× on all.
+SCAN_TARGETS = {"a": 1.00, "b": 1.00, "c": 1.15}
+MONITOR_TARGETS = {"a": 1.15, "b": 1.15, "c": 1.15}
 # On a GPU (--device cuda): scan/plain on the ResNet-50-sized model (e).
 GPU_SCAN_TARGETS = {"e": 1.10}
 MEM_TARGET_PCT = 5.0
