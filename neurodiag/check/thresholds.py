@@ -12,51 +12,29 @@ import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from neurodiag.errors import NeurodiagError
 from neurodiag.stats.registry import STATISTICS
+from neurodiag.stats.statistic import Threshold
 
 #: A validated threshold value; None means "not checked".
 Limit = float | int | None
 
 
 @dataclass(frozen=True)
-class ThresholdSpec:
-    """How one threshold key is checked: ``value <op> limit`` must NOT hold for a healthy site."""
+class ThresholdSpec(Threshold):
+    """A declared ``Threshold`` with the column it reads (``value <op> limit`` must NOT hold)."""
 
-    key: str
-    metric: str  # the report column it reads
-    bound: Literal["max", "min"]
-    integer: bool = False
-    percent: bool = False
+    metric: str = ""  # the report column it reads
     gradient: bool = False  # the column needs a backward (empty in a forward-only scan)
     help: str = ""
-
-    @property
-    def flag(self) -> str:
-        """The CLI flag for this key (``max_dead_pct`` -> ``--max-dead-pct``)."""
-        return "--" + self.key.replace("_", "-")
-
-    def expected(self) -> str:
-        """What a value must be, as told to the user in an error message."""
-        if self.integer:
-            return "a non-negative integer"
-        if self.percent:
-            return "a percentage between 0 and 100"
-        return "a non-negative number"
 
 
 #: Every threshold key, from the statistics' column declarations (``neurodiag.stats.registry``).
 SPECS: dict[str, ThresholdSpec] = {
     key: ThresholdSpec(
-        key,
-        column.name,
-        threshold.bound,
-        integer=threshold.integer,
-        percent=threshold.percent,
-        gradient=column.gradient,
-        help=column.help,
+        **vars(threshold), metric=column.name, gradient=column.gradient, help=column.help
     )
     for key, (column, threshold) in STATISTICS.thresholds().items()
 }

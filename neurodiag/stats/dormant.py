@@ -13,9 +13,7 @@ from neurodiag.stats.statistic import (
     SiteContext,
     Statistic,
     Threshold,
-    finite_mean,
-    normalized_scores,
-    percent_of,
+    dormant_scores,
 )
 
 
@@ -43,11 +41,9 @@ class DormantNeurons(Statistic):
     def compute(
         self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
     ) -> Computed:
-        finite = states["finite_positions"]
-        mean = finite_mean(states["sum_abs_act"], finite)
-        scores = normalized_scores(mean)
-        dormant = scores <= self.config.tau  # NaN (no finite position) is never dormant
+        total, finite = states["sum_abs_act"], states["finite_positions"]
+        mean, scores, pct = dormant_scores(total, finite, self.config.tau)
         return Computed(
-            {"dormant_pct": percent_of(dormant, finite > 0)},
+            {"dormant_pct": pct},
             {"mean_abs_activation": mean, "dormant_score": scores},
         )

@@ -13,9 +13,7 @@ from neurodiag.stats.statistic import (
     SiteContext,
     Statistic,
     Threshold,
-    finite_mean,
-    normalized_scores,
-    percent_of,
+    dormant_scores,
 )
 
 
@@ -45,11 +43,9 @@ class GradDormantNeurons(Statistic):
     def compute(
         self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
     ) -> Computed:
-        finite = states["grad_finite_positions"]
-        mean = finite_mean(states["sum_abs_grad"], finite)
-        scores = normalized_scores(mean)
-        measured = finite > 0
+        total, finite = states["sum_abs_grad"], states["grad_finite_positions"]
+        _, scores, pct = dormant_scores(total, finite, self.config.tau)
         return Computed(
-            {"grad_dormant_pct": percent_of(scores <= self.config.tau, measured)},
+            {"grad_dormant_pct": pct},
             {"grad_score": scores},
         )

@@ -161,3 +161,13 @@ def normalized_scores(mean_abs: Array) -> Array:
     if count < finite.size:
         scores = np.where(finite, scores, np.nan).astype(mean_abs.dtype)
     return scores
+
+
+def dormant_scores(total: Array, count: Array, tau: float) -> tuple[Array, Array, float]:
+    """(mean per neuron, normalised scores, % of measured neurons with score ≤ τ).
+
+    The τ-dormant rule of Sokar et al. (2023), shared by activations and gradients.
+    """
+    mean = finite_mean(total, count)
+    scores = normalized_scores(mean)
+    return mean, scores, percent_of(scores <= tau, count > 0)  # NaN scores are never dormant
