@@ -119,7 +119,7 @@ def _as_positions(
 def _slices(
     z: Tensor | None, a: Tensor, dims: tuple[int, ...]
 ) -> list[tuple[Tensor | None, Tensor]]:
-    """(z, a) cut along dim 0 (a position dim) into slices of about ``SLICE_ELEMENTS``."""
+    """(z, a) cut along dim 0 (a position dim) into slices of about ``slice_elements(n)``."""
     n = a.numel()
     rows = a.shape[0]
     if n <= SLICE_ELEMENTS or 0 not in dims or rows <= 1:
@@ -153,8 +153,8 @@ def _in_scratch(
 ) -> Tensor:
     """Σ over ``dims`` of ``op(x, out=...)`` in ``dtype``, the elementwise result in the scratch.
 
-    Large tensors go slice by slice (the scratch never exceeds ``SCRATCH_LIMIT``); one that
-    cannot be sliced along a position dim gets an ordinary temporary.
+    Large tensors go slice by slice (the scratch never exceeds 4x ``SCRATCH_LIMIT``); one that
+    cannot be sliced that finely along a position dim gets an ordinary temporary.
     """
     out_dtype = dtype if op is not torch.abs else x.dtype
     if x.numel() <= SCRATCH_LIMIT:
