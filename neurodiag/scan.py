@@ -7,8 +7,10 @@ at the end.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -164,9 +166,31 @@ def scan(
         notes=tuple(state.notes) + (() if recorder.sites else ("no activation sites found",)),
     )
     report = build_report(sites, header)
+    hint = vanishing_gradient_hint(report)
+    if hint:
+        report.header = replace(report.header, notes=(*report.header.notes, hint))
     if interrupted:
         raise ScanInterrupted(report)
     return report
+
+
+#: Below this MAG at every site, eval mode is the usual suspect (issue 12): an untrained
+#: BatchNorm net's running statistics (mean 0, variance 1) scale gradients down by orders.
+VANISHING_MAG = 1e-10
+
+
+def vanishing_gradient_hint(report: Report) -> str | None:
+    """A note when every site's MAG is below ``VANISHING_MAG`` in an eval-mode scan."""
+    if report.header.mode != "eval" or not report.rows:
+        return None
+    mags = [float(row["mag"]) for row in report.rows]
+    if not all(math.isfinite(m) and m < VANISHING_MAG for m in mags):
+        return None
+    return (
+        f"every site's MAG is below {VANISHING_MAG:g} in eval mode; if the model has BatchNorm "
+        "layers that were never trained, their running statistics shrink the gradients: "
+        "try --mode train (mode='train')"
+    )
 
 
 class _Progress:

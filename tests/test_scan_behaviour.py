@@ -318,3 +318,21 @@ def test_compiled_model_is_scanned_through_its_eager_module() -> None:
     report = neurodiag.scan(compiled, [torch.randn(2, 3)])
     assert report.sites == ["1"]
     assert any("torch.compile" in note for note in report.header.notes)
+
+
+def test_vanishing_gradients_in_eval_mode_suggest_train_mode() -> None:
+    """Issue 12: MAG below 1e-10 at every site in eval mode gets a hint towards --mode train."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-12)  # the gradient reaching the ReLU is ~1e-13
+    batches = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    eval_report = neurodiag.scan(model, batches)
+    assert eval_report.row("1")["mag"] < 1e-10
+    assert any("--mode train" in note for note in eval_report.header.notes)
+    assert not any(
+        "--mode train" in n for n in neurodiag.scan(model, batches, mode="train").header.notes
+    )
+    with torch.no_grad():
+        model[2].weight.mul_(1e12)
+    assert not any("--mode train" in note for note in neurodiag.scan(model, batches).header.notes)
