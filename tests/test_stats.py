@@ -17,7 +17,7 @@ from neurodiag.report.model import COLUMNS
 from neurodiag.sites.site import reduction_dims
 from neurodiag.stats import STATISTICS, Column, Statistic
 from neurodiag.stats.base import StateSpec, StateStore
-from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.bundle import SiteStats, summarize_sites
 from neurodiag.stats.registry import StatisticRegistry
 from neurodiag.stats.statistic import normalized_scores
 
@@ -111,7 +111,7 @@ def test_streaming_equals_one_shot(shape: list[int], splits: int, seed: int, ste
     merged = parts[0]
     for part in parts[1:]:
         merged.merge(part)
-    a, b = whole.summarize(None), merged.summarize(None)
+    a, b = summarize_sites([whole, merged], [None, None])
     for key in ("dead_pct", "dormant_pct", "min_abs_deriv", "inactive_pct"):
         assert a.row[key] == pytest.approx(b.row[key], nan_ok=True)
     for name, tensor in a.neurons.items():
@@ -122,7 +122,7 @@ def test_a_neuron_that_saw_only_nonfinite_values_is_not_dead() -> None:
     stats = SiteStats(2, torch.device("cpu"), torch.float64, ScanConfig())
     z = torch.tensor([[math.nan, -1.0], [math.nan, -2.0]], dtype=torch.float64)
     stats.observe_forward(z, torch.relu(z), derivatives.relu, (0,), step=True)
-    summary = stats.summarize(None)
+    (summary,) = summarize_sites([stats], [None])
     assert summary.neurons["dead"].tolist() == [False, True]
     assert summary.neurons["finite_positions"].tolist() == [0, 2]
     assert summary.row["dead_pct"] == 100.0  # of the neurons that saw a finite value

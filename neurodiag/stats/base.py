@@ -23,11 +23,6 @@ from torch import Tensor
 
 Reduce = Literal["sum", "min", "max"]
 
-_MERGE: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "sum": torch.add,
-    "min": torch.minimum,
-    "max": torch.maximum,
-}
 _DIST_OP = {
     "sum": dist.ReduceOp.SUM,
     "min": dist.ReduceOp.MIN,
@@ -50,8 +45,8 @@ class StateSpec:
     count: bool = False
 
     def __post_init__(self) -> None:
-        if self.reduce not in _MERGE:
-            raise ValueError(f"reduce must be one of {sorted(_MERGE)}, got {self.reduce!r}")
+        if self.reduce not in _DIST_OP:
+            raise ValueError(f"reduce must be one of {sorted(_DIST_OP)}, got {self.reduce!r}")
         if self.count and self.reduce != "sum":
             raise ValueError(f"state {self.name}: a count is reduced by sum")
 

@@ -130,9 +130,6 @@ class SiteStats:
         self.flush()
         return [value for _, value in self.store.items()]
 
-    def summarize(self, delta_bar: float | None) -> SiteSummary:
-        return summarize_sites([self], [delta_bar])[0]
-
     def compute(self, states: dict[str, Array], delta_bar: float | None) -> SiteSummary:
         """Each statistic's columns and per-neuron arrays from host ``states``."""
         ctx = SiteContext(self.neurons, delta_bar, self.config)

@@ -53,7 +53,7 @@ class DeadNeurons(Statistic):
         return self.states + (_BATCH_STATES if batch else ())
 
     @property
-    def per_call(self) -> bool:  # type: ignore[override]
+    def per_call(self) -> bool:
         return self.config.dead_window == "batch"
 
     def update(self, store: Any, reductions: ForwardReductions) -> None:

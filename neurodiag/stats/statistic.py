@@ -121,8 +121,10 @@ class Statistic:
         """The states this statistic needs under ``self.config`` (default: ``states``)."""
         return self.states
 
-    #: True when ``update`` is overridden (per-call work beyond folding reductions).
-    per_call: ClassVar[bool] = False
+    @property
+    def per_call(self) -> bool:
+        """True when ``update`` must run on every call (work beyond folding reductions)."""
+        return False
 
     def update(self, store: Any, reductions: Any) -> None:
         """Per-call work for states that are not plain reductions (``per_call`` statistics)."""
