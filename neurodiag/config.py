@@ -31,6 +31,8 @@ class ScanConfig:
     False runs the forward alone (the gradient columns are NaN). ``mode``: the model's train/eval
     behaviour during a scan. ``include``/``exclude``: site-name globs. ``feature_dims``: per-site
     neuron-dim overrides. ``max_batches``, ``seed``, ``timeout_s``: how much data, which RNG.
+    ``flag_gates``: judge gates (sites whose output scales another tensor) like activations;
+    by default only NaN/Inf flags them.
     """
 
     eps: float = DEFAULT_EPS
@@ -44,6 +46,7 @@ class ScanConfig:
     max_batches: int | None = None
     seed: int = 0
     timeout_s: float | None = None
+    flag_gates: bool = False
 
     def __post_init__(self) -> None:
         if self.dead_window not in DEAD_WINDOWS:

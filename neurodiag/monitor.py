@@ -172,6 +172,7 @@ class Monitor:
             dead_window=self.options.dead_window,
             mode="train" if self.model.training else "eval",
             notes=self._notes(bool(sites)),
+            flag_gates=self.options.flag_gates,
         )
         return build_report(sites, header)
 

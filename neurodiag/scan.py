@@ -163,6 +163,7 @@ def scan(
         dead_window=cfg.dead_window,
         mode=mode,
         partial=interrupted or timed_out,
+        flag_gates=cfg.flag_gates,
         notes=tuple(state.notes) + (() if recorder.sites else ("no activation sites found",)),
     )
     report = build_report(sites, header)

@@ -71,6 +71,11 @@ ROWS = [
         dormant_pct=3.125, grad_dormant_pct=math.nan, mag=math.nan, min_abs_deriv=0.0031,
         nonfinite=17,
     ),
+    # A squeeze-and-excitation gate: saturating is its job, so its dead units flag nothing.
+    _row(
+        "blocks.0.se.gate", "sigmoid", "module", 16, role="gate", dead_pct=12.5, mag=2.5e-4,
+        min_abs_deriv=0.0,
+    ),
 ]  # fmt: skip
 
 ROWS_BY_SITE = {row["site"]: row for row in ROWS}
@@ -162,7 +167,7 @@ def test_register_renderer_refuses_silent_override(report: Report) -> None:
 @pytest.mark.usefixtures("restore_renderers")
 def test_registered_renderer_is_listed_and_used(report: Report) -> None:
     register_renderer("count", lambda report, **_: str(len(report.rows)))
-    assert render(report, "count") == "4"
+    assert render(report, "count") == "5"
     with pytest.raises(ValueError, match=r"choose one of: table, csv, json, markdown, count$"):
         render(report, "nope")
 
@@ -189,6 +194,9 @@ def test_register_renderer_rejects_blank_names(name: str) -> None:
         ({"dormant_pct": 90.0, "grad_dormant_pct": 90.0}, False),  # dormant is not dead
         ({"dead_pct": math.nan}, False),
         ({"dead_pct": np.float32(12.5)}, True),
+        ({"role": "gate", "dead_pct": 50.0}, False),  # a gate saturating is its job
+        ({"role": "gate", "nonfinite": 1}, True),  # NaN/Inf flags a gate too
+        ({"role": "gate", "bound_ok": False}, False),
     ],
 )
 def test_is_unhealthy(changes: dict[str, Any], unhealthy: bool) -> None:
@@ -198,6 +206,15 @@ def test_is_unhealthy(changes: dict[str, Any], unhealthy: bool) -> None:
 
 def test_is_unhealthy_on_the_fixture(report: Report) -> None:
     assert {row["site"] for row in report.rows if is_unhealthy(row)} == UNHEALTHY_SITES
+
+
+def test_flag_gates_judges_gates_like_activations(report: Report) -> None:
+    flagged = {row["site"] for row in report.rows if is_unhealthy(row, flag_gates=True)}
+    assert flagged == UNHEALTHY_SITES | {"blocks.0.se.gate"}
+    header = dataclasses.replace(report.header, flag_gates=True)
+    text = to_table(Report(header, [dict(row) for row in ROWS]))
+    assert "3 of 5 sites need attention" in text
+    assert "! blocks.0.se.gate" in text
 
 
 # --- table --------------------------------------------------------------------------------------
@@ -214,7 +231,7 @@ def test_table_marks_exactly_the_unhealthy_rows(report: Report) -> None:
     lines = _site_lines(to_table(report))
     assert set(lines) == set(ROWS_BY_SITE)
     assert {site for site, line in lines.items() if line.startswith("!")} == UNHEALTHY_SITES
-    assert "2 of 4 sites need attention" in to_table(report)
+    assert "2 of 5 sites need attention" in to_table(report)
 
 
 def test_table_cells(report: Report) -> None:
@@ -335,11 +352,15 @@ def test_csv_round_trips_through_read_csv(report: Report) -> None:
     parsed = pd.read_csv(io.StringIO(to_csv(report)))
     frame = report.to_frame()
     assert list(parsed.columns) == list(COLUMNS)
-    numeric = [c for c in COLUMNS if c not in ("site", "activation", "kind", "bound_ok")]
+    text = ("site", "activation", "class", "kind", "role", "bound_ok")
+    numeric = [c for c in COLUMNS if c not in text]
     # Exact: the CSV keeps every digit (0.0012345678901234567 is not rounded to 1.23e-3).
-    pd.testing.assert_frame_equal(parsed[numeric], frame[numeric], check_exact=True)
+    pd.testing.assert_frame_equal(
+        parsed[numeric], frame[numeric], check_exact=True, check_dtype=False
+    )
+    assert (parsed[numeric].dtypes == frame[numeric].dtypes.replace({"Int64": "int64"})).all()
     assert parsed["site"].tolist() == report.sites
-    assert parsed["bound_ok"].isna().tolist() == [True, True, False, True]
+    assert parsed["bound_ok"].isna().tolist() == [True, True, False, True, True]
     assert parsed["bound_ok"][2] == True  # noqa: E712  (read_csv gives a numpy/object bool)
 
 
@@ -347,7 +368,7 @@ def test_csv_has_no_header_facts_and_empty_cells_for_missing(report: Report) -> 
     lines = to_csv(report).splitlines()
     assert lines[0] == ",".join(COLUMNS)
     assert len(lines) == 1 + len(ROWS)
-    assert lines[4] == "decoder.act#1,silu,module,128,0.0,3.125,,,0.0031,,,0.0,17"
+    assert lines[4] == "decoder.act#1,silu,Silu,module,activation,128,1,0.0,3.125,,,0.0031,,,0.0,17"
 
 
 # --- JSON ---------------------------------------------------------------------------------------

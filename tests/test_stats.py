@@ -86,7 +86,8 @@ def test_registry_refuses_silent_overrides_and_column_clashes() -> None:
 
 def test_report_columns_are_the_declared_ones_in_order() -> None:
     declared = [c.name for c in STATISTICS.columns()]
-    assert list(COLUMNS) == ["site", "activation", "kind", "neurons", *declared]
+    identity = ["site", "activation", "class", "kind", "role", "neurons", "feature_dim"]
+    assert list(COLUMNS) == [*identity, *declared]
     assert "inactive_pct" in COLUMNS
 
 

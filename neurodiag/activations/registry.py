@@ -62,6 +62,13 @@ class ActivationKind:
     #: σ' = [z > 0] exactly and a = max(z, 0) (ReLU): the step shortcut of
     #: ``neurodiag.stats.reductions`` counts a > 0 instead of evaluating σ'
     step: bool = False
+    #: the canonical name under these parameters when they pick another function
+    #: (``GELU(approximate="tanh")`` is ``gelu_tanh``); None: always ``name``
+    variant: Callable[[Mapping[str, Any]], str] | None = None
+
+    def name_for(self, params: Mapping[str, Any]) -> str:
+        """The site's canonical ``activation`` name (see ``neurodiag.activations.naming``)."""
+        return self.variant(params) if self.variant is not None else self.name
 
     def derivative_kwargs(self, bound: Mapping[str, Any]) -> dict[str, Any]:
         return {k: bound[k] for k in self.derivative_params if k in bound}
@@ -168,6 +175,10 @@ def _bernstein_delta_bar(module: nn.Module) -> float:
     return float(module.delta_bar)  # type: ignore[arg-type]
 
 
+def _gelu_variant(params: Mapping[str, Any]) -> str:
+    return "gelu_tanh" if params.get("approximate") == "tanh" else "gelu"
+
+
 def _default_registry() -> ActivationRegistry:
     T = torch.Tensor
     reg = ActivationRegistry()
@@ -253,6 +264,7 @@ def _default_registry() -> ActivationRegistry:
             module_params=_attrs("approximate"),
             functions=(_fn(F.gelu, "approximate"),),
             derivative_params=("approximate",),
+            variant=_gelu_variant,
         ),
         ActivationKind(
             "silu",

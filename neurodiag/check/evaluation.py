@@ -202,7 +202,8 @@ def evaluate(report: Report, thresholds: ThresholdsLike = None) -> CheckResult:
 
     ``thresholds`` is a ``ThresholdConfig`` (from ``load_thresholds``: per-activation and per-site
     rules), a ``Thresholds`` or a plain ``{"max_dead_pct": 30, ...}`` applied to every site, or
-    None for the built-in defaults (NaN/Inf and the Bernstein bound only).
+    None for the built-in defaults (NaN/Inf and the Bernstein bound only). Gates (``role`` =
+    gate) are held to the NaN/Inf limit alone unless the scan ran with ``flag_gates``.
     """
     config = _as_config(thresholds)
     sites: list[SiteCheck] = []
@@ -210,6 +211,9 @@ def evaluate(report: Report, thresholds: ThresholdsLike = None) -> CheckResult:
         site, activation = str(row["site"]), str(row["activation"])
         limits, sources = config.resolve(site, activation)
         violations = tuple(check_row(row, limits, sources))
+        if row.get("role") == "gate" and not report.header.flag_gates:
+            # a gate saturating is its job: only NaN/Inf fail it (report.health.is_unhealthy)
+            violations = tuple(v for v in violations if v.metric == "nonfinite")
         status: Status = "fail" if violations else "ok"
         sites.append(SiteCheck(site, activation, str(row["kind"]), status, violations, limits))
     return CheckResult(report=report, sites=tuple(sites), config=config)

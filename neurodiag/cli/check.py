@@ -46,6 +46,7 @@ from neurodiag.cli.common import (
     EpsOpt,
     ExcludeOpt,
     FeatureDimOpt,
+    FlagGatesOpt,
     ForwardOnlyOpt,
     IncludeOpt,
     InputShapeOpt,
@@ -209,6 +210,7 @@ def check(
     include: IncludeOpt = [],  # noqa: B006 - typer needs a literal default
     exclude: ExcludeOpt = [],  # noqa: B006
     feature_dim: FeatureDimOpt = [],  # noqa: B006
+    flag_gates: FlagGatesOpt = False,
     config: ConfigOpt = None,
     baseline: BaselineOpt = None,
     tolerance: ToleranceOpt = DEFAULT_TOLERANCE,
@@ -259,6 +261,7 @@ def check(
                     seed=seed,
                     timeout=timeout,
                     forward_only=forward_only,
+                    flag_gates=flag_gates,
                 ),
                 data=data,
                 weights=weights,

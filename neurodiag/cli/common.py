@@ -270,6 +270,14 @@ ExcludeOpt = Annotated[list[str], typer.Option("--exclude", help="Skip sites mat
 FeatureDimOpt = Annotated[
     list[str], typer.Option("--feature-dim", help="Neuron dim per site: 'GLOB=DIM'.")
 ]
+FlagGatesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--flag-gates",
+        help="Judge gates (a sigmoid scaling a feature map, role 'gate') like activations; "
+        "by default only NaN/Inf flags them.",
+    ),
+]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE.")]
 PlotOpt = Annotated[

@@ -69,6 +69,7 @@ def scan_config(
     seed: int | None,
     timeout: float | None,
     forward_only: bool = False,
+    flag_gates: bool = False,
 ) -> ScanConfig:
     """The ``ScanConfig`` of the measuring flags shared by scan, check and compare."""
     return ScanConfig(
@@ -83,6 +84,7 @@ def scan_config(
         max_batches=max_batches,
         seed=seed if seed is not None else 0,
         timeout_s=timeout,
+        flag_gates=flag_gates,
     )
 
 

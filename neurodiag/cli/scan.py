@@ -18,6 +18,7 @@ from neurodiag.cli.common import (
     EpsOpt,
     ExcludeOpt,
     FeatureDimOpt,
+    FlagGatesOpt,
     FormatOpt,
     ForwardOnlyOpt,
     IncludeOpt,
@@ -69,6 +70,7 @@ def scan(
     include: IncludeOpt = [],  # noqa: B006 - typer needs a literal default
     exclude: ExcludeOpt = [],  # noqa: B006
     feature_dim: FeatureDimOpt = [],  # noqa: B006
+    flag_gates: FlagGatesOpt = False,
     fmt: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
     debug: DebugOpt = False,
@@ -96,6 +98,7 @@ def scan(
                     seed=seed,
                     timeout=timeout,
                     forward_only=forward_only,
+                    flag_gates=flag_gates,
                 ),
                 data=data,
                 weights=weights,

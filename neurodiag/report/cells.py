@@ -78,6 +78,8 @@ def fmt_cell(column: str, value: Any) -> str:
         return "" if column in BERNSTEIN_ONLY else MISSING
     if isinstance(value, bool | np.bool_):
         return "✓" if value else "✗"
+    if column == "role":  # only the exception reads: a blank is an activation proper
+        return "" if value == "activation" else str(value)
     if column in PERCENT_COLUMNS:
         return f"{float(value):.1f}"
     if column in SCIENTIFIC_COLUMNS:

@@ -41,6 +41,8 @@ class ScanHeader:
     mode: str = "eval"
     partial: bool = False
     notes: tuple[str, ...] = ()
+    #: gates (``role`` = gate) are judged like activations; by default only NaN/Inf flag them
+    flag_gates: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -85,6 +87,12 @@ class Report:
     header: ScanHeader
     rows: list[dict[str, Any]]
     neurons: dict[str, SiteNeurons] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # rows of reports and baselines written before these columns existed
+        for row in self.rows:
+            row.setdefault("class", row.get("activation"))
+            row.setdefault("role", "activation")
 
     def to_frame(self) -> pd.DataFrame:
         """One row per site in forward execution order, columns exactly ``COLUMNS``."""

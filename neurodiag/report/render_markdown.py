@@ -39,12 +39,12 @@ def to_markdown(report: Report, *, width: int | None = None, color: bool = False
     rows: list[list[str]] = []
     for record in records:
         cells = [_escape(fmt_cell(column, record[column])) for column in COLUMNS]
-        if is_unhealthy(record):
+        if is_unhealthy(record, report.header.flag_gates):
             cells[0] = f"**{cells[0]}** !"
         rows.append(cells)
     align: list[str] = [spec.align for spec in COLUMN_SPECS]  # numbers line up on the right
     parts.append(pipe_table(list(COLUMNS), rows, align))
-    flagged = sum(is_unhealthy(record) for record in records)
+    flagged = sum(is_unhealthy(record, report.header.flag_gates) for record in records)
     if flagged:
         parts.append(
             f"\n**!** {flagged} of {len(records)} sites need attention: dead neurons, "

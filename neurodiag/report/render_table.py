@@ -42,14 +42,18 @@ def _facts_grid(report: Report) -> Table:
     return grid
 
 
-def _sites_table(records: list[dict[str, Any]]) -> Table:
+#: The terminal table's columns: the identity columns marked ``table=False`` go to CSV/JSON.
+TABLE_COLUMNS = tuple(spec for spec in COLUMN_SPECS if spec.table)
+
+
+def _sites_table(records: list[dict[str, Any]], flag_gates: bool) -> Table:
     # One space between columns (no padding): wide enough to read, and at 120 columns it
     # leaves ~28 characters for site names such as ``encoder.layer.0.mlp:gelu#0``.
     table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
     table.add_column("", no_wrap=True)
     # Rich measures the combining "δ̄" heading one cell off, which can fold short site names.
     site_min = min(_SITE_MIN_WIDTH, max(len(str(r["site"])) for r in [{"site": "site"}, *records]))
-    for spec in COLUMN_SPECS:
+    for spec in TABLE_COLUMNS:
         # Only the site column gives way on a narrow console (it folds, so the full name is
         # still there to look up); numbers are never cut.
         wraps = spec.name == "site"
@@ -62,8 +66,8 @@ def _sites_table(records: list[dict[str, Any]]) -> Table:
             min_width=site_min if wraps else None,
         )
     for record in records:
-        unhealthy = is_unhealthy(record)
-        cells = [Text(fmt_cell(spec.name, record[spec.name])) for spec in COLUMN_SPECS]
+        unhealthy = is_unhealthy(record, flag_gates)
+        cells = [Text(fmt_cell(spec.name, record[spec.name])) for spec in TABLE_COLUMNS]
         table.add_row(
             Text(UNHEALTHY_MARK if unhealthy else ""),
             *cells,
@@ -86,8 +90,8 @@ def _table_width(table: Table, sites: list[str], console: Console) -> int:
     return max(minimum, min(natural, console.width))
 
 
-def _summary(records: list[dict[str, Any]]) -> Text:
-    flagged = sum(is_unhealthy(record) for record in records)
+def _summary(records: list[dict[str, Any]], flag_gates: bool) -> Text:
+    flagged = sum(is_unhealthy(record, flag_gates) for record in records)
     if not records:
         return Text("no activation sites found")
     if not flagged:
@@ -107,12 +111,12 @@ def render_table(report: Report, console: Console) -> None:
     console.print()
     records = site_records(report)
     if records:
-        table = _sites_table(records)
+        table = _sites_table(records, report.header.flag_gates)
         width = _table_width(table, [str(record["site"]) for record in records], console)
         lines = console.render_lines(table, console.options.update_width(width), new_lines=True)
         # soft_wrap: the lines are already laid out; Rich must not crop them to the console.
         console.print(Segments(seg for line in lines for seg in line), soft_wrap=True, end="")
-    console.print(_summary(records))
+    console.print(_summary(records, report.header.flag_gates))
 
 
 def to_table(report: Report, *, width: int | None = None, color: bool = False) -> str:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from neurodiag.activations.naming import function_label, identify
 from neurodiag.activations.registry import (
     REGISTRY,
     ActivationKind,
@@ -29,6 +30,7 @@ from neurodiag.activations.registry import (
     looks_like_activation,
 )
 from neurodiag.errors import NeurodiagError
+from neurodiag.sites.axes import AxisTracker
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
 from neurodiag.sites.functional import FunctionalKeys
 from neurodiag.sites.site import DerivativeFn, SinkFactory, Site, SiteKey, display_names
@@ -50,11 +52,19 @@ class _FunctionalSites(TorchFunctionMode):
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        if func in self.functions and self.recorder.module_site_depth == 0:
-            hit = self.recorder.registry.for_function(func)
+        recorder = self.recorder
+        out: Any = None
+        called = False
+        if func in self.functions and recorder.module_site_depth == 0:
+            hit = recorder.registry.for_function(func)
             if hit is not None and args and _is_float_tensor(args[0]):
-                return self.recorder.functional_call(hit[0], hit[1], func, args, kwargs)
-        return func(*args, **kwargs)
+                out = recorder.functional_call(hit[0], hit[1], func, args, kwargs)
+                called = True
+        if not called:
+            out = func(*args, **kwargs)
+        if recorder.tracking:  # the discovery forward: follow feature dims (sites/axes.py)
+            recorder.tracker.observe(func, args, kwargs, out)
+        return out
 
 
 def _recomputing() -> bool:
@@ -149,6 +159,11 @@ class SiteRecorder:
         self._discovery_handles: list[RemovableHandle] = []
         self.found_functional = False
         self.forwards = 0
+        #: True during discovery: the function mode tags tensors with their feature dims and
+        #: recognises gates (``neurodiag.sites.axes``); off afterwards, it costs per torch call
+        self.tracking = functional
+        self.tracker = AxisTracker(self._mark_gate)
+        self._unknown_names: dict[nn.Module, str] = {}
         #: False: the hooks stay attached but measure nothing (``Monitor(measure_every=K)``).
         self.enabled = True
         #: When a list: the autograd node of every site output whose gradient a hook waits for
@@ -183,6 +198,7 @@ class SiteRecorder:
         self._saved_inputs.clear()
         self._keys.clear()
         self._plans.clear()
+        self.tracker.clear()
         self._lean_modules.clear()
         if self.on_close is not None:
             self.on_close()
@@ -193,7 +209,10 @@ class SiteRecorder:
         Without the function mode, activation modules whose derivative works from the output
         need no pre-hook (it only tracks the nesting depth for the mode and saves inputs that
         in-place ops overwrite): their pre/post pair is replaced by one lean post-hook.
+        Feature-dim tracking ends here either way.
         """
+        self.tracking = False
+        self.tracker.clear()
         if self.found_functional:
             return
         for handle in self._discovery_handles:
@@ -374,15 +393,16 @@ class SiteRecorder:
         step = False
         if kind is None:
             derivative = _autograd_derivative(module, self)
-            activation = type(module).__name__
+            activation = self._unknown_names.get(module) or self._name_unknown(module, pre, output)
         else:
             params = kind.module_params(module)
-            activation = kind.name
+            activation = kind.name_for(params)
             derivative = _bind_derivative(kind, params)
             step = kind.step and not params
             if kind.delta_bar:
                 delta_bar = kind.delta_bar(module)
-        self._record(key, activation, "module", pre, output, derivative, delta_bar, step)
+        impl = type(module).__name__
+        self._record(key, activation, impl, "module", pre, output, derivative, delta_bar, step, z)
         if (
             (module in self._lean_modules or module in self._leanable)  # plans ready for batch 2
             and kind is not None
@@ -402,6 +422,14 @@ class SiteRecorder:
                     step=step,
                     dims=site.dims(output.dim()),
                 )
+
+    def _name_unknown(self, module: nn.Module, z: Tensor | None, a: Tensor) -> str:
+        """The canonical name of what an unregistered module computes, else its class name."""
+        name = self._unknown_names[module] = identify(z, a) or type(module).__name__
+        return name
+
+    def _mark_gate(self, site: Site) -> None:
+        site.role = "gate"
 
     def _module_key(self, module: nn.Module, index: int) -> SiteKey:
         """SiteKey of call ``index`` of ``module`` (cached: built once, not per batch)."""
@@ -438,7 +466,9 @@ class SiteRecorder:
             params = kind.derivative_kwargs(bound)
             derivative = _bind_derivative(kind, params)
             step = kind.step and not params
-            self._record(key, kind.name, "functional", pre, out, derivative, None, step)
+            activation = kind.name_for(params)
+            impl = function_label(func)
+            self._record(key, activation, impl, "functional", pre, out, derivative, None, step, z)
         return out
 
     # -- shared ----------------------------------------------------------------------------------
@@ -446,19 +476,25 @@ class SiteRecorder:
         self,
         key: SiteKey,
         activation: str,
+        impl: str,
         kind: str,
         z: Tensor | None,
         a: Tensor,
         derivative: DerivativeFn,
         delta_bar: float | None,
         step: bool,
+        source: Tensor | None,
     ) -> None:
+        """Feed one call to its site; ``source`` is the input tensor as the model passed it
+        (``z`` is None or a copy for in-place sites), whose tag says the feature dim."""
         site = self.sites.get(key)
         if site is None:
             if key in self.skipped or not self._wanted(key):
                 self.skipped.add(key)
                 return
-            site = self._new_site(key, activation, kind, a, delta_bar)
+            site = self._new_site(key, activation, impl, kind, a, delta_bar, source)
+        if self.tracking:
+            self.tracker.mark_site_output(a, site)
         ndim = a.dim()
         dims = site.dims(ndim)
         if ndim and a.shape[site.feature_dim] != site.neurons:
@@ -491,12 +527,16 @@ class SiteRecorder:
         return not any(fnmatchcase(n, p) for n in names for p in self.exclude)
 
     def _new_site(
-        self, key: SiteKey, activation: str, kind: str, a: Tensor, delta_bar: float | None
+        self,
+        key: SiteKey,
+        activation: str,
+        impl: str,
+        kind: str,
+        a: Tensor,
+        delta_bar: float | None,
+        source: Tensor | None,
     ) -> Site:
-        override = override_feature_dim(key.candidate_names(), self.feature_dims)
-        feature_dim = (
-            override if override is not None else auto_feature_dim(a.dim(), self._last_module)
-        )
+        feature_dim, axis_source, axis_note = self._feature_dim(key, a, source)
         if a.dim() == 0:
             neurons = 1
         else:
@@ -508,9 +548,36 @@ class SiteRecorder:
             feature_dim %= a.dim()
             neurons = a.shape[feature_dim]
         stats = self.make_sink(neurons, a.device, a.dtype)
-        site = Site(key, activation, kind, feature_dim, neurons, delta_bar, stats)
+        site = Site(
+            key,
+            activation,
+            kind,
+            feature_dim,
+            neurons,
+            delta_bar,
+            stats,
+            impl=impl,
+            axis_source=axis_source,
+            axis_note=axis_note,
+        )
         self.sites[key] = site
         return site
+
+    def _feature_dim(
+        self, key: SiteKey, a: Tensor, source: Tensor | None
+    ) -> tuple[int, str, str | None]:
+        """(dim, where it came from, a note when it may be wrong): override, layer, shape rule."""
+        override = override_feature_dim(key.candidate_names(), self.feature_dims)
+        if override is not None:
+            return override, "override", None
+        axis = self.tracker.axis(source) if self.tracking and source is not None else None
+        if axis is not None and axis.dim < a.dim():
+            return axis.dim, axis.origin, axis.conflict
+        dim = auto_feature_dim(a.dim(), self._last_module)
+        note = None
+        if a.dim() >= 3:
+            note = f"no layer feeding it was followed; the shape rule chose dim {dim}"
+        return dim, "rule", note
 
     def ordered_sites(self) -> list[tuple[str, Site]]:
         """Sites in forward execution order (first seen first) with their display names."""

@@ -66,8 +66,20 @@ class SiteKey:
         return (f"{self.module or ROOT_NAME}:{self.op}#{self.index}",)
 
 
+#: ``Site.role`` values: an activation proper, or a gate whose output scales another tensor.
+ROLES = ("activation", "gate")
+
+
 @dataclass
 class Site:
+    """One activation site.
+
+    ``activation`` is the canonical function name (``gelu``), ``impl`` what computed it (the module
+    class, or ``F.gelu`` for a call); ``axis_source`` says where ``feature_dim`` came from: the
+    producing op (``linear``, ``conv2d``...; ``neurodiag.sites.axes``), ``override`` or ``rule``
+    (the shape rule of ``neurodiag.sites.feature_dim``); ``axis_note`` says why it may be wrong.
+    """
+
     key: SiteKey
     activation: str
     kind: str  # "module" | "functional"
@@ -75,6 +87,10 @@ class Site:
     neurons: int
     delta_bar: float | None
     stats: SiteSink
+    impl: str = ""
+    role: str = "activation"
+    axis_source: str = "rule"
+    axis_note: str | None = None
     _dims: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
     _hooks: dict[tuple[tuple[int, ...], int], NodePreHook] = field(
         default_factory=dict, repr=False, compare=False

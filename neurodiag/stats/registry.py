@@ -72,10 +72,37 @@ IDENTITY_COLUMNS: tuple[Column, ...] = (
         "site", "object", "flag", "site name: module path, call index, functional op", align="left"
     ),
     Column(
-        "activation", "object", "flag", "activation (registry name or module class)", align="left"
+        "activation",
+        "object",
+        "flag",
+        "the function, one canonical name (gelu, gelu_tanh, silu...) whatever computes it",
+        align="left",
     ),
-    Column("kind", "object", "flag", "module or functional", align="left"),
+    Column(
+        "class",
+        "object",
+        "flag",
+        "what computes it: the module class (GELUActivation) or the call (F.gelu)",
+        align="left",
+        table=False,
+    ),
+    # (the table shows it in the site name: functional sites are ``module:op#i``)
+    Column("kind", "object", "flag", "module or functional", align="left", table=False),
+    Column(
+        "role",
+        "object",
+        "flag",
+        "activation, or gate: its output scales another tensor (not flagged by default)",
+        align="left",
+    ),
     Column("neurons", "int64", "count", "neurons of the site (size of its feature dim)"),
+    Column(
+        "feature_dim",
+        "Int64",  # absent in reports written before 0.2
+        "count",
+        "the dim that indexes neurons, from the layer feeding the site (README: Neuron axis)",
+        table=False,
+    ),
 )
 
 

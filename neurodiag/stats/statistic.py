@@ -65,10 +65,11 @@ class Column:
     ``bernstein_only``: empty, meaning "does not apply", off Bernstein sites.
     ``regression``: how a baseline compares it: "points" (percentage points, absolute),
     "factor" (a fall by more than the factor), "increase" (any rise), or None (not compared).
+    ``table``: False keeps an identity column out of the terminal table.
     """
 
     name: str
-    dtype: Literal["float64", "int64", "object"]
+    dtype: Literal["float64", "int64", "Int64", "object"]  # Int64: an integer that may be absent
     unit: Literal["percent", "count", "value", "flag"]
     help: str
     unhealthy: Unhealthy = None
@@ -78,6 +79,8 @@ class Column:
     regression: Literal["points", "factor", "increase"] | None = None
     title: str = ""
     align: Literal["left", "right", "center"] = "right"
+    #: shown in the terminal table (False: CSV, JSON and Markdown only, to keep it narrow)
+    table: bool = True
 
     @property
     def header(self) -> str:

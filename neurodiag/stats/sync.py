@@ -36,6 +36,10 @@ def _describe(site: Site) -> tuple[Any, ...]:
         site.neurons,
         site.delta_bar,
         str(stats_of(site).dtype).removeprefix("torch."),
+        site.impl,
+        site.role,
+        site.axis_source,
+        site.axis_note,
     )
 
 
@@ -60,14 +64,32 @@ def all_reduce_sites(
             neurons,
             delta_bar,
             dtype,
+            impl,
+            role,
+            axis_source,
+            axis_note,
         ) in rank_sites:
             key = SiteKey(module, op, index)
-            if key in united:
+            mine = united.get(key) or sites.get(key)
+            if mine is not None:
+                if role == "gate":  # a gate on any rank is a gate (the same module everywhere)
+                    mine.role = "gate"
+                united[key] = mine
                 continue
-            mine = sites.get(key)
-            if mine is None:
-                stats = SiteStats(neurons, device, getattr(torch, dtype), config)
-                mine = Site(key, activation, kind, feature_dim, neurons, delta_bar, stats)
+            stats = SiteStats(neurons, device, getattr(torch, dtype), config)
+            mine = Site(
+                key,
+                activation,
+                kind,
+                feature_dim,
+                neurons,
+                delta_bar,
+                stats,
+                impl=impl,
+                role=role,
+                axis_source=axis_source,
+                axis_note=axis_note,
+            )
             united[key] = mine
     for site in united.values():
         stats_of(site).all_reduce()
