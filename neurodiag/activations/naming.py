@@ -6,8 +6,9 @@ holds this canonical name; ``class`` holds what computed it (the module class, o
 ``torch.sigmoid``, ``Tensor.relu_`` for calls).
 
 Activation modules the registry does not know are named by what they compute: at a site's first
-call their output is compared with each function of ``REFERENCE_FUNCTIONS`` on a sample of the
-pre-activations; the closest one within the dtype's tolerance names the site, otherwise the class
+call their output is compared with each function of ``REFERENCE_FUNCTIONS``, in order, on a
+sample of the pre-activations; the first one that reproduces it within the dtype's tolerance names
+the site (relu before relu6: on data below 6 they are the same function), otherwise the class
 name does. The sample must hold both signs (beyond ±0.1, 16 values each), or the many functions
 that agree on one side (relu, elu, leaky_relu for z > 0) could not be told apart.
 """
@@ -40,6 +41,7 @@ REFERENCE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "selu": F.selu,
     "celu": F.celu,
     "softplus": F.softplus,
+    "relu_squared": lambda z: F.relu(z).square(),
     "logsigmoid": F.logsigmoid,
     "softsign": F.softsign,
     "tanhshrink": F.tanhshrink,
@@ -75,16 +77,11 @@ def identify(z: Tensor | None, a: Tensor) -> str | None:
         ):
             return None
         rtol, atol = _tolerance(a.dtype)
-        best: tuple[float, str] | None = None
+        allowed = atol + rtol * as_.abs()
         for name, fn in REFERENCE_FUNCTIONS.items():
-            expected = fn(zs)
-            error = (expected - as_).abs()
-            allowed = atol + rtol * as_.abs()
-            if bool((error <= allowed).all()):
-                worst = float(error.max()) if error.numel() else 0.0
-                if best is None or worst < best[0]:
-                    best = (worst, name)
-    return None if best is None else best[1]
+            if bool(((fn(zs) - as_).abs() <= allowed).all()):
+                return name
+    return None
 
 
 def function_label(func: Any) -> str:

@@ -245,9 +245,9 @@ class AxisTracker:
         kwargs = kwargs or {}
         if func in _MULTIPLY:
             self._check_gate(args)
-        if func in _SAME_VALUES and args and isinstance(args[0], Tensor):
+        if args and isinstance(args[0], Tensor):
             origin = _lookup(self._outputs, args[0])
-            if origin is not None:
+            if origin is not None and self._same_values(func, args, kwargs, outputs):
                 for tensor in outputs:
                     self._outputs[tensor] = origin
         for tensor in outputs:
@@ -335,6 +335,20 @@ class AxisTracker:
             )
             return Axis(dim, tag.origin, conflict)
         return Axis(dim, tag.origin, tag.conflict)
+
+    @staticmethod
+    def _same_values(
+        func: Any, args: Sequence[Any], kwargs: Mapping[str, Any], outputs: list[Tensor]
+    ) -> bool:
+        """Still the site's output for gate detection: a layout op, or an elementwise op with
+        scalars only (timm's ``F.relu6(x + 3) / 6`` hard sigmoid divides the site's output)."""
+        if func in _SAME_VALUES:
+            return True
+        first: Tensor = args[0]
+        if len(outputs) != 1 or outputs[0].shape != first.shape:
+            return False
+        others = (*args[1:], *kwargs.values())
+        return not any(isinstance(v, Tensor) for v in others)
 
     def _check_gate(self, args: Sequence[Any]) -> None:
         if len(args) < 2:

@@ -164,6 +164,7 @@ class SiteRecorder:
         self.tracking = functional
         self.tracker = AxisTracker(self._mark_gate)
         self._unknown_names: dict[nn.Module, str] = {}
+        self._unknown_in_place_modules: set[nn.Module] = set()
         #: False: the hooks stay attached but measure nothing (``Monitor(measure_every=K)``).
         self.enabled = True
         #: When a list: the autograd node of every site output whose gradient a hook waits for
@@ -307,9 +308,19 @@ class SiteRecorder:
             and isinstance(z, Tensor)
             and z.is_floating_point()
             and needs_copy
-            and _inplace(module)
+            and (
+                _inplace(module)
+                or module in self._unknown_in_place_modules
+                or (
+                    kind is None
+                    and module not in self._unknown_names
+                    and module not in self._not_elementwise
+                )
+            )
         ):
-            saved = z.detach().clone()  # the op will overwrite the true pre-activation
+            # the op will overwrite the true pre-activation; an unknown module's first call is
+            # copied too: it may work in place without an ``inplace`` flag (see _measure)
+            saved = z.detach().clone()
         self._saved_inputs.setdefault(module, []).append(saved)
 
     def _module_post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -387,6 +398,8 @@ class SiteRecorder:
         key = self._module_key(module, index)
         kind = self._module_kinds.get(module)
         inplace = output is z or bool(getattr(module, "inplace", False))
+        if kind is None and output is z and not self._unknown_in_place(module, saved, output):
+            return  # an identity ("LinearActivation"): nothing to measure
         pre = saved if inplace else z  # saved is None for in-place from_output kinds
         delta_bar = None
         params: Mapping[str, Any] = {}
@@ -422,6 +435,17 @@ class SiteRecorder:
                     step=step,
                     dims=site.dims(output.dim()),
                 )
+
+    def _unknown_in_place(self, module: nn.Module, saved: Tensor | None, a: Tensor) -> bool:
+        """An unknown module returned its input: in place (copy its input from now on), or an
+        identity, which is no site. Decided at its first call, whose input was copied."""
+        if module in self._unknown_in_place_modules:
+            return True
+        if saved is None or torch.equal(saved, a):
+            self._not_elementwise.add(module)
+            return False
+        self._unknown_in_place_modules.add(module)
+        return True
 
     def _name_unknown(self, module: nn.Module, z: Tensor | None, a: Tensor) -> str:
         """The canonical name of what an unregistered module computes, else its class name."""
