@@ -337,9 +337,10 @@ def _raw_on_device(batch: Any, device: torch.device) -> Any:
 
 
 def _forward_error(model: nn.Module, split: SplitBatch, exc: Exception) -> str:
+    named = [(None, a) for a in split.args] + list(split.kwargs.items())
     shapes = [
-        f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}"
-        for a in list(split.args) + list(split.kwargs.values())
+        f"{key + ' ' if key else ''}{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}"
+        for key, a in named
         if isinstance(a, Tensor)
     ]
     expected = expected_input(model)
@@ -351,14 +352,18 @@ def _forward_error(model: nn.Module, split: SplitBatch, exc: Exception) -> str:
     )
 
 
+_CONV_INPUTS = {1: ("L", "signals"), 2: ("H, W", "images"), 3: ("D, H, W", "volumes")}
+
+
 def expected_input(model: nn.Module) -> str | None:
     """Human description of the input the first layer expects (for error messages)."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             return f"(batch, {module.in_features}) float features"
         if isinstance(module, nn.modules.conv._ConvNd):
-            spatial = ", ".join(["H", "W", "D"][: len(module.kernel_size)])
-            return f"(batch, {module.in_channels}, {spatial}) float images"
+            rank = len(module.kernel_size)
+            spatial, what = _CONV_INPUTS.get(rank, (", ".join(["L"] * rank), "tensors"))
+            return f"(batch, {module.in_channels}, {spatial}) float {what}"
         if isinstance(module, nn.Embedding):
             return f"(batch, seq) integer ids below {module.num_embeddings}"
     return None

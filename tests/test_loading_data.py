@@ -247,7 +247,7 @@ def test_torch_file_single_tensor(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        ({"inputs": torch.zeros(2)}, "expected key 'x'"),
+        ({"input ids": torch.zeros(2)}, "expected key 'x'"),
         (torch.zeros(0, 4), "is empty (0 samples)"),
         ((torch.zeros(3, 4), torch.zeros(2)), "x has 3, y has 2"),
         (nn.Linear(2, 2), "refused for safety"),

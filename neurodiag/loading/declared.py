@@ -1,0 +1,98 @@
+"""What a model declares about its inputs: image size, channels, Hugging Face input names.
+
+Read from attributes only (nothing is called): ``image_size``/``img_size`` on the model or its
+``config`` (an int or ``(H, W)``), timm's ``pretrained_cfg``/``default_cfg`` ``input_size``
+``(C, H, W)``, a timm ViT's ``patch_embed.img_size``, Hugging Face ``config.num_channels``; the
+forward's parameter names (``inspect.signature``) and Hugging Face ``main_input_name``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+#: Hugging Face main inputs neurodiag can synthesise, in the order a forward is searched.
+MAIN_INPUTS = ("input_ids", "pixel_values", "input_values", "input_features")
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value > 0:
+        return (value, value)
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) >= 2:
+        tail = value[-2:]
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in tail):
+            return (int(tail[0]), int(tail[1]))
+    return None
+
+
+def declared_image_size(model: nn.Module) -> tuple[tuple[int, int], str] | None:
+    """((H, W), where it was read) from the model's attributes and configs, if declared."""
+    config = getattr(model, "config", None)
+    patch_embed = getattr(model, "patch_embed", None)
+    places: list[tuple[Any, str]] = [
+        (model, type(model).__name__),
+        (config, f"{type(model).__name__}.config"),
+        (patch_embed, f"{type(model).__name__}.patch_embed"),
+    ]
+    for owner, label in places:
+        if owner is None:
+            continue
+        for attr in ("image_size", "img_size"):
+            size = _size(getattr(owner, attr, None))
+            if size is not None:
+                return size, f"{label}.{attr}"
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, dict):
+            size = _size(cfg.get("input_size"))
+            if size is not None:
+                return size, f"{type(model).__name__}.{attr}['input_size']"
+    return None
+
+
+def declared_channels(model: nn.Module) -> int | None:
+    """Image channels from a Hugging Face config or timm's ``input_size`` (C, H, W)."""
+    channels = getattr(getattr(model, "config", None), "num_channels", None)
+    if isinstance(channels, int) and not isinstance(channels, bool) and channels > 0:
+        return channels
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        size = cfg.get("input_size") if isinstance(cfg, dict) else None
+        if isinstance(size, Sequence) and len(size) == 3 and isinstance(size[0], int):
+            return int(size[0])
+    return None
+
+
+def forward_parameters(model: nn.Module) -> tuple[str, ...]:
+    """Names of the forward's parameters (empty when it has no inspectable signature)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return ()
+    return tuple(signature.parameters)
+
+
+def main_input(model: nn.Module) -> str | None:
+    """The Hugging Face main input: ``main_input_name`` if the forward takes it, else the first
+    of ``MAIN_INPUTS`` in the signature; None for a model without a ``config``."""
+    if getattr(model, "config", None) is None:
+        return None
+    params = forward_parameters(model)
+    name = getattr(model, "main_input_name", None)
+    if isinstance(name, str) and name in MAIN_INPUTS and name in params:
+        return name
+    return next((n for n in MAIN_INPUTS if n in params), None)
+
+
+__all__ = [
+    "MAIN_INPUTS",
+    "declared_channels",
+    "declared_image_size",
+    "forward_parameters",
+    "main_input",
+]
