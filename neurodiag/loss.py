@@ -55,6 +55,12 @@ def _output_loss(output: Any) -> Tensor | None:
     return loss if isinstance(loss, Tensor) else None
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class LossResolver:
     """Computes the scan loss for one batch and remembers which rule was used."""
 
@@ -66,7 +72,15 @@ class LossResolver:
     def __call__(self, output: Any, batch: SplitBatch, raw_batch: Any) -> Tensor:
         if self.user_loss is not None:
             self.name = "loss_fn from the model file"
-            loss = self.user_loss(output, raw_batch)
+            try:
+                loss = self.user_loss(output, raw_batch)
+            except NeurodiagError:
+                raise
+            except Exception as exc:
+                raise NeurodiagError(
+                    f"loss_fn raised {type(exc).__name__}: {first_line(exc)}; fix loss_fn in the "
+                    "model file (it is called as loss_fn(output, batch))"
+                ) from exc
             if not isinstance(loss, Tensor):
                 raise NeurodiagError(
                     f"loss_fn returned {type(loss).__name__}, expected a scalar tensor"
@@ -83,6 +97,12 @@ class LossResolver:
         return loss.reshape(())
 
     def _default(self, out: Tensor, targets: Tensor | None) -> Tensor:
+        if not (out.is_floating_point() or out.is_complex()):
+            raise NeurodiagError(
+                f"the model's output is {str(out.dtype).removeprefix('torch.')}, so no gradient "
+                "can flow from it; return a floating output (e.g. logits), or define "
+                "loss_fn(output, batch) in the model file, or scan with --forward-only"
+            )
         if targets is None:
             self.name = "surrogate: random projection (no targets)"
             r = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)

@@ -82,10 +82,26 @@ def _figure(panels: int) -> Figure:
     return figure
 
 
+def check_plot_path(path: str | Path) -> None:
+    """Refuse a plot file whose format matplotlib cannot write, before any work is done."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        raise NeurodiagError("install matplotlib: pip install 'neurodiag[plot]'") from None
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if suffix not in supported:
+        raise NeurodiagError(
+            f"--plot {path}: cannot write a '.{suffix}' plot; use one of "
+            f"{', '.join('.' + s for s in sorted(supported))} (e.g. scan.png)"
+        )
+
+
 def _save(figure: Figure, path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     target = Path(path)
+    check_plot_path(target)
     FigureCanvasAgg(figure)
     try:
         figure.savefig(target, dpi=120)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from neurodiag.activations.registry import REGISTRY, ActivationRegistry
 from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU, ScanConfig
-from neurodiag.errors import NeurodiagError
+from neurodiag.errors import NeurodiagError, Terminated
 from neurodiag.grad_targets import choose_targets
-from neurodiag.loss import LossResolver, UserLoss
+from neurodiag.loss import LossResolver, UserLoss, first_line
 from neurodiag.model_state import model_device, model_dtype, preserved
 from neurodiag.report.build import build_report
 from neurodiag.report.model import Report, ScanHeader
@@ -35,9 +35,11 @@ from neurodiag.stats.sync import all_reduce_sites
 class ScanInterrupted(Exception):
     """Ctrl-C during a scan; ``report`` holds what was measured so far (marked partial)."""
 
-    def __init__(self, report: Report) -> None:
-        super().__init__("scan interrupted")
+    def __init__(self, report: Report, terminated: bool = False) -> None:
+        super().__init__("scan terminated" if terminated else "scan interrupted")
         self.report = report
+        #: SIGTERM (``neurodiag.errors.Terminated``) rather than Ctrl-C
+        self.terminated = terminated
 
 
 def unwrap_compiled(model: nn.Module) -> tuple[nn.Module, bool]:
@@ -113,7 +115,7 @@ def scan(
     state.notes.extend(notes)
     timed_out = False
     resolver = LossResolver(loss_fn, _generator(device, seed))
-    interrupted = False
+    interrupted = terminated = False
     rank, world = distributed_rank_world()
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with preserved(model), torch.random.fork_rng(devices=rng_devices):
@@ -123,7 +125,7 @@ def scan(
         recorder.watched = []
         with recorder:
             try:
-                for index, batch in enumerate(data):
+                for index, batch in enumerate(_batches(data)):
                     if max_batches is not None and index >= max_batches:
                         break
                     if index % world != rank:  # rank r takes batches r, r + W, r + 2W, ...
@@ -140,8 +142,9 @@ def scan(
                         timed_out = True
                         state.notes.append(f"stopped by the timeout of {timeout_s:g} s")
                         break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:
                 interrupted = True
+                terminated = isinstance(stop, Terminated)
     sites = recorder.sites
     if world > 1:
         sites = all_reduce_sites(sites, cfg, device)
@@ -171,7 +174,7 @@ def scan(
     if hint:
         report.header = replace(report.header, notes=(*report.header.notes, hint))
     if interrupted:
-        raise ScanInterrupted(report)
+        raise ScanInterrupted(report, terminated)
     return report
 
 
@@ -287,7 +290,15 @@ def _step(
     if loss.requires_grad:
         targets = choose_targets(leaves, fed_inputs, params, watched)
         watched.clear()
-        torch.autograd.grad(loss, targets, allow_unused=True)
+        try:
+            torch.autograd.grad(loss, targets, allow_unused=True)
+        except NeurodiagError:
+            raise
+        except Exception as exc:  # a custom autograd Function's backward, an OOM...
+            raise NeurodiagError(
+                f"the backward pass raised {type(exc).__name__}: {first_line(exc)}; check the "
+                "model's custom autograd functions, or scan with --forward-only"
+            ) from exc
     elif "the loss does not depend on anything that requires grad" not in state.notes:
         state.notes.append("the loss does not depend on anything that requires grad")
     state.count(raw_batch)
@@ -312,6 +323,24 @@ def _forward_step(
     with torch.no_grad():
         _call(model, fed, split)
     state.count(raw_batch)
+
+
+def _batches(data: Iterable[Any]) -> Iterator[Any]:
+    """``data``'s batches; an exception while producing one is a one-line error naming it."""
+    iterator = iter(data)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except NeurodiagError:
+            raise
+        except Exception as exc:  # a loader's bug, an allocation too large for memory...
+            raise NeurodiagError(
+                f"the data source raised {type(exc).__name__} while producing a batch: "
+                f"{first_line(exc)}; check --data (or --input-shape/--batch-size)"
+            ) from exc
+        yield batch
 
 
 def _split(raw_batch: Any) -> SplitBatch:
@@ -372,7 +401,10 @@ def expected_input(model: nn.Module) -> str | None:
 def _check_includes(recorder: SiteRecorder) -> None:
     unmatched = recorder.unmatched_includes()
     if unmatched:
-        names = [name for name, _ in recorder.ordered_sites()] or ["(none)"]
+        # every site the model has, measured or left out by the globs
+        names = [name for name, _ in recorder.ordered_sites()]
+        names += sorted({key.candidate_names()[0] for key in recorder.skipped} - set(names))
+        names = names or ["(none found)"]
         raise NeurodiagError(
             f"--include {', '.join(repr(p) for p in unmatched)} matched no site; "
             f"sites: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"

@@ -36,10 +36,52 @@ FILES: dict[str, str] = {
     "wrong_type.yaml": "source: synthetic\nbatch_size: ten\n",
     "table.csv": "a,b,c,d,label\n1,2,3,4,0\n5,6,7,8,1\n",
     "loaders.py": "def make():\n    return []\n",
+    "loss_raises.py": GOOD_MODEL + "\ndef loss_fn(output, batch):\n    raise KeyError('logits')\n",
+    "backward_raises.py": (
+        "import torch\nfrom torch import nn\n"
+        "class Boom(torch.autograd.Function):\n"
+        "    @staticmethod\n    def forward(ctx, x):\n        return x * 2\n"
+        "    @staticmethod\n    def backward(ctx, g):\n        raise ValueError('no backward')\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 3)\n        self.act = nn.ReLU()\n"
+        "    def forward(self, x):\n        return Boom.apply(self.act(self.fc(x)))\n"
+        "def build_model():\n    return M()\n"
+    ),
+    "int_output.py": (
+        "import torch\nfrom torch import nn\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 3)\n        self.act = nn.ReLU()\n"
+        "    def forward(self, x):\n        return self.act(self.fc(x)).argmax(1)\n"
+        "def build_model():\n    return M()\n"
+    ),
+    "no_sites.py": "from torch import nn\ndef build_model():\n    return nn.Linear(4, 3)\n",
+    "data_loader.yaml": "source: loaders.py:missing_fn\n",
+    "nested.yaml": "source: bad.yaml\n",
+    "negative_batch.yaml": "source: synthetic\nbatch_size: -3\n",
+    "not_a_mapping.yaml": "- 1\n- 2\n",
+    "no_header.json": '{"sites": []}',
+    "not_json.json": "{not json",
+    "thresholds_bad.yaml": "thresholds:\n  max_dead_pct: lots\n",
+    "thresholds_unknown.yaml": "thresholds:\n  max_dead_percent: 5\n",
 }
 
 
+class _Evil:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("echo PWNED",))
+
+
 def _tensors(tmp: Path) -> None:
+    import pickle
+
+    torch.save({"w": _Evil()}, tmp / "evil.pt")
+    (tmp / "evil.pkl").write_bytes(pickle.dumps(_Evil()))
+    (tmp / "adir").mkdir(exist_ok=True)
+    torch.save({"input ids": torch.zeros(2)}, tmp / "bad_keys.pt")
     torch.save(torch.randn(4, 7), tmp / "wrong_shape.pt")
     torch.save(torch.randint(0, 5, (4, 4)), tmp / "int_inputs.pt")
     torch.save(torch.randn(0, 4), tmp / "empty.pt")
@@ -89,6 +131,104 @@ CASES: list[tuple[str, list[str], str]] = [
     ("unknown format", ["scan", "{tmp}/good.py", "--format", "xml"], "xml"),
     ("unknown command", ["scna", "{tmp}/good.py"], "scna"),
     ("missing model argument", ["scan"], "MODEL"),
+    # issue 13: tracebacks that were
+    ("loss_fn raises", ["scan", "{tmp}/loss_raises.py"], "loss_fn raised KeyError"),
+    ("custom backward raises", ["scan", "{tmp}/backward_raises.py"], "no backward"),
+    ("integer model output", ["scan", "{tmp}/int_output.py"], "output is int64"),
+    (
+        "input too large to allocate",
+        ["scan", "{tmp}/good.py", "--input-shape", "100000,100000,10"],
+        "while producing a batch",
+    ),
+    ("plot format unknown", ["scan", "{tmp}/good.py", "--plot", "{tmp}/out.txt"], ".txt"),
+    ("check plot format unknown", ["check", "{tmp}/good.py", "--plot", "{tmp}/o.txt"], ".txt"),
+    (
+        "compare plot format unknown",
+        ["compare", "{tmp}/good.py", "-a", "relu", "--plot", "{tmp}/o.txt"],
+        ".txt",
+    ),
+    # issue 13: silent passes that were
+    (
+        "check with every site excluded",
+        ["check", "{tmp}/good.py", "--exclude", "*"],
+        "--allow-empty",
+    ),
+    (
+        "check of a model without sites",
+        ["check", "{tmp}/no_sites.py"],
+        "checked no activation site",
+    ),
+    # issue 13: misleading lines that were
+    (
+        "pickle with a refused global",
+        ["scan", "{tmp}/good.py", "-w", "{tmp}/evil.pt"],
+        "posix.system",
+    ),
+    (
+        "plain pickle as weights",
+        ["scan", "{tmp}/good.py", "-w", "{tmp}/evil.pkl"],
+        "not a torch.save file (a plain pickle",
+    ),
+    ("directory as weights", ["scan", "{tmp}/good.py", "-w", "{tmp}/adir"], "is a directory"),
+    ("directory as data", ["scan", "{tmp}/good.py", "-d", "{tmp}/adir"], "is a directory"),
+    ("NaN threshold", ["check", "{tmp}/good.py", "--max-dead-pct", "nan"], "got nan"),
+    ("NaN eps", ["scan", "{tmp}/good.py", "--eps", "nan"], "got nan"),
+    ("NaN tau", ["scan", "{tmp}/good.py", "--tau", "nan"], "got nan"),
+    ("percent threshold above 100", ["check", "{tmp}/good.py", "--max-dead-pct", "120"], "120"),
+    ("include lists the real sites", ["scan", "{tmp}/good.py", "--include", "zz*"], "sites: 1"),
+    (
+        "data file dict with bad keys",
+        ["scan", "{tmp}/good.py", "-d", "{tmp}/bad_keys.pt"],
+        "expected key 'x'",
+    ),
+    # more of the same kind
+    ("batch size zero", ["scan", "{tmp}/good.py", "--batch-size", "0"], "--batch-size"),
+    ("max batches zero", ["scan", "{tmp}/good.py", "--max-batches", "0"], "--max-batches"),
+    ("unknown dead window", ["scan", "{tmp}/good.py", "--dead-window", "epoch"], "epoch"),
+    ("unknown mode", ["scan", "{tmp}/good.py", "--mode", "test"], "test"),
+    ("unknown device", ["scan", "{tmp}/good.py", "--device", "tpu"], "tpu"),
+    ("loader function missing", ["scan", "{tmp}/good.py", "-d", "{tmp}/loaders.py:nope"], "nope"),
+    (
+        "YAML source loader missing",
+        ["scan", "{tmp}/good.py", "-d", "{tmp}/data_loader.yaml"],
+        "missing_fn",
+    ),
+    ("YAML source is a YAML", ["scan", "{tmp}/good.py", "-d", "{tmp}/nested.yaml"], "YAML"),
+    (
+        "YAML negative batch size",
+        ["scan", "{tmp}/good.py", "-d", "{tmp}/negative_batch.yaml"],
+        "batch_size",
+    ),
+    ("YAML not a mapping", ["scan", "{tmp}/good.py", "-d", "{tmp}/not_a_mapping.yaml"], "mapping"),
+    (
+        "negative max-nonfinite",
+        ["check", "{tmp}/good.py", "--max-nonfinite", "-1"],
+        "--max-nonfinite",
+    ),
+    ("missing baseline", ["check", "{tmp}/good.py", "--baseline", "{tmp}/none.json"], "none.json"),
+    (
+        "baseline not JSON",
+        ["check", "{tmp}/good.py", "--baseline", "{tmp}/not_json.json"],
+        "not_json.json",
+    ),
+    (
+        "update baseline without baseline",
+        ["check", "{tmp}/good.py", "--update-baseline"],
+        "--baseline",
+    ),
+    (
+        "check config bad value",
+        ["check", "{tmp}/good.py", "--config", "{tmp}/thresholds_bad.yaml"],
+        "max_dead_pct",
+    ),
+    (
+        "check config unknown key",
+        ["check", "{tmp}/good.py", "--config", "{tmp}/thresholds_unknown.yaml"],
+        "max_dead_percent",
+    ),
+    ("compare without activation", ["compare", "{tmp}/good.py"], "--activation"),
+    ("compare unknown activation", ["compare", "{tmp}/good.py", "-a", "nope9"], "nope9"),
+    ("timeout not a number", ["scan", "{tmp}/good.py", "--timeout", "soon"], "--timeout"),
 ]
 
 
@@ -111,5 +251,17 @@ def test_bad_input(
     assert "Traceback" not in out + err
 
 
-def test_there_are_at_least_25_cases() -> None:
-    assert len(CASES) >= 25
+def test_there_are_at_least_60_cases() -> None:
+    assert len(CASES) >= 60
+
+
+def test_nothing_in_a_refused_pickle_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "good.py").write_text(GOOD_MODEL)
+    _tensors(tmp_path)
+    for name in ("evil.pt", "evil.pkl"):
+        with pytest.raises(SystemExit):
+            main(["scan", str(tmp_path / "good.py"), "-w", str(tmp_path / name)])
+    out, err = capsys.readouterr()
+    assert "PWNED" not in out + err

@@ -5,6 +5,7 @@ exit code 2; ``--debug`` shows the traceback instead. One module per command.
 """
 
 import importlib
+from typing import Any
 
 from neurodiag.cli import check as _check  # noqa: F401  (registers the command)
 from neurodiag.cli import compare as _compare  # noqa: F401  (registers the command)
@@ -25,10 +26,19 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; usage errors become one line and exit 2, like input errors."""
+    import signal
     import sys
 
-    from neurodiag.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, is_rank_zero
+    from neurodiag.cli.common import EXIT_USAGE, interrupted_code, is_rank_zero
+    from neurodiag.errors import Terminated
 
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()  # a KeyboardInterrupt: partial reports are kept, exit 143
+
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         code = app(args=argv, standalone_mode=False)
     except _usage_errors() as exc:
@@ -38,8 +48,11 @@ def main(argv: list[str] | None = None) -> None:
             message = exc.format_message().rstrip(".")  # type: ignore[attr-defined]
             print(f"error: {message}; see '{command} --help'", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        sys.exit(interrupted_code(isinstance(stop, Terminated)))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)
 
 

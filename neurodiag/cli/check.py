@@ -35,7 +35,6 @@ from neurodiag.check.config import ThresholdConfig
 from neurodiag.check.render_text import render_check_table
 from neurodiag.check.thresholds import DEFAULTS, SPECS, ThresholdSpec
 from neurodiag.cli.common import (
-    EXIT_INTERRUPTED,
     BatchSizeOpt,
     DataOpt,
     DeadWindow,
@@ -63,10 +62,13 @@ from neurodiag.cli.common import (
     WeightsOpt,
     app,
     exit_with,
+    in_range,
+    interrupted_code,
     is_rank_zero,
     print_or_write,
     save_scan_plot,
     user_errors,
+    validate_plot,
     write_text,
 )
 from neurodiag.cli.runner import scan_config, scan_from_options
@@ -131,8 +133,8 @@ def _threshold_option(spec: ThresholdSpec) -> inspect.Parameter:
     suffix = f" (default {default})" if default is not None else ""
     option = typer.Option(
         spec.flag,
-        min=0,
-        max=100.0 if spec.percent else None,
+        min=0 if spec.integer else None,
+        callback=None if spec.integer else in_range(100.0 if spec.percent else None),
         help=f"Fail if a site's {spec.metric} is {side} this{unit}{suffix}.",
         show_default=False,
         rich_help_panel="Thresholds",
@@ -211,6 +213,10 @@ def check(
     exclude: ExcludeOpt = [],  # noqa: B006
     feature_dim: FeatureDimOpt = [],  # noqa: B006
     flag_gates: FlagGatesOpt = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option("--allow-empty", help="Pass a check that found no activation site (exit 0)."),
+    ] = False,
     config: ConfigOpt = None,
     baseline: BaselineOpt = None,
     tolerance: ToleranceOpt = DEFAULT_TOLERANCE,
@@ -232,6 +238,7 @@ def check(
     """
     flags = dict(thresholds or {})
     with user_errors(debug):
+        validate_plot(plot)
         if update_baseline and baseline is None:
             raise NeurodiagError("--update-baseline needs --baseline FILE to write to")
         given = ["--" + key.replace("_", "-") for key, value in flags.items() if value is not None]
@@ -271,10 +278,17 @@ def check(
                 target=target,
                 progress=progress,
             )
-        except ScanInterrupted:
+        except ScanInterrupted as stop:
+            what = "terminated (SIGTERM)" if stop.terminated else "interrupted"
             raise exit_with(
-                "interrupted; the scan did not finish, so there is no verdict", EXIT_INTERRUPTED
+                f"{what}; the scan did not finish, so there is no verdict",
+                interrupted_code(stop.terminated),
             ) from None
+        if not report.rows and not allow_empty:
+            raise NeurodiagError(
+                "checked no activation site (none found, or --include/--exclude left none), so "
+                "there is nothing to gate; fix the model or the globs, or pass --allow-empty"
+            )
         save_scan_plot(report, plot)
         if update_baseline and baseline is not None:
             if is_rank_zero():

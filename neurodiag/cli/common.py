@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +29,8 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 T = TypeVar("T")
 
 
@@ -200,6 +203,19 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
     print_or_write(render(report, fmt.value), output)
 
 
+def interrupted_code(terminated: bool) -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (README "Exit codes")."""
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def validate_plot(plot: Path | None) -> None:
+    """``--plot``: refuse an unwritable format before scanning (not after the report)."""
+    if plot is not None and is_rank_zero():
+        from neurodiag.plots import check_plot_path
+
+        check_plot_path(plot)
+
+
 def save_scan_plot(report: Report, plot: Path | None) -> None:
     """``--plot``: dead % and MAG by depth, written by rank 0 only."""
     if plot is not None and is_rank_zero():
@@ -221,7 +237,14 @@ def write_text(output: Path, text: str, option: str = "--output") -> None:
 def print_or_write(text: str, output: Path | None) -> None:
     """Rendered text to stdout, or to ``--output FILE``."""
     if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        try:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # ``neurodiag check ... | head``: the reader left. The verdict (the exit code) still
+            # counts; the rest of the output goes nowhere instead of raising again at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
     else:
         write_text(output, text)
 
@@ -232,7 +255,9 @@ DataOpt = Annotated[
         "--data",
         "-d",
         help="Data spec: a YAML file, file.pt/.npz/.npy/.csv/.parquet, sklearn:NAME, "
-        "loaders.py:fn. Omitted: the model file's make_data() or synthetic batches.",
+        "loaders.py:fn. Omitted: the model file's make_data() or synthetic batches. "
+        "A loaders.py (given here or as a YAML 'source:') is Python and is executed; "
+        "tensor files are read with weights_only=True, YAML with safe_load.",
     ),
 ]
 WeightsOpt = Annotated[
@@ -258,8 +283,36 @@ InputShapeOpt = Annotated[
     typer.Option("--input-shape", help="Synthetic input shape without batch dim, e.g. 3,32,32."),
 ]
 TargetOpt = Annotated[str | None, typer.Option("--target", help="CSV/Parquet target column.")]
-EpsOpt = Annotated[float, typer.Option("--eps", min=0.0, help="Dead if |σ'(z)| ≤ eps everywhere.")]
-TauOpt = Annotated[float, typer.Option("--tau", min=0.0, help="Dormant if normalised score ≤ tau.")]
+
+
+def in_range(upper: float | None = None) -> Callable[[float | None], float | None]:
+    """Option callback: a number in [0, upper]. Click's own range check lets NaN through to
+    say "should be >= 0" (every comparison with NaN is False), so NaN is named here first."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if math.isnan(value):
+            raise typer.BadParameter("must be a number, got nan")
+        if value < 0 or (upper is not None and value > upper):
+            bound = f"between 0 and {upper:g}" if upper is not None else ">= 0"
+            raise typer.BadParameter(f"must be {bound}, got {value:g}")
+        return value
+
+    return check
+
+
+reject_nan = in_range()
+
+
+EpsOpt = Annotated[
+    float,
+    typer.Option("--eps", callback=reject_nan, help="Dead if |σ'(z)| ≤ eps everywhere."),
+]
+TauOpt = Annotated[
+    float,
+    typer.Option("--tau", callback=reject_nan, help="Dormant if normalised score ≤ tau."),
+]
 DeadWindowOpt = Annotated[
     DeadWindow,
     typer.Option("--dead-window", help="scan: dead over the whole scan; batch: per-batch average."),

@@ -30,10 +30,13 @@ from neurodiag.cli.common import (
     TauOpt,
     WeightsOpt,
     app,
+    exit_with,
+    interrupted_code,
     is_rank_zero,
     print_or_write,
     progress_bar,
     user_errors,
+    validate_plot,
 )
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
@@ -113,8 +116,11 @@ def compare(
     from neurodiag.compare import compare as run_compare
     from neurodiag.compare.render import render_comparison
     from neurodiag.compare.split import holdout_split
+    from neurodiag.errors import Terminated
+    from neurodiag.scan import ScanInterrupted
 
     with user_errors(debug):
+        validate_plot(plot)
         if not activation:
             raise NeurodiagError("give at least one --activation, e.g. --activation bern9")
         base_seed = seed if seed is not None else 0
@@ -135,26 +141,33 @@ def compare(
             split = holdout_split(train, holdout, base_seed)
             if split is not None:
                 train, held_out = split
-        with progress_bar(None, progress and is_rank_zero(), "comparing") as advance:
-            comparison = run_compare(
-                loaded.model,
-                train,
-                activation,
-                epochs=epochs,
-                steps=steps,
-                optimizer=optimizer.value,
-                lr=lr,
-                # with training, --batch-size also reshuffles samples into new batches every epoch
-                batch_size=batch_size if (epochs or steps) else None,
-                seed=base_seed,
-                eval_data=held_out,
-                loss_fn=loaded.hook("loss_fn"),
-                eps=eps,
-                tau=tau,
-                dead_window=dead_window.value,
-                mode=mode.value,
-                on_step=(lambda p: advance(p.done, p.total)) if advance else None,
-            )
+        try:
+            with progress_bar(None, progress and is_rank_zero(), "comparing") as advance:
+                comparison = run_compare(
+                    loaded.model,
+                    train,
+                    activation,
+                    epochs=epochs,
+                    steps=steps,
+                    optimizer=optimizer.value,
+                    lr=lr,
+                    # with training, --batch-size also reshuffles samples into new batches
+                    batch_size=batch_size if (epochs or steps) else None,
+                    seed=base_seed,
+                    eval_data=held_out,
+                    loss_fn=loaded.hook("loss_fn"),
+                    eps=eps,
+                    tau=tau,
+                    dead_window=dead_window.value,
+                    mode=mode.value,
+                    on_step=(lambda p: advance(p.done, p.total)) if advance else None,
+                )
+        except (KeyboardInterrupt, ScanInterrupted) as stop:  # Ctrl-C/SIGTERM: scan or training
+            terminated = isinstance(stop, Terminated) or getattr(stop, "terminated", False)
+            raise exit_with(
+                "interrupted; compare did not finish, so there is no comparison to show",
+                interrupted_code(terminated),
+            ) from None
         if not is_rank_zero():
             return
         text = render_comparison(comparison, fmt.value, per_site=per_site)

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from neurodiag.cli.common import (
-    EXIT_INTERRUPTED,
     BatchSizeOpt,
     DataOpt,
     DeadWindow,
@@ -38,8 +37,10 @@ from neurodiag.cli.common import (
     app,
     emit,
     exit_with,
+    interrupted_code,
     save_scan_plot,
     user_errors,
+    validate_plot,
 )
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 
@@ -83,6 +84,7 @@ def scan(
     from neurodiag.scan import ScanInterrupted
 
     with user_errors(debug):
+        validate_plot(plot)
         try:
             report = scan_from_options(
                 model,
@@ -110,6 +112,9 @@ def scan(
             )
         except ScanInterrupted as stop:
             emit(stop.report, fmt, output)
-            raise exit_with("interrupted; the report above is partial", EXIT_INTERRUPTED) from None
+            what = "terminated (SIGTERM)" if stop.terminated else "interrupted"
+            raise exit_with(
+                f"{what}; the report is partial", interrupted_code(stop.terminated)
+            ) from None
         emit(report, fmt, output)
         save_scan_plot(report, plot)

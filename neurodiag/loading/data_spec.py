@@ -154,6 +154,11 @@ def _dispatch(
             f"data config source '{spec}' is itself a YAML file; name the data source directly"
         )
     kind = REGISTRY.find(spec)
+    if kind is None and Path(spec).expanduser().is_dir():
+        raise NeurodiagError(
+            f"data spec '{spec}' is a directory; name a file in it or a loader "
+            f"(one of: {accepted_forms()})"
+        )
     if kind is None:
         raise NeurodiagError(f"unknown data spec '{spec}'; use one of: {accepted_forms()}")
     _check_options(options, kind.options, f"'{spec}'")

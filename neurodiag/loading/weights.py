@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,30 @@ from neurodiag.loading.pyfile import describe_exception, list_names, one_line
 _ENTRIES = ("state_dict", "model", "model_state_dict")
 _SHOWN = 5
 # torch's message when weights_only meets a pickled class; other unpickling errors mean corruption.
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_REFUSED_GLOBAL = re.compile(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
+_UNSUPPORTED_OP = re.compile(r"Unsupported operand (\d+)")
 
 
 def read_checkpoint(path_text: str, *, what: str) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors; ``what`` names the file's role."""
     path = Path(path_text).expanduser()
+    if path.is_dir():
+        raise NeurodiagError(f"{what} '{path_text}' is a directory; name the file in it")
     if not path.is_file():
         raise NeurodiagError(f"{what} '{path_text}' not found; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol warning would add 2 lines
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _REFUSED_GLOBAL.search(str(exc))
+        operand = _UNSUPPORTED_OP.search(str(exc))
+        if refused is None and operand is not None:
+            raise NeurodiagError(
+                f"cannot read {what} '{path_text}': not a torch.save file (a plain pickle or "
+                f"another format; torch.load weights_only=True stopped at pickle opcode "
+                f"{operand.group(1)} and ran nothing); save plain tensors with torch.save"
+            ) from exc
         if refused is None:
             raise NeurodiagError(
                 f"cannot read {what} '{path_text}' (not a readable torch.save file); "

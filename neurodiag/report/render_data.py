@@ -21,9 +21,14 @@ JSON_SCHEMA_VERSION = 1
 def to_csv(report: Report, *, width: int | None = None, color: bool = False) -> str:
     """Sites only (header facts would break ``pd.read_csv``); NaN/None become empty cells.
 
+    A partial report (Ctrl-C, SIGTERM, ``--timeout``) gets a last column ``partial`` = True.
+
     ``width`` and ``color`` are part of the common renderer signature and do not apply.
     """
-    return str(report.to_frame().to_csv(index=False, lineterminator="\n"))
+    frame = report.to_frame()
+    if report.header.partial:  # the only run fact a CSV must not lose (README "Output")
+        frame["partial"] = True
+    return str(frame.to_csv(index=False, lineterminator="\n"))
 
 
 def _plain(value: Any) -> Any:

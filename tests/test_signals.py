@@ -1,0 +1,65 @@
+"""SIGTERM and SIGINT through the real entry point: the partial report, then 143 / 130."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SLOW_MODEL = """
+import time
+from pathlib import Path
+import torch
+from torch import nn
+
+class Slow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        Path({marker!r}).touch()  # the scan is under way
+        time.sleep(0.05)
+        return self.act(self.fc(x)).sum(1)
+
+def build_model():
+    return Slow()
+"""
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_prints_the_partial_report_and_exits(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    marker = tmp_path / "started"
+    model = tmp_path / "slow.py"
+    model.write_text(SLOW_MODEL.format(marker=str(marker)))
+    args = [sys.executable, "-m", "neurodiag", "scan", str(model), "--input-shape", "4"]
+    args += ["--max-batches", "100000", "--batch-size", "2", "-f", "csv", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with subprocess.Popen(
+        [*args, "-d", "synthetic"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as process:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few batches in
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == code, err.decode()
+    frame = pd.read_csv(io.StringIO(out.decode()))
+    assert frame["partial"].all() and frame["site"].tolist() == ["act"]
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ") and "partial" in lines[-1]
+    assert "Traceback" not in err.decode()
