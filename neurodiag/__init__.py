@@ -1,12 +1,22 @@
 """neurodiag: dead neurons and gradient flow at every activation site of a PyTorch model."""
 
-from neurodiag.activations.bernstein import Bernstein
-from neurodiag.config import ScanConfig
-from neurodiag.errors import NeurodiagError
-from neurodiag.monitor import Monitor
-from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
-from neurodiag.scan import ScanInterrupted, scan
-from neurodiag.swap import swap_activations
+import os
+import sys
+
+try:  # these import torch: seconds, during which the user may press Ctrl-C
+    from neurodiag.activations.bernstein import Bernstein
+    from neurodiag.config import ScanConfig
+    from neurodiag.errors import NeurodiagError
+    from neurodiag.monitor import Monitor
+    from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
+    from neurodiag.scan import ScanInterrupted, scan
+    from neurodiag.swap import swap_activations
+except KeyboardInterrupt:
+    # the console script: a clean exit 130 (README "Exit codes"), not a traceback from
+    # inside torch's import; a program importing neurodiag gets its KeyboardInterrupt
+    if os.path.basename(sys.argv[0]) in ("neurodiag", "neurodiag.exe"):
+        raise SystemExit(130) from None
+    raise
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """``python -m neurodiag`` (also what ``torchrun -m neurodiag`` runs)."""
 
-from neurodiag.cli import main
+from neurodiag._entry import main
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import neurodiag
 from neurodiag.check import evaluate
+from neurodiag.report import is_unhealthy
 from neurodiag.sites.axes import follow_dim
 from tests.fixtures.models import ZOO, make_batches
 
@@ -218,7 +219,7 @@ def test_gates_are_not_flagged_unless_asked() -> None:
     batches = make_batches("squeeze_excite", model)
     report = neurodiag.scan(model, batches)
     assert _row(report, "scale_activation")["dead_pct"] == 100.0
-    assert neurodiag.report.is_unhealthy(_row(report, "scale_activation")) is False
+    assert is_unhealthy(_row(report, "scale_activation")) is False
     checked = {c.site: c.status for c in evaluate(report, {"max_dead_pct": 50}).sites}
     assert checked["scale_activation"] == "ok"
     flagged = neurodiag.scan(model, batches, flag_gates=True)

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(
         ("scan", "monitor", "swap", "check", "compare", "plots", "testing", "integrations"), 5
     ),
-    **dict.fromkeys(("cli", "__main__", "__init__"), 6),
+    **dict.fromkeys(("cli", "_entry", "__main__", "__init__"), 6),
 }
 
 

@@ -63,3 +63,19 @@ def test_a_signal_prints_the_partial_report_and_exits(
     lines = [line for line in err.decode().splitlines() if line.strip()]
     assert lines and lines[-1].startswith("error: ") and "partial" in lines[-1]
     assert "Traceback" not in err.decode()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_while_importing_is_a_clean_130() -> None:
+    """Ctrl-C while the console script is still importing torch: exit 130, no traceback."""
+    script = Path(sys.executable).parent / "neurodiag"
+    if not script.exists():
+        pytest.skip("the console script is not installed next to this interpreter")
+    with subprocess.Popen(
+        [str(script), "scan", "nothing.py"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        time.sleep(0.3)  # Python is up; torch (seconds) is still importing
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode()
+    assert b"Traceback" not in err
