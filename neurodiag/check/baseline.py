@@ -22,15 +22,18 @@ Which columns are compared, and how, is declared by each statistic (``Column.reg
   guarantee is the Bernstein bound, which is).
 
 Sites missing from the baseline are "new" (listed, never failures); sites gone from the scan are
-listed as removed. Both reports must use the same ``eps``, ``tau`` and dead window, or dead and
-dormant percentages would compare different things: that is an error, not a silent pass.
+listed as removed. A baseline records what it was made on (``IDENTITY``: model, data, samples,
+batches; and ``eps``, ``tau``, dead window): a scan of another model or other data, or with other
+thresholds, compares different things, so it is an error naming the mismatch (exit 2), not a
+silent pass. ``wall_time_s`` is not saved, so ``--update-baseline`` on an unchanged model rewrites
+the committed file byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +50,22 @@ DEFAULT_MAG_FACTOR = 2.0
 PCT_METRICS: tuple[str, ...] = tuple(c.name for c in COLUMN_SPECS if c.regression == "points")
 #: Header fields that must agree, or the percentages mean different things.
 COMPARABLE: tuple[str, ...] = ("eps", "tau", "dead_window")
+#: What the baseline was made on: another model or other data is not a regression test.
+IDENTITY: tuple[str, ...] = ("model", "data", "samples", "batches")
+#: Header fields that change from run to run: kept out of a baseline file.
+UNSTABLE: tuple[str, ...] = ("wall_time_s",)
 
 _HINT = "write one with 'neurodiag scan -f json -o FILE' or 'neurodiag check --update-baseline'"
 
 
 def save_baseline(report: Report, path: str | Path) -> None:
     """Write ``report`` as the scan JSON (``neurodiag scan -f json``) to ``path``."""
+    doc = json.loads(to_json(report))
+    for key in UNSTABLE:
+        doc.pop(key, None)
+    text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     try:
-        Path(path).write_text(to_json(report), encoding="utf-8")
+        Path(path).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise NeurodiagError(
             f"cannot write baseline '{path}': {exc.strerror or exc}; choose a writable path"
@@ -87,9 +98,17 @@ def report_from_json(doc: Any, name: str = "baseline") -> Report:
     values = {key: value for key, value in doc.items() if key in header_fields}
     values["notes"] = tuple(values.get("notes") or ())
     values["wall_time_s"] = float(values.get("wall_time_s") or 0.0)
+    required = [
+        f.name for f in fields(ScanHeader) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise NeurodiagError(
+            f"{name} has no complete scan header (missing {', '.join(missing)}); {_HINT}"
+        )
     try:
         header = ScanHeader(**values)
-    except TypeError as exc:
+    except TypeError as exc:  # pragma: no cover - every required field is present
         raise NeurodiagError(f"{name} has an incomplete header ({exc}); {_HINT}") from None
     rows: list[dict[str, Any]] = []
     for index, site in enumerate(doc["sites"]):
@@ -100,6 +119,14 @@ def report_from_json(doc: Any, name: str = "baseline") -> Report:
 
 
 def _check_comparable(current: ScanHeader, baseline: ScanHeader, name: str) -> None:
+    for key in IDENTITY:
+        now, then = getattr(current, key), getattr(baseline, key)
+        if now != then:
+            raise NeurodiagError(
+                f"baseline '{name}' was made on {key} {then!r}, this scan is on {key} {now!r}: "
+                "a baseline only compares the same model on the same data; rerun with the "
+                "baseline's model and data, or rewrite it with --update-baseline"
+            )
     for key in COMPARABLE:
         now, then = getattr(current, key), getattr(baseline, key)
         if now != then:
@@ -204,6 +231,23 @@ def compare_to_baseline(
     return CheckResult(report=report, sites=tuple(sites), baseline=summary, mode="baseline")
 
 
+def with_thresholds(regressed: CheckResult, limited: CheckResult) -> CheckResult:
+    """One verdict from a baseline comparison and a threshold check of the same report.
+
+    A site fails when it regressed or broke a limit; the summary keeps the baseline's new and
+    removed sites and the thresholds' limits.
+    """
+    by_site = {check.site: check for check in limited.sites}
+    sites = []
+    for check in regressed.sites:
+        other = by_site.get(check.site)
+        violations = check.violations + (other.violations if other is not None else ())
+        status: Status = "fail" if violations else check.status
+        thresholds = other.thresholds if other is not None else None
+        sites.append(replace(check, status=status, violations=violations, thresholds=thresholds))
+    return replace(regressed, sites=tuple(sites), config=limited.config)
+
+
 __all__ = [
     "DEFAULT_MAG_FACTOR",
     "DEFAULT_TOLERANCE",
@@ -212,4 +256,5 @@ __all__ = [
     "regressions",
     "report_from_json",
     "save_baseline",
+    "with_thresholds",
 ]

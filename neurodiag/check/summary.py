@@ -19,7 +19,10 @@ def plural(count: int, word: str) -> str:
 def headline(result: CheckResult) -> str:
     """``FAIL: 2 violations at 1 of 3 sites`` / ``OK: 3 sites checked, no violations``."""
     total = len(result.sites)
-    if result.mode == "baseline":
+    if result.mode == "baseline" and result.config is not None:  # thresholds gate as well
+        word = "violation"
+        compared = f"checked and compared with baseline {_baseline_path(result)}"
+    elif result.mode == "baseline":
         word, compared = "regression", f"compared with baseline {_baseline_path(result)}"
     else:
         word, compared = "violation", "checked"

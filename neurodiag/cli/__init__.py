@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     import signal
     import sys
 
-    from neurodiag.cli.common import EXIT_USAGE, interrupted_code, is_rank_zero
+    from neurodiag.cli.common import (
+        EXIT_USAGE,
+        finish_distributed,
+        interrupted_code,
+        is_rank_zero,
+    )
     from neurodiag.errors import Terminated
 
     def terminate(signum: int, frame: object) -> None:
@@ -39,8 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         previous: Any = signal.signal(signal.SIGTERM, terminate)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
+    completed = False
     try:
         code = app(args=argv, standalone_mode=False)
+        completed = True
     except _usage_errors() as exc:
         if is_rank_zero():
             ctx = getattr(exc, "ctx", None)
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as stop:
         sys.exit(interrupted_code(isinstance(stop, Terminated)))
     finally:
+        finish_distributed(completed)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)

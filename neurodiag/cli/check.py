@@ -31,6 +31,7 @@ from neurodiag.check import (
     render_check,
     save_baseline,
 )
+from neurodiag.check.baseline import with_thresholds
 from neurodiag.check.config import ThresholdConfig
 from neurodiag.check.render_text import render_check_table
 from neurodiag.check.thresholds import DEFAULTS, SPECS, ThresholdSpec
@@ -241,13 +242,10 @@ def check(
         validate_plot(plot)
         if update_baseline and baseline is None:
             raise NeurodiagError("--update-baseline needs --baseline FILE to write to")
-        given = ["--" + key.replace("_", "-") for key, value in flags.items() if value is not None]
-        if baseline is not None and (given or config is not None):
-            raise NeurodiagError(
-                f"{', '.join(given + (['--config'] if config else []))} cannot be combined with "
-                "--baseline: a baseline gate fails only on regressions; run check twice for both"
-            )
-        limits = load_thresholds(config, flags) if baseline is None else None
+        given = [key for key, value in flags.items() if value is not None]
+        # with --baseline, thresholds gate too when asked for (flags or --config): both must pass
+        wants_limits = baseline is None or bool(given) or config is not None
+        limits = load_thresholds(config, flags) if wants_limits else None
         if forward_only:
             _check_forward_only(limits, baseline is not None)
         old = load_baseline(baseline) if baseline is not None and not update_baseline else None
@@ -301,6 +299,8 @@ def check(
             result = compare_to_baseline(
                 report, old, tolerance=tolerance, mag_factor=mag_factor, name=str(baseline)
             )
+            if limits is not None:
+                result = with_thresholds(result, evaluate(report, limits))
         else:
             result = evaluate(report, limits)
         emit_check(result, fmt, output)

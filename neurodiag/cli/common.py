@@ -107,7 +107,35 @@ def init_distributed(device: torch.device) -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    global _OWN_PROCESS_GROUP
+    _OWN_PROCESS_GROUP = True
     return device
+
+
+#: True when ``init_distributed`` created the process group (then the CLI must destroy it).
+_OWN_PROCESS_GROUP = False
+
+
+def finish_distributed(completed: bool) -> None:
+    """Destroy the process group the CLI created, after every rank is done with it.
+
+    A process that exits with a live gloo group aborts ("terminate called without an active
+    exception", SIGABRT): the group's C++ threads are still joinable when the interpreter tears
+    it down. The barrier first keeps a rank that finished early (fewer batches) from leaving while
+    another is still in a collective; it is skipped when a command failed, as the other ranks
+    may never reach it.
+    """
+    global _OWN_PROCESS_GROUP
+    if not _OWN_PROCESS_GROUP:
+        return
+    import torch.distributed as dist
+
+    _OWN_PROCESS_GROUP = False
+    if not dist.is_initialized():
+        return
+    if completed:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def is_rank_zero() -> bool:
