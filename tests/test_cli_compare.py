@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -95,3 +96,25 @@ def test_compare_unknown_activation_is_one_line_exit_2(files: tuple[Path, Path])
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "relu7" in lines[0] and "bern" in lines[0]
+
+
+@pytest.mark.parametrize(("stop", "code"), [("sigint", 130), ("sigterm", 143)])
+def test_interrupted_compare_prints_the_finished_variants(
+    files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, stop: str, code: int
+) -> None:
+    from neurodiag.compare import engine
+    from neurodiag.errors import Terminated
+
+    real_run = engine._run
+
+    def run(variant: Any, *args: Any) -> Any:
+        if variant.name != "baseline":
+            raise Terminated() if stop == "sigterm" else KeyboardInterrupt()
+        return real_run(variant, *args)
+
+    monkeypatch.setattr(engine, "_run", run)
+    model, data = files
+    got, out, err = _run("compare", str(model), "-d", str(data), "-a", "gelu", "-f", "json")
+    assert got == code, err
+    assert [v["name"] for v in json.loads(out)["variants"]] == ["baseline"]
+    assert "partial (1 of 2 variants finished)" in err and len(err.strip().splitlines()) == 1

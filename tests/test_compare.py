@@ -290,3 +290,22 @@ def test_bernstein_trains_through_a_50_layer_he_relu_mlp(
     history = result.variant("bern9").history
     assert history[-1]["loss"] < entropy - 0.25, [h["loss"] for h in history]
     assert history[-1]["first_site_mag"] > 0.1 * history[0]["first_site_mag"]
+
+
+def test_an_interrupt_keeps_the_variants_that_finished() -> None:
+    """Ctrl-C/SIGTERM in the second variant (training or scan): the first one is kept."""
+    from neurodiag.compare.engine import CompareInterrupted
+    from neurodiag.errors import Terminated
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
+
+    def stop_in_second(progress: Any) -> None:
+        if progress.variant != "baseline":
+            raise Terminated()
+
+    with pytest.raises(CompareInterrupted) as info:
+        compare(model, data, ["gelu"], steps=2, on_step=stop_in_second)
+    assert [v.name for v in info.value.comparison.variants] == ["baseline"]
+    assert info.value.planned == 2 and info.value.terminated

@@ -114,10 +114,9 @@ def compare(
     """Compare MODEL with its activations swapped, on the same data, seed and initial weights."""
     from neurodiag.cli.runner import load_model_and_data
     from neurodiag.compare import compare as run_compare
+    from neurodiag.compare.engine import CompareInterrupted
     from neurodiag.compare.render import render_comparison
     from neurodiag.compare.split import holdout_split
-    from neurodiag.errors import Terminated
-    from neurodiag.scan import ScanInterrupted
 
     with user_errors(debug):
         validate_plot(plot)
@@ -162,11 +161,15 @@ def compare(
                     mode=mode.value,
                     on_step=(lambda p: advance(p.done, p.total)) if advance else None,
                 )
-        except (KeyboardInterrupt, ScanInterrupted) as stop:  # Ctrl-C/SIGTERM: scan or training
-            terminated = isinstance(stop, Terminated) or getattr(stop, "terminated", False)
+        except CompareInterrupted as stop:  # Ctrl-C / SIGTERM: show the variants that finished
+            done = len(stop.comparison.variants)
+            if done and is_rank_zero():
+                text = render_comparison(stop.comparison, fmt.value, per_site=per_site)
+                print_or_write(text, output)
             raise exit_with(
-                "interrupted; compare did not finish, so there is no comparison to show",
-                interrupted_code(terminated),
+                f"interrupted; the comparison above is partial ({done} of {stop.planned} "
+                "variants finished)",
+                interrupted_code(stop.terminated),
             ) from None
         if not is_rank_zero():
             return

@@ -27,11 +27,11 @@ from neurodiag.compare.training import (
 )
 from neurodiag.compare.variants import BASELINE, Variant, build_variants, parse_specs
 from neurodiag.config import ScanConfig
-from neurodiag.errors import NeurodiagError
+from neurodiag.errors import NeurodiagError, Terminated
 from neurodiag.loss import UserLoss
 from neurodiag.model_state import model_device
 from neurodiag.report.model import Report
-from neurodiag.scan import scan
+from neurodiag.scan import ScanInterrupted, scan
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,14 @@ def compare(
     progress = _Progress(on_step, len(variants) * (sum(plan) + len(plan) + 1))
     scan_data = batches.epoch(0)[:scan_batches]
     context = _Context(batches, scan_data, eval_batches, plan, optimizer, lr, seed, loss_fn)
-    results = [_run(variant, context, progress, scan_config) for variant in variants]
+    results: list[VariantResult] = []
+    stopped: BaseException | None = None
+    for variant in variants:
+        try:
+            results.append(_run(variant, context, progress, scan_config))
+        except (KeyboardInterrupt, ScanInterrupted) as stop:  # Ctrl-C / SIGTERM
+            stopped = stop
+            break
     settings = {
         "optimizer": optimizer,
         "lr": lr,
@@ -98,7 +105,21 @@ def compare(
         "batches_per_epoch": len(batches),
         **{k: v for k, v in asdict(scan_config).items() if isinstance(v, (int, float, str, bool))},
     }
-    return Comparison(results, seed, len(plan), settings, time.perf_counter() - started)
+    comparison = Comparison(results, seed, len(plan), settings, time.perf_counter() - started)
+    if stopped is not None:
+        terminated = isinstance(stopped, Terminated) or getattr(stopped, "terminated", False)
+        raise CompareInterrupted(comparison, len(variants), terminated)
+    return comparison
+
+
+class CompareInterrupted(Exception):
+    """Ctrl-C or SIGTERM during ``compare``: ``comparison`` holds the variants that finished."""
+
+    def __init__(self, comparison: Comparison, planned: int, terminated: bool) -> None:
+        super().__init__("compare interrupted")
+        self.comparison = comparison
+        self.planned = planned
+        self.terminated = terminated
 
 
 @dataclass
