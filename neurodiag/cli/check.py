@@ -68,6 +68,7 @@ from neurodiag.cli.common import (
     is_rank_zero,
     print_or_write,
     save_scan_plot,
+    stopped_by,
     user_errors,
     validate_plot,
     write_text,
@@ -277,7 +278,7 @@ def check(
                 progress=progress,
             )
         except ScanInterrupted as stop:
-            what = "terminated (SIGTERM)" if stop.terminated else "interrupted"
+            what = stopped_by(stop.terminated)
             raise exit_with(
                 f"{what}; the scan did not finish, so there is no verdict",
                 interrupted_code(stop.terminated),

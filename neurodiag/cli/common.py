@@ -236,6 +236,11 @@ def interrupted_code(terminated: bool) -> int:
     return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
+def stopped_by(terminated: bool) -> str:
+    """How the one-line message names the stop: Ctrl-C or SIGTERM."""
+    return "terminated (SIGTERM)" if terminated else "interrupted"
+
+
 def validate_plot(plot: Path | None) -> None:
     """``--plot``: refuse an unwritable format before scanning (not after the report)."""
     if plot is not None and is_rank_zero():

@@ -35,6 +35,7 @@ from neurodiag.cli.common import (
     is_rank_zero,
     print_or_write,
     progress_bar,
+    stopped_by,
     user_errors,
     validate_plot,
 )
@@ -167,7 +168,8 @@ def compare(
                 text = render_comparison(stop.comparison, fmt.value, per_site=per_site)
                 print_or_write(text, output)
             raise exit_with(
-                f"interrupted; the comparison above is partial ({done} of {stop.planned} "
+                f"{stopped_by(stop.terminated)}; the comparison above is partial ({done} of "
+                f"{stop.planned} "
                 "variants finished)",
                 interrupted_code(stop.terminated),
             ) from None

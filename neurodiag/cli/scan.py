@@ -39,6 +39,7 @@ from neurodiag.cli.common import (
     exit_with,
     interrupted_code,
     save_scan_plot,
+    stopped_by,
     user_errors,
     validate_plot,
 )
@@ -112,7 +113,7 @@ def scan(
             )
         except ScanInterrupted as stop:
             emit(stop.report, fmt, output)
-            what = "terminated (SIGTERM)" if stop.terminated else "interrupted"
+            what = stopped_by(stop.terminated)
             raise exit_with(
                 f"{what}; the report is partial", interrupted_code(stop.terminated)
             ) from None
