@@ -22,7 +22,7 @@ from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU, ScanConfig
 from neurodiag.errors import NeurodiagError, Terminated
 from neurodiag.grad_targets import choose_targets
-from neurodiag.loading.declared import main_input
+from neurodiag.loading.declared import forward_parameters, main_input, unknown_keywords
 from neurodiag.loading.synthetic import infer_recipe
 from neurodiag.loss import LossResolver, UserLoss, first_line
 from neurodiag.model_state import model_device, model_dtype, preserved
@@ -374,7 +374,14 @@ def _forward_error(model: nn.Module, split: SplitBatch, exc: Exception) -> str:
         for key, a in named
         if isinstance(a, Tensor)
     ]
-    expected = expected_input(model)
+    unknown = unknown_keywords(model, list(split.kwargs))
+    if unknown:
+        takes = ", ".join(forward_parameters(model)) or "no parameters"
+        expected: str | None = (
+            f"the forward has no parameter {', '.join(unknown)} (it takes {takes})"
+        )
+    else:
+        expected = expected_input(model)
     hint = f"; {expected}" if expected else ""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return (

@@ -233,3 +233,14 @@ def test_all_fail_through_the_cli_is_one_line(tmp_path: Path) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert "(B, 3, 32, 32) float32; (B, 3, 224, 224) float32" in lines[0]
+
+
+def test_a_named_input_the_forward_lacks_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "typo.npz"
+    np.savez(path, feature=np.zeros((4, 4)), scale=np.ones((4, 1)))  # "feature", not "features"
+    source = load_data(str(path), model=Keywords(), batch_size=4)
+    with pytest.raises(NeurodiagError) as info:
+        neurodiag.scan(Keywords(), source.batches)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "the forward has no parameter feature (it takes features, scale)" in message

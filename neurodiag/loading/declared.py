@@ -112,6 +112,18 @@ def forward_parameters(model: nn.Module) -> tuple[str, ...]:
     return tuple(signature.parameters)
 
 
+def unknown_keywords(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The ``names`` the forward has no parameter for ([] if it takes ``**kwargs`` or has no
+    inspectable signature): what a named-inputs file got wrong."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    return [name for name in names if name not in parameters]
+
+
 def main_input(model: nn.Module) -> str | None:
     """The Hugging Face main input: ``main_input_name`` if the forward takes it, else the first
     of ``MAIN_INPUTS`` in the signature; None for a model without a ``config``."""
@@ -133,4 +145,5 @@ __all__ = [
     "declared_image_size",
     "forward_parameters",
     "main_input",
+    "unknown_keywords",
 ]
