@@ -22,6 +22,8 @@ from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU, ScanConfig
 from neurodiag.errors import NeurodiagError, Terminated
 from neurodiag.grad_targets import choose_targets
+from neurodiag.loading.declared import forward_parameters, main_input, unknown_keywords
+from neurodiag.loading.synthetic import infer_recipe
 from neurodiag.loss import LossResolver, UserLoss, first_line
 from neurodiag.model_state import model_device, model_dtype, preserved
 from neurodiag.report.build import build_report
@@ -372,8 +374,15 @@ def _forward_error(model: nn.Module, split: SplitBatch, exc: Exception) -> str:
         for key, a in named
         if isinstance(a, Tensor)
     ]
-    expected = expected_input(model)
-    hint = f"; the model's first layer expects {expected}" if expected else ""
+    unknown = unknown_keywords(model, list(split.kwargs))
+    if unknown:
+        takes = ", ".join(forward_parameters(model)) or "no parameters"
+        expected: str | None = (
+            f"the forward has no parameter {', '.join(unknown)} (it takes {takes})"
+        )
+    else:
+        expected = expected_input(model)
+    hint = f"; {expected}" if expected else ""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return (
         f"the model raised {type(exc).__name__} on an input of shape {', '.join(shapes) or '?'}: "
@@ -385,16 +394,34 @@ _CONV_INPUTS = {1: ("L", "signals"), 2: ("H, W", "images"), 3: ("D, H, W", "volu
 
 
 def expected_input(model: nn.Module) -> str | None:
-    """Human description of the input the first layer expects (for error messages)."""
+    """What the model expects as input, in words (for error messages).
+
+    A Hugging Face model is described by its main input as synthetic data would make it (its
+    first layer, e.g. Wav2Vec2's Conv1d, does not see the tensor the forward takes); any other
+    model by its first Linear, Conv or Embedding layer.
+    """
+    if main_input(model) is not None:
+        try:
+            recipe = infer_recipe(model)
+        except NeurodiagError:
+            recipe = None
+        if recipe is not None and recipe.named:
+            return f"the model's forward takes e.g. {recipe.describe()}"
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            return f"(batch, {module.in_features}) float features"
+            return f"the model's first layer expects (batch, {module.in_features}) float features"
         if isinstance(module, nn.modules.conv._ConvNd):
             rank = len(module.kernel_size)
             spatial, what = _CONV_INPUTS.get(rank, (", ".join(["L"] * rank), "tensors"))
-            return f"(batch, {module.in_channels}, {spatial}) float {what}"
+            return (
+                f"the model's first layer expects (batch, {module.in_channels}, {spatial}) "
+                f"float {what}"
+            )
         if isinstance(module, nn.Embedding):
-            return f"(batch, seq) integer ids below {module.num_embeddings}"
+            return (
+                "the model's first layer expects (batch, seq) integer ids below "
+                f"{module.num_embeddings}"
+            )
     return None
 
 

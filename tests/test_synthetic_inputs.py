@@ -159,3 +159,88 @@ def test_forward_error_names_dict_inputs_and_calls_1d_inputs_signals() -> None:
     message: Any = str(info.value)
     assert "input (2, 5, 7) float32" in message
     assert "(batch, 2, L) float signals" in message
+
+
+class CountsThenFails(nn.Module):
+    """Writes a buffer and draws random numbers before rejecting anything but 224 px."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = FixedSizeNet(224)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        torch.rand(3)  # the global RNG must still be as the caller left it
+        return self.net(x)
+
+
+def test_probing_restores_everything_even_when_a_probe_raises() -> None:
+    torch.manual_seed(0)
+    model = CountsThenFails()
+    model.train()
+    model.net.bn.eval()  # a mixed-mode model keeps its per-module flags
+    model.net.head.weight.grad = torch.ones_like(model.net.head.weight)
+    model.net.conv.weight.requires_grad_(False)
+    handle = model.net.act.register_forward_hook(lambda *args: None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert candidate_recipes(model)[0].describe() == "(B, 3, 32, 32) float32"  # fails first
+    assert choose_recipe(model).describe() == "(B, 3, 224, 224) float32"
+    assert model.training and model.net.training and not model.net.bn.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert int(model.calls) == 0 and int(model.net.bn.num_batches_tracked) == 0
+    assert torch.equal(model.net.head.weight.grad, torch.ones_like(model.net.head.weight))
+    assert model.net.conv.bias is not None and model.net.conv.bias.grad is None
+    assert not model.net.conv.weight.requires_grad
+    assert list(model.net.act._forward_hooks) == [handle.id]  # the user's hook, and no other
+    assert not model.net.act._forward_pre_hooks and not model._forward_hooks
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_first_candidate_that_fits_costs_one_forward() -> None:
+    model = CountsThenFails()
+    model.net = FixedSizeNet(32)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    choose_recipe(model)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("layer", "words"),
+    [
+        (nn.Conv1d(2, 4, 3), "(batch, 2, L) float signals"),
+        (nn.Conv2d(3, 4, 3), "(batch, 3, H, W) float images"),
+        (nn.Conv3d(1, 4, 3), "(batch, 1, D, H, W) float volumes"),
+    ],
+)
+def test_forward_error_words_follow_the_conv_rank(layer: nn.Module, words: str) -> None:
+    with pytest.raises(NeurodiagError) as info:
+        neurodiag.scan(nn.Sequential(layer, nn.ReLU()), [torch.zeros(2, 5, 9, 9, 9)])
+    assert f"the model's first layer expects {words}" in str(info.value)
+
+
+def test_all_fail_through_the_cli_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "net.py"
+    path.write_text(
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from tests.test_synthetic_inputs import FixedSizeNet\n"
+        "def build_model():\n    return FixedSizeNet(100)\n"
+    )
+    result = CliRunner().invoke(app, ["scan", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "(B, 3, 32, 32) float32; (B, 3, 224, 224) float32" in lines[0]
+
+
+def test_a_named_input_the_forward_lacks_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "typo.npz"
+    np.savez(path, feature=np.zeros((4, 4)), scale=np.ones((4, 1)))  # "feature", not "features"
+    source = load_data(str(path), model=Keywords(), batch_size=4)
+    with pytest.raises(NeurodiagError) as info:
+        neurodiag.scan(Keywords(), source.batches)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "the forward has no parameter feature (it takes features, scale)" in message
