@@ -45,7 +45,7 @@ def test_monitor_in_an_sgd_loop_reports_every_site_and_leaves_no_hook() -> None:
     assert report.sites == ["act", "act2"]
     assert report.header.batches == 5
     # every=2 over 5 steps: windows end at steps 2, 4 and (on exit) 5
-    assert [h["step"] for h in monitor.history] == [2, 4, 5]
+    assert [h.step_end for h in monitor.history] == [2, 4, 5]
     assert report.row("act")["dead_pct"] == pytest.approx(100 * 2 / 6)  # bias -100 channels
 
 
@@ -86,7 +86,7 @@ def test_measure_every_equals_a_scan_of_the_measured_batches(name: str) -> None:
     report = monitor.report()
     got = report.to_frame()
     assert (monitor.steps, monitor.measured_steps, report.header.batches) == (7, 3, 3)
-    assert "measured 3 of 7 forward passes (measure_every=3)" in report.header.notes
+    assert "measured 3 of 7 steps (measure_every=3)" in report.header.notes
     assert list(got["site"]) == list(expected["site"])
     for column in ("neurons", "dead_pct", "dormant_pct", "grad_dormant_pct", "nonfinite"):
         assert list(got[column]) == list(expected[column]), column
@@ -108,7 +108,7 @@ def test_windows_without_a_measured_step_add_no_history() -> None:
     with neurodiag.Monitor(model, every=2, measure_every=3) as monitor:
         for x, y in batches:
             F.cross_entropy(model(x), y).backward()
-    assert [h["step"] for h in monitor.history] == [2, 4, 8]
+    assert [h.step_end for h in monitor.history] == [2, 4, 8]
     full = neurodiag.scan(model, batches[::3])
     assert monitor.report().row("act2")["dead_pct"] == full.row("act2")["dead_pct"]
-    assert all(h["max_dead_pct"] < 100.0 for h in monitor.history)
+    assert all(h.summary["max_dead_pct"] < 100.0 for h in monitor.history)

@@ -136,7 +136,8 @@ class CheckResult:
 ThresholdsLike = Thresholds | ThresholdConfig | Mapping[str, Any] | None
 
 
-def _as_config(thresholds: ThresholdsLike) -> ThresholdConfig:
+def as_threshold_config(thresholds: ThresholdsLike) -> ThresholdConfig:
+    """Any accepted form of limits as one ``ThresholdConfig`` (None: the built-in defaults)."""
     if thresholds is None:
         return ThresholdConfig()
     if isinstance(thresholds, ThresholdConfig):
@@ -205,7 +206,7 @@ def evaluate(report: Report, thresholds: ThresholdsLike = None) -> CheckResult:
     None for the built-in defaults (NaN/Inf and the Bernstein bound only). Gates (``role`` =
     gate) are held to the NaN/Inf limit alone unless the scan ran with ``flag_gates``.
     """
-    config = _as_config(thresholds)
+    config = as_threshold_config(thresholds)
     sites: list[SiteCheck] = []
     for row in site_records(report):
         site, activation = str(row["site"]), str(row["activation"])
@@ -226,6 +227,7 @@ __all__ = [
     "CheckResult",
     "SiteCheck",
     "Violation",
+    "as_threshold_config",
     "check_row",
     "evaluate",
 ]

@@ -1,60 +1,143 @@
-"""PyTorch Lightning callback: neurodiag statistics of the training steps, logged per epoch.
+"""PyTorch Lightning callback: neurodiag statistics of the training batches, per epoch.
 
-Only training batches are measured (the Monitor is paused, its hooks inert, outside
-``on_train_batch_start`` .. ``on_train_batch_end``, so validation passes do not count).
-``callback.report`` holds the Report of the whole fit; per epoch, mean/max dead % and the first
-site's MAG are logged as ``neurodiag/...`` metrics.
+Steps are the training batches Lightning runs (``on_train_batch_start`` .. ``on_train_batch_end``),
+whatever ``training_step`` calls (``self(x)``, ``self.net(x)``, several optimisers in manual
+optimisation, accumulated gradients): the Monitor measures exactly what runs in between, and
+nothing of the sanity-check and validation loops. Each epoch (or every ``every`` batches) is one
+window; its scalars go through ``pl_module.log``, so every Lightning logger (CSVLogger,
+TensorBoardLogger, WandbLogger, ...) receives them. Under DDP each window is reduced across ranks
+before it is logged. After ``fit``, ``callback.history`` / ``callback.to_frame()`` keep every
+window and ``callback.report`` the whole fit.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
+import pandas as pd
 from lightning.pytorch.callbacks import Callback
 
-from neurodiag.monitor import Monitor
+from neurodiag.batch import batch_size_of
+from neurodiag.check.evaluation import ThresholdsLike
+from neurodiag.monitor import SITE_METRICS, Alert, Monitor, Window, history_frame, window_scalars
 from neurodiag.report.model import Report
 
 
 class NeurodiagCallback(Callback):
-    def __init__(self, **monitor_options: Any) -> None:
+    """``every``: a window every N training batches instead of per epoch; ``per_site``: log each
+    site's ``metrics`` besides the summary; ``thresholds`` + ``stop_on_alert``: stop the fit the
+    first time a site breaks a limit. Other keywords go to ``neurodiag.Monitor``."""
+
+    def __init__(
+        self,
+        *,
+        every: int | None = None,
+        per_site: bool = True,
+        metrics: Sequence[str] = SITE_METRICS,
+        thresholds: ThresholdsLike = None,
+        stop_on_alert: bool = False,
+        **monitor_options: Any,
+    ) -> None:
         super().__init__()
+        self.every = every
+        self.per_site = per_site
+        self.metrics = tuple(metrics)
+        self.thresholds = thresholds
+        self.stop_on_alert = stop_on_alert
         self.monitor_options = monitor_options
         self.monitor: Monitor | None = None
         self.report: Report | None = None
+        self.history: list[Window] = []
+        self.alerts: list[Alert] = []
+        self._trainer: Any = None
+        self._module: Any = None
 
+    # -- fit lifecycle -------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.monitor = Monitor(pl_module, **self.monitor_options).__enter__()
-        self.monitor.pause(detach=False)
+        self._trainer, self._module = trainer, pl_module
+        self.history, self.alerts, self.report = [], [], None
+        self.monitor = Monitor(
+            pl_module,
+            every=self.every,
+            steps="manual",
+            thresholds=self.thresholds,
+            on_alert=self._on_alert,
+            on_window=self._log_window,
+            **self.monitor_options,
+        ).__enter__()
+        self.history = self.monitor.history  # the same list: it grows as windows close
+        self.alerts = self.monitor.alerts
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.epoch = int(trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
         if self.monitor is not None:
-            self.monitor.resume()
+            self.monitor.begin_step(samples=batch_size_of(batch) or None)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int
     ) -> None:
         if self.monitor is not None:
-            self.monitor.pause(detach=False)  # inert hooks: no re-attaching every step
+            self.monitor.end_step()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.monitor is None or not self.monitor.steps:
-            return
-        rows = self.monitor.report().rows
-        if rows:
-            dead = [float(r["dead_pct"]) for r in rows]
-            pl_module.log("neurodiag/mean_dead_pct", sum(dead) / len(dead))
-            pl_module.log("neurodiag/max_dead_pct", max(dead))
-            pl_module.log("neurodiag/first_site_mag", float(rows[0]["mag"]))
+        if self.monitor is not None and self.every is None:
+            self.monitor.end_window("epoch")
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self._finish()
+        self._finish(warn=True)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._finish()
+        self._finish(warn=False)
 
-    def _finish(self) -> None:
-        if self.monitor is not None:
-            self.report = self.monitor.report() if self.monitor.steps else None
-            self.monitor.__exit__(None, None, None)
-            self.monitor = None
+    # -- results -------------------------------------------------------------------------------
+    def to_frame(self, *, cumulative: bool = False) -> pd.DataFrame:
+        """One row per (window, site), as ``Monitor.to_frame``."""
+        return history_frame(self.history, cumulative=cumulative)
+
+    def _log_window(self, window: Window) -> None:
+        module = self._module
+        if module is None:
+            return
+        scalars = window_scalars(window, per_site=self.per_site, metrics=self.metrics)
+        # An epoch window closes in on_train_epoch_end (logged per epoch), a window of `every`
+        # batches in on_train_batch_end (logged at that step). The values are reduced across
+        # ranks already (Monitor sync_windows), so every rank logs the same numbers.
+        per_step = window.kind == "steps"
+        for name, value in scalars.items():
+            module.log(name, value, on_step=per_step, on_epoch=not per_step, sync_dist=False)
+
+    def _on_alert(self, alert: Alert) -> None:
+        warnings.warn(str(alert), RuntimeWarning, stacklevel=2)
+        if self.stop_on_alert and self._trainer is not None:
+            self._trainer.should_stop = True
+
+    def _finish(self, *, warn: bool) -> None:
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        self._module = None  # Lightning refuses self.log() in on_train_end: history only
+        try:
+            if self.every is not None:
+                monitor.end_window("steps")  # the last, shorter window
+            self.report = monitor.report() if monitor.measured_steps else None
+        finally:
+            monitor.__exit__(None, None, None)
+        if warn and not monitor.measured_steps:
+            warnings.warn(
+                "neurodiag: the fit ran no training batch, so nothing was measured "
+                "(max_epochs=0, limit_train_batches=0, or a resumed fit that was already done?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif warn and self.report is not None and not self.report.rows:
+            warnings.warn(
+                "neurodiag: no activation site was found in the training batches "
+                "(no activation module or function ran inside training_step)",
+                RuntimeWarning,
+                stacklevel=2,
+            )

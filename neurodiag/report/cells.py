@@ -114,6 +114,7 @@ def header_facts(header: ScanHeader) -> list[tuple[str, str]]:
         ("model", header.model),
         ("data", header.data),
         ("loss", header.loss),
+        *([("window", header.window)] if header.window else []),
         ("run", run),
         ("thresholds", thresholds),
     ]

@@ -43,10 +43,14 @@ class ScanHeader:
     notes: tuple[str, ...] = ()
     #: gates (``role`` = gate) are judged like activations; by default only NaN/Inf flag them
     flag_gates: bool = False
+    #: which training steps a Monitor report covers (``epoch 3 · steps 40-59``); None for a scan
+    window: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["notes"] = list(self.notes)
+        if self.window is None:  # a scan's header stays as it was
+            del out["window"]
         return out
 
 

@@ -1,0 +1,179 @@
+"""One window of training steps as a Monitor measured it, and the tidy views of a history.
+
+A window is a run of consecutive training steps (``every`` N steps, an epoch in the callbacks,
+or whatever the loop closes with ``end_window``); its statistics describe those steps alone, so
+a unit that stops firing in epoch 3 shows as dead in epoch 3 even though it fired in epoch 1.
+Steps are counted from 0: a window holds steps ``step_start`` .. ``step_end - 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from neurodiag.report.model import COLUMNS, Report
+
+if TYPE_CHECKING:
+    from neurodiag.monitor.alerts import Alert
+
+#: ``steps``: every N steps; ``epoch``: one epoch (the callbacks); ``manual``: ``end_window()``.
+WindowKind = Literal["steps", "epoch", "manual"]
+
+#: Columns in front of a history frame's report columns, in this order.
+WINDOW_COLUMNS: tuple[str, ...] = (
+    "window",
+    "window_kind",
+    "epoch",
+    "step_start",
+    "step_end",
+    "samples",
+    "batches",
+)
+
+#: Per-site values the logger adapters write by default (one scalar per site each).
+SITE_METRICS: tuple[str, ...] = (
+    "dead_pct",
+    "dormant_pct",
+    "grad_dormant_pct",
+    "mag",
+    "min_abs_deriv",
+    "nonfinite",
+)
+
+
+def describe_window(kind: str, start: int, end: int, epoch: int | None, every: int | None) -> str:
+    """The header line of a window report: ``epoch 2 · steps 40-59``."""
+    steps = f"steps {start}–{end - 1}" if end - start > 1 else f"step {start}"
+    if kind == "epoch":
+        label = f"epoch {epoch}" if epoch is not None else "epoch"
+    elif kind == "steps" and every is not None:
+        label = f"every {every} steps" + (f" · epoch {epoch}" if epoch is not None else "")
+    elif kind == "cumulative":
+        label = "cumulative (every step since the start)"
+    else:
+        label = "window" + (f" · epoch {epoch}" if epoch is not None else "")
+    return f"{label} · {steps}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """The statistics of one window; ``cumulative`` (with ``track_cumulative``) covers every
+    step from the start to ``step_end``. ``samples`` and ``batches`` count measured steps only."""
+
+    index: int
+    kind: WindowKind
+    step_start: int
+    step_end: int
+    epoch: int | None
+    samples: int
+    batches: int
+    report: Report
+    cumulative: Report | None = None
+    alerts: tuple[Alert, ...] = field(default=())
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Whole-model figures: mean/max dead %, the first site's MAG, min |σ'|, NaN/Inf."""
+        return summarize_rows(self.report.rows)
+
+    def facts(self) -> dict[str, Any]:
+        """The window's own columns of a history frame."""
+        return {
+            "window": self.index,
+            "window_kind": self.kind,
+            "epoch": self.epoch,
+            "step_start": self.step_start,
+            "step_end": self.step_end,
+            "samples": self.samples,
+            "batches": self.batches,
+        }
+
+    def without_neurons(self) -> Window:
+        """The same window without per-neuron tensors (what a long history keeps)."""
+        cumulative = self.cumulative
+        if cumulative is not None:
+            cumulative = replace(cumulative, neurons={})
+        return replace(self, report=replace(self.report, neurons={}), cumulative=cumulative)
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    dead = [float(r["dead_pct"]) for r in rows if not _missing(r["dead_pct"])]
+    mins = [float(r["min_abs_deriv"]) for r in rows if not _missing(r["min_abs_deriv"])]
+    return {
+        "mean_dead_pct": sum(dead) / len(dead) if dead else math.nan,
+        "max_dead_pct": max(dead) if dead else math.nan,
+        "first_site_mag": float(rows[0]["mag"])
+        if rows and not _missing(rows[0]["mag"])
+        else math.nan,
+        "min_abs_deriv": min(mins) if mins else math.nan,
+        "nonfinite": sum(int(r["nonfinite"]) for r in rows),
+    }
+
+
+def history_frame(windows: Iterable[Window], *, cumulative: bool = False) -> pd.DataFrame:
+    """One row per (window, site): the window's columns, then every report column."""
+    frames = []
+    for window in windows:
+        report = window.cumulative if cumulative else window.report
+        if report is None:
+            raise ValueError(
+                "no cumulative reports kept: create the Monitor with track_cumulative=True"
+            )
+        frame = report.to_frame()
+        for position, (name, value) in enumerate(window.facts().items()):
+            frame.insert(position, name, value)
+        frames.append(frame)
+    columns = [*WINDOW_COLUMNS, *COLUMNS]
+    history: pd.DataFrame = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    )
+    typed: pd.DataFrame = history[columns].astype({"epoch": "Int64", "window_kind": "string"})
+    return typed
+
+
+def window_scalars(
+    window: Window,
+    *,
+    prefix: str = "neurodiag",
+    per_site: bool = True,
+    metrics: Sequence[str] = SITE_METRICS,
+) -> dict[str, float]:
+    """Flat ``{"neurodiag/max_dead_pct": ..., "neurodiag/<site>/dead_pct": ...}`` for a logger;
+    missing values (no gradient reached a site) are left out rather than logged as NaN."""
+    scalars = {
+        f"{prefix}/{name}": float(value)
+        for name, value in window.summary.items()
+        if not _missing(value)
+    }
+    if per_site:
+        for row in window.report.rows:
+            for metric in metrics:
+                value: Any = row.get(metric)
+                if not _missing(value):
+                    scalars[f"{prefix}/{row['site']}/{metric}"] = float(value)
+    return scalars
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+__all__ = [
+    "SITE_METRICS",
+    "WINDOW_COLUMNS",
+    "Window",
+    "WindowKind",
+    "describe_window",
+    "history_frame",
+    "summarize_rows",
+    "window_scalars",
+]
