@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,59 +28,9 @@ def test_monitor_pause_and_resume_measure_only_resumed_steps() -> None:
     assert _hook_counts(model) == before
 
 
-def test_lightning_callback() -> None:
-    pl = pytest.importorskip("lightning.pytorch")
-    from neurodiag.integrations.lightning import NeurodiagCallback
-
-    class Module(pl.LightningModule):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
-
-        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> torch.Tensor:
-            x, y = batch
-            return F.cross_entropy(self(x), y)
-
-        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> None:
-            self(batch[0])
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(
-        torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g)
-    )
-    loader = torch.utils.data.DataLoader(data, batch_size=8)
-    module = Module()
-    callback = NeurodiagCallback()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        limit_val_batches=2,
-    )
-    before = _hook_counts(module)
-    trainer.fit(module, loader, loader)
-    assert callback.report is not None
-    assert callback.report.sites == ["net.1"]
-    assert callback.report.header.batches == 8  # 2 epochs x 4 training batches, no validation
-    assert "neurodiag/mean_dead_pct" in trainer.callback_metrics
-    assert _hook_counts(module) == before
-
-
-def test_huggingface_trainer_callback(tmp_path: object) -> None:
+def _hf_trainer(tmp_path: object, callbacks: list[object], **args: object) -> object:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from neurodiag.integrations.huggingface import NeurodiagTrainerCallback
-
     config = transformers.BertConfig(
         vocab_size=30,
         hidden_size=16,
@@ -87,32 +40,96 @@ def test_huggingface_trainer_callback(tmp_path: object) -> None:
         max_position_embeddings=16,
         num_labels=2,
     )
+    torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(config)
     g = torch.Generator().manual_seed(0)
     rows = [
         {"input_ids": torch.randint(0, 30, (8,), generator=g), "labels": torch.tensor(i % 2)}
         for i in range(16)
     ]
-    callback = NeurodiagTrainerCallback()
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_train_epochs=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=2,
+    options: dict[str, object] = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "num_train_epochs": 2,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "logging_steps": 2,
+        "disable_tqdm": True,
+        **args,
+    }
+    return transformers.Trainer(
+        model=model,
+        args=transformers.TrainingArguments(**options),
+        train_dataset=rows,
+        eval_dataset=rows[:4],
+        callbacks=callbacks,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
-    before = _hook_counts(model)
+
+
+SITES = ["bert.encoder.layer.0.intermediate.intermediate_act_fn", "bert.pooler.activation"]
+
+
+def test_huggingface_metrics_reach_log_history_per_epoch(tmp_path: object) -> None:
+    from neurodiag.integrations.huggingface import NeurodiagTrainerCallback
+
+    callback = NeurodiagTrainerCallback()  # in callbacks=[...]: finds its Trainer itself
+    trainer: Any = _hf_trainer(tmp_path, [callback], eval_strategy="epoch")
+    before = _hook_counts(trainer.model)
     trainer.train()
-    assert callback.report is not None
-    assert callback.report.sites == [
-        "bert.encoder.layer.0.intermediate.intermediate_act_fn",
-        "bert.pooler.activation",
+    assert _hook_counts(trainer.model) == before
+    logged = [entry for entry in trainer.state.log_history if "neurodiag/max_dead_pct" in entry]
+    assert [entry["step"] for entry in logged] == [4, 8]  # one per epoch, 4 steps each
+    key = f"neurodiag/{SITES[0]}/dead_pct"
+    assert [entry[key] for entry in logged] == [
+        w.report.row(SITES[0])["dead_pct"] for w in callback.history
     ]
-    assert callback.report.header.batches == 4
-    assert _hook_counts(model) == before
+    # each step is 4 samples; evaluation passes (eval_strategy="epoch") are not measured
+    assert [(w.kind, w.epoch, w.batches, w.samples) for w in callback.history] == [
+        ("epoch", 0, 4, 16),
+        ("epoch", 1, 4, 16),
+    ]
+    assert callback.report is not None and callback.report.sites == SITES
+    assert callback.report.header.batches == 8
+
+
+def test_huggingface_alert_stops_training_when_asked(tmp_path: object) -> None:
+    from neurodiag.integrations.huggingface import NeurodiagTrainerCallback
+
+    callback = NeurodiagTrainerCallback(thresholds={"min_mag": 1e9}, stop_on_alert=True)
+    trainer: Any = _hf_trainer(tmp_path, [callback], num_train_epochs=3)
+    with pytest.warns(RuntimeWarning, match="neurodiag alert at"):
+        trainer.train()
+    assert trainer.state.global_step == 4  # epoch 0 ran, then training stopped
+    assert {(a.metric, a.epoch, a.step) for a in callback.alerts} == {("mag", 0, 4)}
+
+
+def test_huggingface_report_to_tensorboard_receives_the_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from neurodiag.integrations.huggingface import NeurodiagTrainerCallback
+
+    logs = tmp_path / "out"  # the TensorBoard callback writes under output_dir/runs/...
+    trainer: Any = _hf_trainer(
+        logs,
+        [],
+        report_to=["tensorboard"],
+        gradient_accumulation_steps=2,
+        num_train_epochs=1,
+    )
+    callback = NeurodiagTrainerCallback.attach(trainer, every=1, per_site=False)
+    trainer.train()
+    (run,) = [p.parent for p in logs.rglob("events.out.tfevents.*")]
+    events = EventAccumulator(str(run))
+    events.Reload()
+    scalars = events.Scalars("train/neurodiag/max_dead_pct")
+    assert [e.step for e in scalars] == [1, 2]  # every=1: each optimizer step
+    # an accumulated step holds both micro-batches
+    assert [(w.batches, w.samples) for w in callback.history] == [(1, 8), (1, 8)]
 
 
 def test_soft_pause_keeps_hooks_inert_and_still_discovers_functional_sites() -> None:

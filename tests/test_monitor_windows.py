@@ -230,3 +230,26 @@ def test_tensorboard_event_file_holds_per_site_scalars_and_histograms(tmp_path: 
     assert "neurodiag/act/dormant_score" in tags["histograms"]
     histogram = events.Histograms("neurodiag/act/dormant_score")[0].histogram_value
     assert histogram.num == monitor.report().row("act")["neurons"]
+
+
+@pytest.mark.parametrize("name", ["functional", "inplace_relu"])
+def test_manual_steps_measure_a_submodule_call_like_a_scan_of_it(name: str) -> None:
+    """Lightning style: the monitored module's own forward never runs, ``self.net(x)`` does.
+    Module and functional sites (found through the step's function mode) match a scan of net."""
+    torch.manual_seed(0)
+    net = ZOO[name]().double().eval()
+    batches = make_batches(name, net, n_batches=3)
+    wrapper = nn.Module()
+    wrapper.net = net
+    with neurodiag.Monitor(wrapper, steps="manual") as monitor:
+        for x, y in batches:
+            monitor.begin_step(samples=len(x))
+            F.cross_entropy(wrapper.net(x), y).backward()
+            monitor.end_step()
+    expected = neurodiag.scan(net, batches).to_frame()
+    expected["site"] = [
+        s.replace("<root>", "net") if s.startswith("<root>") else f"net.{s}"
+        for s in expected["site"]
+    ]
+    got = monitor.report().to_frame()
+    _assert_frames_equal(got, expected)

@@ -55,9 +55,11 @@ class NeurodiagCallback(Callback):
         self._module: Any = None
 
     # -- fit lifecycle -------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.history, self.alerts, self.report = [], [], None
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._trainer, self._module = trainer, pl_module
-        self.history, self.alerts, self.report = [], [], None
         self.monitor = Monitor(
             pl_module,
             every=self.every,
@@ -89,10 +91,10 @@ class NeurodiagCallback(Callback):
             self.monitor.end_window("epoch")
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self._finish(warn=True)
+        self._finish()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._finish(warn=False)
+        self._finish()
 
     # -- results -------------------------------------------------------------------------------
     def to_frame(self, *, cumulative: bool = False) -> pd.DataFrame:
@@ -116,7 +118,23 @@ class NeurodiagCallback(Callback):
         if self.stop_on_alert and self._trainer is not None:
             self._trainer.should_stop = True
 
-    def _finish(self, *, warn: bool) -> None:
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.report is None:
+            warnings.warn(
+                "neurodiag: the fit ran no training batch, so nothing was measured "
+                "(max_epochs=0, limit_train_batches=0, or a resumed fit that was already done?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif not self.report.rows:
+            warnings.warn(
+                "neurodiag: no activation site was found in the training batches "
+                "(no activation module or function ran inside training_step)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _finish(self) -> None:
         monitor, self.monitor = self.monitor, None
         if monitor is None:
             return
@@ -127,17 +145,3 @@ class NeurodiagCallback(Callback):
             self.report = monitor.report() if monitor.measured_steps else None
         finally:
             monitor.__exit__(None, None, None)
-        if warn and not monitor.measured_steps:
-            warnings.warn(
-                "neurodiag: the fit ran no training batch, so nothing was measured "
-                "(max_epochs=0, limit_train_batches=0, or a resumed fit that was already done?)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        elif warn and self.report is not None and not self.report.rows:
-            warnings.warn(
-                "neurodiag: no activation site was found in the training batches "
-                "(no activation module or function ran inside training_step)",
-                RuntimeWarning,
-                stacklevel=2,
-            )

@@ -188,10 +188,15 @@ class Monitor:
         self._in_step = True
         self._count_samples = samples is None
         self._begin(samples or 0)
+        if self._recorder.enabled:
+            self._recorder.begin_scope()  # the step is one forward, whatever it calls
 
     def end_step(self) -> None:
         """End the step begun with ``begin_step``; a window of ``every`` steps closes here."""
+        if not self._in_step:
+            return
         self._in_step = False
+        self._recorder.end_scope()
         self._recorder.enabled = False
         if self.every is not None and self._steps - self._window_start >= self.every:
             self._close_window("steps")

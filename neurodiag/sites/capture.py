@@ -152,6 +152,7 @@ class SiteRecorder:
         self._saved_inputs: dict[nn.Module, list[Tensor | None]] = {}
         self._mode: _FunctionalSites | None = None
         self._mode_depth = 0
+        self._scoped = False
         self._handles: list[RemovableHandle] = []
         self._leanable: dict[nn.Module, tuple[RemovableHandle, RemovableHandle]] = {}
         self._lean_modules: set[nn.Module] = set()
@@ -194,6 +195,7 @@ class SiteRecorder:
             handle.remove()
         self._handles.clear()
         self._discovery_handles.clear()
+        self._scoped = False
         while self._mode_depth > 0:
             self._exit_mode()
         self._saved_inputs.clear()
@@ -256,6 +258,27 @@ class SiteRecorder:
                     module.register_forward_hook(self._pop, always_call=True)
                 )
 
+    # -- steps as forwards (Monitor steps="manual") ---------------------------------------------
+    def begin_scope(self) -> None:
+        """Treat what runs until ``end_scope`` as one forward of the model.
+
+        For training steps that may never call the model's own ``forward`` (Lightning's
+        ``training_step`` calling ``self.net(x)``): call indices start again, and while the
+        function mode is needed (discovery, or functional sites found) it covers the whole step.
+        Forwards of the model inside the scope do not enter the mode again.
+        """
+        self._root_pre_hook(self.model, ())
+        if self.functional and self._discovery_handles and not self._scoped:
+            self._root_mode_enter(self.model, ())
+            self._scoped = True
+
+    def end_scope(self) -> None:
+        """End the scope begun by ``begin_scope``; the first measured one ends discovery."""
+        if not self._scoped:
+            return
+        self._scoped = False
+        self._root_mode_exit(self.model, (), True)
+
     # -- bookkeeping hooks -------------------------------------------------------------------
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
         if not self._keys.depth:  # a new top-level forward: call indices start again
@@ -266,6 +289,8 @@ class SiteRecorder:
             self._saved_inputs.clear()
 
     def _root_mode_enter(self, module: nn.Module, args: Any) -> None:
+        if self._scoped:  # the step's scope holds the mode already
+            return
         if not self._keys.depth:
             while self._mode_depth > 0:  # left over from a forward that raised
                 self._exit_mode()
@@ -274,6 +299,8 @@ class SiteRecorder:
         self._mode_depth += 1
 
     def _root_mode_exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._scoped:  # ends with the scope
+            return
         if self._mode_depth > 0:
             self._exit_mode()
         # Only after a forward that completed (output given): on the exception path PyTorch
