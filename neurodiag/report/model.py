@@ -49,8 +49,6 @@ class ScanHeader:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["notes"] = list(self.notes)
-        if self.window is None:  # a scan's header stays as it was
-            del out["window"]
         return out
 
 
