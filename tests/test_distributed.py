@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import tempfile
 
 import pandas as pd
@@ -156,3 +157,72 @@ def _assert_same_statistics(frame: dict[str, list[object]], expected: pd.DataFra
     # ranks' partial sums in another order than one process does (last-ulp differences)
     assert frame["min_abs_deriv"] == pytest.approx(list(expected["min_abs_deriv"]), rel=1e-12)
     assert frame["mag"] == pytest.approx(list(expected["mag"]), rel=1e-9)
+
+
+def _lightning_ddp_worker(rank: int, port: int, result_file: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
+    from lightning.pytorch import Trainer
+
+    from neurodiag.integrations.lightning import NeurodiagCallback
+    from tests.test_lightning import Net, _loader
+
+    torch.manual_seed(0)
+    module = Net(die_at=1)
+    callback = NeurodiagCallback()
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=WORLD,
+        strategy="ddp_find_unused_parameters_true",  # Net.head is for manual optimisation
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
+    trainer.fit(module, _loader())
+    if rank == 0:
+        torch.save({"frame": callback.to_frame().to_dict("list")}, result_file)
+    trainer.strategy.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_lightning_ddp_windows_are_reduced_across_ranks() -> None:
+    """2-process Lightning DDP (gloo): each rank trains on half of every epoch's samples; the
+    per-epoch window holds both halves (sample counts summed) and equals a 1-process scan of the
+    epoch's data (lr 0, so the weights do not move)."""
+    pytest.importorskip("lightning.pytorch")
+    from tests.test_lightning import BATCH, BATCHES_PER_EPOCH, Net, _loader
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = os.path.join(tmp, "result.pt")
+        mp.start_processes(
+            _lightning_ddp_worker, args=(port, result_file), nprocs=WORLD, start_method="spawn"
+        )
+        frame = torch.load(result_file, weights_only=False)["frame"]
+    assert frame["epoch"] == [0, 1]
+    assert frame["samples"] == [BATCHES_PER_EPOCH * BATCH] * 2  # 16 per rank, summed
+    assert frame["batches"] == [BATCHES_PER_EPOCH] * 2  # 2 per rank, summed
+    torch.manual_seed(0)
+    module = Net(die_at=1)
+    batches = list(_loader())
+    for epoch in (0, 1):
+        if epoch == 1:
+            with torch.no_grad():
+                module.net[0].bias[:4] = -100.0
+        expected = neurodiag.scan(module.net, batches).to_frame()
+        assert frame["dead_pct"][epoch] == expected["dead_pct"][0]
+        assert frame["dormant_pct"][epoch] == expected["dormant_pct"][0]
+        assert frame["mag"][epoch] == pytest.approx(expected["mag"][0], rel=1e-6)
