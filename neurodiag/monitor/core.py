@@ -274,8 +274,7 @@ class Monitor:
     def _cumulative_sites(self) -> dict[SiteKey, Site]:
         merged: dict[SiteKey, Site] = {}
         for key, site in self._recorder.sites.items():
-            total = stats_of(site).fresh()
-            total.merge(stats_of(site))
+            total = _copy_stats(stats_of(site))
             if key in self._totals:
                 total.merge(self._totals[key])
             merged[key] = copy_site(site, total)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from neurodiag.report.cells import is_missing
 from neurodiag.report.model import COLUMNS, Report
 
 if TYPE_CHECKING:
@@ -101,13 +102,13 @@ class Window:
 
 
 def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    dead = [float(r["dead_pct"]) for r in rows if not _missing(r["dead_pct"])]
-    mins = [float(r["min_abs_deriv"]) for r in rows if not _missing(r["min_abs_deriv"])]
+    dead = [float(r["dead_pct"]) for r in rows if not is_missing(r["dead_pct"])]
+    mins = [float(r["min_abs_deriv"]) for r in rows if not is_missing(r["min_abs_deriv"])]
     return {
         "mean_dead_pct": sum(dead) / len(dead) if dead else math.nan,
         "max_dead_pct": max(dead) if dead else math.nan,
         "first_site_mag": float(rows[0]["mag"])
-        if rows and not _missing(rows[0]["mag"])
+        if rows and not is_missing(rows[0]["mag"])
         else math.nan,
         "min_abs_deriv": min(mins) if mins else math.nan,
         "nonfinite": sum(int(r["nonfinite"]) for r in rows),
@@ -147,24 +148,15 @@ def window_scalars(
     scalars = {
         f"{prefix}/{name}": float(value)
         for name, value in window.summary.items()
-        if not _missing(value)
+        if not is_missing(value)
     }
     if per_site:
         for row in window.report.rows:
             for metric in metrics:
                 value: Any = row.get(metric)
-                if not _missing(value):
+                if not is_missing(value):
                     scalars[f"{prefix}/{row['site']}/{metric}"] = float(value)
     return scalars
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return math.isnan(float(value))
-    except (TypeError, ValueError):
-        return True
 
 
 __all__ = [

@@ -1,0 +1,111 @@
+"""What every framework callback shares: one Monitor in manual steps for a training run.
+
+The callbacks only translate their framework's events (a batch starts, an epoch ends) and its
+logging route; the run's lifecycle lives here once: the Monitor built with the callback's
+options, windows handed to the framework's logger, alerts warned and, when asked, a stop
+requested, the history and the whole-run report kept after training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from neurodiag.check.evaluation import ThresholdsLike
+from neurodiag.monitor import SITE_METRICS, Alert, Monitor, Window, history_frame, window_scalars
+from neurodiag.report.model import Report
+
+
+class TrainingWatch:
+    """``every``: a window every N steps instead of per epoch; ``per_site``: scalars of each
+    site's ``metrics`` besides the summary; ``thresholds`` + ``stop_on_alert``: ask the
+    framework to stop the first time a site breaks a limit. Other keywords go to the Monitor."""
+
+    def __init__(
+        self,
+        *,
+        every: int | None = None,
+        per_site: bool = True,
+        metrics: Sequence[str] = SITE_METRICS,
+        thresholds: ThresholdsLike = None,
+        stop_on_alert: bool = False,
+        **monitor_options: Any,
+    ) -> None:
+        self.every = every
+        self.per_site = per_site
+        self.metrics = tuple(metrics)
+        self.thresholds = thresholds
+        self.stop_on_alert = stop_on_alert
+        self.monitor_options = monitor_options
+        self.monitor: Monitor | None = None
+        self.report: Report | None = None
+        self.history: list[Window] = []
+        self.alerts: list[Alert] = []
+
+    def start(
+        self,
+        model: nn.Module,
+        log: Callable[[dict[str, float], Window], None],
+        stop: Callable[[], None],
+    ) -> Monitor:
+        """Enter a Monitor on ``model``; each window's scalars go to ``log``, alerts to ``stop``
+        (with ``stop_on_alert``)."""
+        self.report = None
+
+        def on_window(window: Window) -> None:
+            log(window_scalars(window, per_site=self.per_site, metrics=self.metrics), window)
+
+        def on_alert(alert: Alert) -> None:
+            warnings.warn(str(alert), RuntimeWarning, stacklevel=2)
+            if self.stop_on_alert:
+                stop()
+
+        self.monitor = Monitor(
+            model,
+            every=self.every,
+            steps="manual",
+            thresholds=self.thresholds,
+            on_alert=on_alert,
+            on_window=on_window,
+            **self.monitor_options,
+        ).__enter__()
+        self.history = self.monitor.history  # the same lists: they grow as windows close
+        self.alerts = self.monitor.alerts
+        return self.monitor
+
+    def end_epoch(self) -> None:
+        """An epoch is a window unless windows are ``every`` N steps."""
+        if self.monitor is not None and self.every is None:
+            self.monitor.end_window("epoch")
+
+    def finish(self) -> None:
+        """Close the last, shorter window of ``every`` steps, keep the report, remove the hooks."""
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        try:
+            if self.every is not None:
+                monitor.end_window("steps")
+            self.report = monitor.report() if monitor.measured_steps else None
+        finally:
+            monitor.__exit__(None, None, None)
+
+    def warn_if_empty(self, nothing_ran: str) -> None:
+        """After training: say so when no step was measured or no site was found."""
+        if self.report is None:
+            warnings.warn(f"neurodiag: {nothing_ran}", RuntimeWarning, stacklevel=3)
+        elif not self.report.rows:
+            warnings.warn(
+                "neurodiag: no activation site was found in the training steps "
+                "(no activation module or function ran while a step was measured)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def to_frame(self, *, cumulative: bool = False) -> pd.DataFrame:
+        """One row per (window, site), as ``Monitor.to_frame``."""
+        return history_frame(self.history, cumulative=cumulative)
