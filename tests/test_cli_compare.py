@@ -75,7 +75,9 @@ def test_compare_is_deterministic_for_a_seed(files: tuple[Path, Path]) -> None:
     assert first[0] == 0, first[2]
     frame = pd.read_csv(io.StringIO(first[1]))
     assert list(frame["variant"]) == ["baseline", "gelu"]
-    assert first[1] == second[1]
+    assert (frame["time_s"] > 0).all()  # per-variant wall time: the one column that varies
+    again = pd.read_csv(io.StringIO(second[1]))
+    pd.testing.assert_frame_equal(frame.drop(columns="time_s"), again.drop(columns="time_s"))
 
 
 def test_compare_per_site_markdown_and_plot(files: tuple[Path, Path], tmp_path: Path) -> None:
@@ -118,3 +120,38 @@ def test_interrupted_compare_prints_the_finished_variants(
     assert got == code, err
     assert [v["name"] for v in json.loads(out)["variants"]] == ["baseline"]
     assert "partial (1 of 2 variants finished)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_knobs_reach_the_comparison(files: tuple[Path, Path]) -> None:
+    model, data = files
+    code, out, err = _run(
+        "compare", str(model), "-d", str(data), "-a", "gelu", "--epochs", "1",
+        "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "1e-4",
+        "--schedule", "cosine", "--init", "xavier", "-f", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    settings = doc["settings"]
+    assert (settings["momentum"], settings["weight_decay"]) == (0.9, 1e-4)
+    assert (settings["schedule"], settings["init"], settings["train_window"]) == (
+        "cosine", "xavier", True
+    )  # fmt: skip
+    baseline = doc["variants"][0]
+    assert baseline["summary"]["train_max_dead_pct"] is not None
+    assert baseline["summary"]["time_s"] > 0
+    assert [site["site"] for site in baseline["train_window_sites"]] == ["1", "3", "5", "7"]
+    code, out, _ = _run(
+        "compare", str(model), "-d", str(data), "-a", "gelu", "--epochs", "1",
+        "--optimizer", "sgd", "--momentum", "0.9", "--schedule", "step",
+    )  # fmt: skip
+    assert code == 0 and "momentum 0.9 · schedule step" in out and "train max dead %" in out
+
+
+def test_momentum_with_adam_is_one_line_exit_2(files: tuple[Path, Path]) -> None:
+    model, data = files
+    code, out, err = _run("compare", str(model), "-d", str(data), "-a", "gelu", "--epochs", "1",
+                          "--momentum", "0.9")  # fmt: skip
+    assert code == 2
+    assert (out + err).strip().splitlines() == [
+        "error: momentum is an SGD setting; adam keeps its own moments"
+    ]

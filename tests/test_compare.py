@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import neurodiag
 from neurodiag.activations.bernstein import Bernstein
 from neurodiag.compare import SUMMARY_COLUMNS, CompareProgress, Comparison, compare
 from neurodiag.compare.training import EpochBatches, epoch_lengths
@@ -67,7 +68,13 @@ def small_data(n_batches: int = 3) -> list[tuple[Tensor, Tensor]]:
 
 
 def _without_times(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "wall_time_s"}
+    """Timings differ between identical runs: drop them (top level and per variant)."""
+    out = {k: v for k, v in result.items() if k != "wall_time_s"}
+    out["variants"] = [
+        {**v, "summary": {k: s for k, s in v["summary"].items() if k != "time_s"}}
+        for v in result["variants"]
+    ]
+    return out
 
 
 def test_same_seed_gives_identical_numbers_and_leaves_the_caller_alone() -> None:
@@ -211,6 +218,11 @@ def test_rebatching_keeps_epoch_zero_in_order_and_reshuffles_reproducibly() -> N
         ({"specs": ["gelu"], "epochs": -1}, "epochs must be"),
         ({"specs": ["gelu"], "lr": 0.0}, "lr must be"),
         ({"specs": ["gelu"], "batch_size": 0}, "batch_size must be"),
+        ({"specs": ["gelu"], "momentum": 0.9}, "momentum is an SGD setting"),
+        ({"specs": ["gelu"], "optimizer": "sgd", "momentum": 1.0}, "momentum must be"),
+        ({"specs": ["gelu"], "weight_decay": -1.0}, "weight_decay must be"),
+        ({"specs": ["gelu"], "schedule": "linear"}, "unknown schedule 'linear'"),
+        ({"specs": ["gelu"], "init": "orthogonal"}, "unknown init 'orthogonal'"),
     ],
 )
 def test_bad_arguments_fail_before_training(kwargs: dict[str, Any], message: str) -> None:
@@ -309,3 +321,74 @@ def test_an_interrupt_keeps_the_variants_that_finished() -> None:
         compare(model, data, ["gelu"], steps=2, on_step=stop_in_second)
     assert [v.name for v in info.value.comparison.variants] == ["baseline"]
     assert info.value.planned == 2 and info.value.terminated
+
+
+@pytest.mark.parametrize("init", ["he", "xavier", "torch"])
+def test_init_reinitialises_a_copy_identically_for_every_variant(init: str) -> None:
+    model = deep_relu_mlp(depth=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = compare(model, small_data(1), ["gelu", "bern9"], init=init, seed=5)
+    weights = [v.model.state_dict()["0.weight"] for v in result.variants]
+    assert all(torch.equal(w, weights[0]) for w in weights)  # same start for every variant
+    assert not torch.equal(weights[0], before["0.weight"])  # re-initialised ...
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # ... a copy
+    bias = result.variants[0].model.state_dict()["0.bias"]
+    assert (bias == 0).all() if init != "torch" else not (bias == 0).all()
+    again = compare(model, small_data(1), ["gelu"], init=init, seed=5)
+    assert torch.equal(again.variants[0].model.state_dict()["0.weight"], weights[0])
+    std = float(weights[0].std())
+    expected = {
+        "he": (2 / 64) ** 0.5,
+        "xavier": (2 / (64 + 16)) ** 0.5,
+        "torch": (1 / 64 / 3) ** 0.5,
+    }
+    assert std == pytest.approx(expected[init], rel=0.15)
+
+
+def test_optimizer_settings_and_schedule_reach_the_training_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from neurodiag.compare import training
+
+    seen: list[tuple[float, float, float]] = []
+    original = training.Runner.step
+
+    def spy(self: training.Runner, batch: Any, optimizer: torch.optim.Optimizer) -> float:
+        group = optimizer.param_groups[0]
+        seen.append((group["lr"], group["momentum"], group["weight_decay"]))
+        return original(self, batch, optimizer)
+
+    monkeypatch.setattr(training.Runner, "step", spy)
+    compare(
+        deep_relu_mlp(depth=2), small_data(4), [], epochs=2, optimizer="sgd", lr=0.1,
+        momentum=0.9, weight_decay=1e-4, schedule="step",
+    )  # fmt: skip
+    assert [s[1:] for s in seen] == [(0.9, 1e-4)] * 8
+    # step: x0.1 at 50 % and 75 % of the 8 steps
+    assert [s[0] for s in seen] == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+    seen.clear()
+    compare(
+        deep_relu_mlp(depth=2), small_data(4), [], epochs=1, optimizer="sgd", lr=0.1,
+        schedule="cosine",
+    )  # fmt: skip
+    assert seen[0][0] == pytest.approx(0.1) and seen[-1][0] < 0.1 * 0.2
+
+
+def test_train_window_measures_the_epochs_training_batches() -> None:
+    """lr ~0: the weights do not move, so each epoch's training window equals a scan of that
+    epoch's batches (train mode); epoch 0 has none, and the summary shows the last window."""
+    model = deep_relu_mlp(depth=4)
+    data = small_data(4)
+    result = compare(model, data, ["gelu"], epochs=2, lr=1e-30, optimizer="sgd", batch_size=8)
+    baseline = result.variants[0]
+    assert math.isnan(baseline.history[0]["train_max_dead_pct"])
+    window = baseline.train_window
+    assert window is not None and window.header.batches == 8 and window.header.samples == 64
+    expected = neurodiag.scan(model, EpochBatches(data, 8, 0).epoch(2), mode="train")
+    assert [r["dead_pct"] for r in window.rows] == [r["dead_pct"] for r in expected.rows]
+    summary = result.summary_frame().set_index("variant")
+    assert summary.loc["baseline", "train_max_dead_pct"] == max(r["dead_pct"] for r in window.rows)
+    assert summary.loc["baseline", "time_s"] > 0
+    off = compare(model, data, ["gelu"], epochs=1, train_window=False)
+    assert off.variants[0].train_window is None
+    assert math.isnan(off.summary_frame()["train_max_dead_pct"][0])

@@ -49,6 +49,19 @@ class Optimizer(str, Enum):
     sgd = "sgd"
 
 
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    step = "step"
+
+
+class Init(str, Enum):
+    model = "model"
+    he = "he"
+    xavier = "xavier"
+    torch = "torch"
+
+
 @app.command()
 def compare(
     model: Annotated[
@@ -87,6 +100,37 @@ def compare(
         Optimizer, typer.Option("--optimizer", help="Optimizer.")
     ] = Optimizer.adam,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", min=0.0, help="Weight decay of the optimizer.")
+    ] = 0.0,
+    momentum: Annotated[
+        float, typer.Option("--momentum", min=0.0, max=0.999, help="SGD momentum.")
+    ] = 0.0,
+    schedule: Annotated[
+        Schedule,
+        typer.Option(
+            "--schedule",
+            help="Learning-rate schedule over all steps: constant, cosine (to 0) or step "
+            "(x0.1 at 50 % and 75 %).",
+        ),
+    ] = Schedule.constant,
+    init: Annotated[
+        Init,
+        typer.Option(
+            "--init",
+            help="Re-initialise Linear/Conv weights before the variants are made: model (as "
+            "built), he (Kaiming-normal, zero bias), xavier (Xavier-normal, zero bias), torch "
+            "(PyTorch's default reset_parameters).",
+        ),
+    ] = Init.model,
+    train_window: Annotated[
+        bool,
+        typer.Option(
+            "--train-window/--no-train-window",
+            help="Also measure dead % over each epoch's training batches (the last epoch: the "
+            "paper's Fig. 3 window) with neurodiag.Monitor.",
+        ),
+    ] = True,
     holdout: Annotated[
         float,
         typer.Option(
@@ -151,6 +195,11 @@ def compare(
                     steps=steps,
                     optimizer=optimizer.value,
                     lr=lr,
+                    weight_decay=weight_decay,
+                    momentum=momentum,
+                    schedule=schedule.value,
+                    init=init.value,
+                    train_window=train_window,
                     # with training, --batch-size also reshuffles samples into new batches
                     batch_size=batch_size if (epochs or steps) else None,
                     seed=base_seed,

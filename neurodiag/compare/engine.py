@@ -17,19 +17,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from neurodiag.compare.summary import Comparison, VariantResult, site_summary
+from neurodiag.compare.summary import (
+    Comparison,
+    VariantResult,
+    site_summary,
+    train_window_summary,
+)
 from neurodiag.compare.training import (
+    INITS,
+    SCHEDULES,
     EpochBatches,
     Runner,
     epoch_lengths,
+    initialise,
     make_optimizer,
+    make_schedule,
     optimizer_class,
 )
-from neurodiag.compare.variants import BASELINE, Variant, build_variants, parse_specs
+from neurodiag.compare.variants import (
+    BASELINE,
+    Variant,
+    build_variants,
+    copy_model,
+    parse_specs,
+)
 from neurodiag.config import ScanConfig
 from neurodiag.errors import NeurodiagError, Terminated
 from neurodiag.loss import UserLoss
 from neurodiag.model_state import model_device
+from neurodiag.monitor import Monitor, Window
 from neurodiag.report.model import Report
 from neurodiag.scan import ScanInterrupted, scan
 
@@ -55,6 +71,11 @@ def compare(
     steps: int | None = None,
     optimizer: str = "adam",
     lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    schedule: str = "constant",
+    init: str = "model",
+    train_window: bool = True,
     batch_size: int | None = None,
     seed: int = 0,
     eval_data: Iterable[Any] | None = None,
@@ -67,26 +88,34 @@ def compare(
     """Compare ``model`` ("baseline") with one copy per activation spec in ``specs``.
 
     ``epochs == 0`` and ``steps is None``: one scan of each variant at initialisation. Otherwise
-    each variant trains (``optimizer`` adam/adamw/sgd at ``lr``; the scan's default loss:
-    cross-entropy for class ids, MSE for float targets) for ``epochs`` passes over ``data``,
-    stopping after ``steps`` optimizer steps in total if given. ``batch_size`` re-batches and
-    reshuffles the samples each epoch; without it the batches are used as given, in order.
+    each variant trains (``optimizer`` adam/adamw/sgd at ``lr`` with ``weight_decay``, SGD
+    ``momentum``, the ``schedule`` constant/cosine/step over all steps; the scan's default
+    loss: cross-entropy for class ids, MSE for float targets) for ``epochs`` passes over
+    ``data``, stopping after ``steps`` optimizer steps in total if given. ``init`` (model, he,
+    xavier, torch) re-initialises the Linear/Conv weights of a copy first, the same for all.
+    ``train_window`` also measures every training step (``neurodiag.Monitor``): each epoch's
+    training batches are one window (``train_*_dead_pct`` in the history; the last one is the
+    paper's Fig. 3 window, ``VariantResult.train_window``), beside the post-epoch scan.
+    ``batch_size`` re-batches and reshuffles the samples each epoch; without it the batches are
+    used as given, in order.
     After each epoch (and at epoch 0) the variant is scanned on the training data
     (``scan_batches`` caps the batches; ``config`` or its fields as ``scan_options`` say how,
     as for ``neurodiag.scan``; every variant is scanned with ``seed``), its eval-mode
     training loss is measured and, with ``eval_data``, its accuracy when targets are class ids.
     """
     _check(epochs, steps, lr, batch_size, scan_batches, optimizer)
+    _check_training(optimizer, weight_decay, momentum, schedule, init)
     scan_config = (config or ScanConfig()).with_options(**scan_options, seed=seed)
     parsed = parse_specs(specs)
     started = time.perf_counter()
     batches = EpochBatches(data, batch_size, seed)
     eval_batches = list(eval_data) if eval_data is not None else None
     plan = epoch_lengths(epochs, steps, len(batches))
-    variants = build_variants(model, parsed, batches.epoch(0)[0], seed)
+    variants = build_variants(_initialised(model, init, seed), parsed, batches.epoch(0)[0], seed)
     progress = _Progress(on_step, len(variants) * (sum(plan) + len(plan) + 1))
     scan_data = batches.epoch(0)[:scan_batches]
-    context = _Context(batches, scan_data, eval_batches, plan, optimizer, lr, seed, loss_fn)
+    training = _Training(optimizer, lr, weight_decay, momentum, schedule, train_window)
+    context = _Context(batches, scan_data, eval_batches, plan, training, seed, loss_fn)
     results: list[VariantResult] = []
     stopped: BaseException | None = None
     for variant in variants:
@@ -98,6 +127,11 @@ def compare(
     settings = {
         "optimizer": optimizer,
         "lr": lr,
+        "weight_decay": weight_decay,
+        "momentum": momentum,
+        "schedule": schedule,
+        "init": init,
+        "train_window": train_window,
         "batch_size": batch_size,
         "epochs_requested": epochs,
         "steps": steps,
@@ -122,14 +156,23 @@ class CompareInterrupted(Exception):
         self.terminated = terminated
 
 
+@dataclass(frozen=True)
+class _Training:
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    schedule: str
+    train_window: bool
+
+
 @dataclass
 class _Context:
     batches: EpochBatches
     scan_data: list[Any]  # the training batches in their own order, capped by scan_batches
     eval_batches: list[Any] | None
     plan: list[int]
-    optimizer: str
-    lr: float
+    training: _Training
     seed: int
     loss_fn: UserLoss | None
 
@@ -148,28 +191,71 @@ class _Progress:
 
 def _run(variant: Variant, ctx: _Context, progress: _Progress, config: ScanConfig) -> VariantResult:
     """Train and scan one variant with the global RNG seeded identically for every variant."""
+    started = time.perf_counter()
     device = model_device(variant.model)
     devices = [device.index or 0] if device.type == "cuda" else []
+    training = ctx.training
+    monitor: Monitor | None = None
+    window: Window | None = None
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(ctx.seed)
         runner = Runner(variant.model, ctx.loss_fn, ctx.seed)
-        opt = make_optimizer(ctx.optimizer, variant.model, ctx.lr) if ctx.plan else None
-        history: list[dict[str, Any]] = []
-        report = _record(variant, runner, ctx, history, 0, 0, config, progress)
-        if variant.name == BASELINE:
-            variant.activation = _activations(report)
-        step = 0
-        for epoch, length in enumerate(ctx.plan, start=1):
-            assert opt is not None
-            for batch in ctx.batches.epoch(epoch)[:length]:
-                loss = runner.step(batch, opt)
-                step += 1
-                if not math.isfinite(loss) and not any("non-finite" in n for n in variant.notes):
-                    variant.notes.append(f"training loss became non-finite at step {step}")
-                progress.tick(variant.name, "train", epoch)
-            report = _record(variant, runner, ctx, history, epoch, step, config, progress)
+        opt = schedule = None
+        if ctx.plan:
+            opt = make_optimizer(
+                training.optimizer,
+                variant.model,
+                training.lr,
+                weight_decay=training.weight_decay,
+                momentum=training.momentum,
+            )
+            schedule = make_schedule(training.schedule, opt, sum(ctx.plan))
+            if training.train_window:
+                monitor = Monitor(variant.model, steps="manual", config=config).__enter__()
+                monitor.pause()  # hooks only while training steps run
+        try:
+            history: list[dict[str, Any]] = []
+            report = _record(variant, runner, ctx, history, 0, 0, config, progress, None)
+            if variant.name == BASELINE:
+                variant.activation = _activations(report)
+            step = 0
+            for epoch, length in enumerate(ctx.plan, start=1):
+                assert opt is not None
+                if monitor is not None:
+                    monitor.resume()
+                    monitor.epoch = epoch
+                for batch in ctx.batches.epoch(epoch)[:length]:
+                    if monitor is not None:
+                        monitor.begin_step()
+                    loss = runner.step(batch, opt)
+                    if monitor is not None:
+                        monitor.end_step()
+                    if schedule is not None:
+                        schedule.step()
+                    step += 1
+                    if not math.isfinite(loss) and not any(
+                        "non-finite" in n for n in variant.notes
+                    ):
+                        variant.notes.append(f"training loss became non-finite at step {step}")
+                    progress.tick(variant.name, "train", epoch)
+                if monitor is not None:
+                    window = monitor.end_window("epoch")
+                    monitor.pause()
+                report = _record(
+                    variant, runner, ctx, history, epoch, step, config, progress, window
+                )
+        finally:
+            if monitor is not None:
+                monitor.__exit__(None, None, None)
     return VariantResult(
-        variant.name, variant.activation, history, report, variant.model, variant.notes
+        variant.name,
+        variant.activation,
+        history,
+        report,
+        variant.model,
+        variant.notes,
+        train_window=window.report if window is not None else None,
+        wall_time_s=time.perf_counter() - started,
     )
 
 
@@ -182,7 +268,9 @@ def _record(
     step: int,
     config: ScanConfig,
     progress: _Progress,
+    window: Window | None,
 ) -> Report:
+    """Scan after an epoch; ``window``: the epoch's training steps as the Monitor measured them."""
     data = ctx.scan_data
     report = scan(
         variant.model,
@@ -196,9 +284,21 @@ def _record(
     entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": runner.mean_loss(data)}
     entry["accuracy"] = accuracy
     entry.update(site_summary(report))
+    entry.update(train_window_summary(window.report if window is not None else None))
     history.append(entry)
     progress.tick(variant.name, "scan", epoch)
     return report
+
+
+def _initialised(model: nn.Module, init: str, seed: int) -> nn.Module:
+    """``model`` itself (``init="model"``) or a copy re-initialised with the seeded RNG."""
+    if init == "model":
+        return model
+    copy = copy_model(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        initialise(copy, init)
+    return copy
 
 
 def _activations(report: Report) -> str:
@@ -229,3 +329,20 @@ def _check(
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise NeurodiagError(f"lr must be a number > 0, got {lr!r}")
     optimizer_class(optimizer)  # fail before any work
+
+
+def _check_training(
+    optimizer: str, weight_decay: float, momentum: float, schedule: str, init: str
+) -> None:
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)) or (
+        weight_decay < 0
+    ):
+        raise NeurodiagError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+        raise NeurodiagError(f"momentum must be a number in [0, 1), got {momentum!r}")
+    if momentum and str(optimizer).lower() != "sgd":
+        raise NeurodiagError(f"momentum is an SGD setting; {optimizer} keeps its own moments")
+    if schedule not in SCHEDULES:
+        raise NeurodiagError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if init not in INITS:
+        raise NeurodiagError(f"unknown init {init!r}; valid: {', '.join(INITS)}")

@@ -26,20 +26,25 @@ _SUMMARY_HEADINGS = {
     "activation": "activation",
     "mean_dead_pct": "mean dead %",
     "max_dead_pct": "max dead %",
+    "train_mean_dead_pct": "train mean dead %",
+    "train_max_dead_pct": "train max dead %",
     "first_site_mag": "first-site MAG",
     "min_abs_deriv": "min |σ'|",
     "delta_bar": "δ̄",
     "bound_ok": "bound ok",
     "loss": "loss",
     "accuracy": "accuracy",
+    "time_s": "time",
 }
 
 
 def _cell(column: str, value: Any) -> str:
     if column in ("variant", "activation"):
         return str(value)
-    if column in ("mean_dead_pct", "max_dead_pct"):
-        return fmt_cell("dead_pct", value)
+    if column in ("mean_dead_pct", "max_dead_pct", "train_mean_dead_pct", "train_max_dead_pct"):
+        return "–" if is_missing(value) else fmt_cell("dead_pct", value)
+    if column == "time_s":
+        return fmt_duration(float(value))
     if column in ("first_site_mag", "min_abs_deriv", "delta_bar"):
         return "" if column == "delta_bar" and is_missing(value) else fmt_cell("mag", value)
     if column == "bound_ok":
@@ -55,6 +60,17 @@ def _cell(column: str, value: Any) -> str:
     )
 
 
+def _training_facts(settings: dict[str, Any]) -> str:
+    """The training knobs that differ from their defaults (weight decay, momentum, ...)."""
+    defaults = {"weight_decay": 0.0, "momentum": 0.0, "schedule": "constant", "init": "model"}
+    shown = [
+        f"{key.replace('_', ' ')} {settings[key]}"
+        for key, default in defaults.items()
+        if key in settings and settings[key] != default
+    ]
+    return "".join(f" · {item}" for item in shown)
+
+
 def _frame(comparison: Comparison, per_site: bool) -> pd.DataFrame:
     return comparison.per_site_frame() if per_site else comparison.summary_frame()
 
@@ -67,7 +83,7 @@ def compare_table(comparison: Comparison, per_site: bool = False, width: int | N
     console.print(
         f"compare  seed {comparison.seed} · epochs {comparison.epochs} · "
         f"optimizer {settings.get('optimizer')} · lr {settings.get('lr')} · "
-        f"time {fmt_duration(comparison.wall_time_s)}"
+        f"time {fmt_duration(comparison.wall_time_s)}" + _training_facts(settings)
     )
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
     frame = comparison.summary_frame()

@@ -20,12 +20,15 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "activation",
     "mean_dead_pct",
     "max_dead_pct",
+    "train_mean_dead_pct",
+    "train_max_dead_pct",
     "first_site_mag",
     "min_abs_deriv",
     "delta_bar",
     "bound_ok",
     "loss",
     "accuracy",
+    "time_s",
 )
 
 
@@ -48,9 +51,23 @@ def site_summary(report: Report) -> dict[str, Any]:
     }
 
 
+def train_window_summary(window: Report | None) -> dict[str, Any]:
+    """Mean/max dead % over the sites in one epoch's training steps (NaN: none measured)."""
+    dead = [float(r["dead_pct"]) for r in window.rows] if window is not None else []
+    return {
+        "train_mean_dead_pct": sum(dead) / len(dead) if dead else math.nan,
+        "train_max_dead_pct": max(dead) if dead else math.nan,
+    }
+
+
 @dataclass
 class VariantResult:
-    """One variant: ``history`` has one dict per recorded epoch (0 = initialisation)."""
+    """One variant: ``history`` has one dict per recorded epoch (0 = initialisation).
+
+    ``report`` is the scan after the last epoch; ``train_window`` the Monitor's report of the
+    last epoch's training steps (the paper's Fig. 3 window; None without training);
+    ``wall_time_s`` the variant's training and scans.
+    """
 
     name: str
     activation: str
@@ -58,6 +75,8 @@ class VariantResult:
     report: Report
     model: nn.Module
     notes: list[str] = field(default_factory=list)
+    train_window: Report | None = None
+    wall_time_s: float = 0.0
 
     @property
     def sites(self) -> list[dict[str, Any]]:
@@ -67,10 +86,12 @@ class VariantResult:
     @property
     def summary(self) -> dict[str, Any]:
         last = self.history[-1]
-        out = {"variant": self.name, "activation": self.activation}
+        out: dict[str, Any] = {"variant": self.name, "activation": self.activation}
         out.update(site_summary(self.report))
+        out.update(train_window_summary(self.train_window))
         out["loss"] = last["loss"]
         out["accuracy"] = last["accuracy"]
+        out["time_s"] = self.wall_time_s
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +101,9 @@ class VariantResult:
             "history": [_jsonable(h) for h in self.history],
             "sites": [_jsonable(r) for r in self.sites],
             "summary": _jsonable(self.summary),
+            "train_window_sites": (
+                [_jsonable(r) for r in self.train_window.rows] if self.train_window else None
+            ),
             "notes": list(self.notes),
         }
 

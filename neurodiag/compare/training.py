@@ -38,13 +38,67 @@ def optimizer_class(name: str) -> Callable[..., torch.optim.Optimizer]:
         ) from None
 
 
-def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """``adam``/``adamw``/``sgd`` (plain SGD, no momentum) over the trainable parameters."""
+def make_optimizer(
+    name: str, model: nn.Module, lr: float, *, weight_decay: float = 0.0, momentum: float = 0.0
+) -> torch.optim.Optimizer:
+    """``adam``/``adamw``/``sgd`` over the trainable parameters (``momentum``: SGD only)."""
     cls = optimizer_class(name)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise NeurodiagError("the model has no trainable parameters; nothing to train")
-    return cls(params, lr=lr)
+    options: dict[str, float] = {"lr": lr, "weight_decay": weight_decay}
+    if momentum:
+        if cls is not torch.optim.SGD:
+            raise NeurodiagError(f"momentum is an SGD setting; {name} has its own moments")
+        options["momentum"] = momentum
+    return cls(params, **options)
+
+
+#: Learning-rate schedules, stepped once per optimizer step over ``total`` steps.
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
+
+
+def make_schedule(
+    name: str, optimizer: torch.optim.Optimizer, total: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``constant`` (None), ``cosine`` (to 0 over the run) or ``step`` (x0.1 at 50 % and 75 %)."""
+    if name not in SCHEDULES:
+        raise NeurodiagError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+    if name == "step":
+        milestones = sorted({max(1, total // 2), max(1, (3 * total) // 4)})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    return None
+
+
+#: Weight initialisations applied to every Linear/Conv layer before the variants are built.
+INITS: tuple[str, ...] = ("model", "he", "xavier", "torch")
+
+
+def initialise(model: nn.Module, scheme: str) -> None:
+    """Re-initialise the weights of ``model`` in place (a copy: the caller's model is kept).
+
+    ``model``: as built; ``he``: Kaiming-normal (ReLU gain), zero biases; ``xavier``:
+    Xavier-normal, zero biases; ``torch``: each layer's own ``reset_parameters`` (PyTorch's
+    default, Kaiming-uniform with a=√5). Only Linear and Conv layers are touched.
+    """
+    if scheme not in INITS:
+        raise NeurodiagError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
+    if scheme == "model":
+        return
+    for module in model.modules():
+        if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        if scheme == "torch":
+            module.reset_parameters()
+            continue
+        if scheme == "he":
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        else:
+            nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def epoch_lengths(epochs: int, steps: int | None, per_epoch: int) -> list[int]:

@@ -49,7 +49,7 @@ def build_variants(
     Bernstein polynomial shrinks the gradient at every layer, and a deep plain MLP swapped to
     it collapses to a constant output.
     """
-    variants = [Variant(BASELINE, BASELINE, _copy(model))]
+    variants = [Variant(BASELINE, BASELINE, copy_model(model))]
     for spec in specs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -61,7 +61,7 @@ def build_variants(
     return variants
 
 
-def _copy(model: nn.Module) -> nn.Module:
+def copy_model(model: nn.Module) -> nn.Module:
     try:
         return copy.deepcopy(model)
     except Exception as exc:
