@@ -5,15 +5,17 @@ asked for. Figures are drawn on a ``Figure`` with the Agg canvas directly, so th
 pyplot backend and global state are never touched. Plots read only the Report rows and the
 comparison history: nothing is measured here.
 
-Log axes cannot show 0, so zeros (no dead neuron, a MAG of exactly 0) are drawn on a floor one
-decade below the smallest positive value of the panel (at most 0.1 for dead %), marked by a
-dotted line and named in the axis label.
+Log axes cannot show 0: in a scan's figure zeros are drawn on a floor one decade below the
+smallest positive value of the panel (at most 0.1 for dead %); a comparison's figures use the
+fixed ``FLOORS``. The floor is a dotted line named in the axis label, and the variants lying
+on it are listed in the panel, so coinciding variants (all at 0 % dead) are still told apart.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,31 +32,200 @@ if TYPE_CHECKING:
     from neurodiag.compare.summary import Comparison
 
 
-def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
-    """Three panels: dead % by depth, first-site MAG by epoch, min |σ'| by depth (with δ̄)."""
-    figure = _figure(3)
-    dead_ax, mag_ax, deriv_ax = figure.axes
-    colors = _colors(len(comparison.variants))
-    dead = [[float(r["dead_pct"]) for r in v.sites] for v in comparison.variants]
-    mags = [[float(h["first_site_mag"]) for h in v.history] for v in comparison.variants]
-    derivs = [[float(r["min_abs_deriv"]) for r in v.sites] for v in comparison.variants]
-    dead_floor, mag_floor, deriv_floor = _floor(dead, DEAD_FLOOR), _floor(mags), _floor(derivs)
-    for variant, color, d, m, s in zip(
-        comparison.variants, colors, dead, mags, derivs, strict=True
+#: Fixed floors of the comparison figures (log axes cannot show 0): values below are drawn on
+#: the floor, and the axis label says so. Dead % is a multiple of 100/neurons, so 0.01 % is below
+#: any real value up to 10,000 neurons; σ' below 1e-6 (zeros, SELU's ~1e-40 far left) carries no
+#: gradient worth telling apart; a MAG below 1e-12 is float noise.
+FLOORS: dict[str, float] = {"dead_pct": 0.01, "min_abs_deriv": 1e-6, "mag": 1e-12}
+#: Markers cycled over variants, so variants that coincide (every one at 0 % dead) stay visible.
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+    dashed: bool = False  # δ̄ lines
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of the comparison figure: what is drawn, nothing measured."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series]
+    floor: float | None = None  # log axis: values below are drawn here (stated in the label)
+    at_floor: tuple[str, ...] = ()  # variants with every value on the floor
+
+    def lifted(self, values: Sequence[float]) -> list[float]:
+        if self.floor is None:
+            return [v if math.isfinite(v) else math.nan for v in values]
+        return _lift(values, self.floor)
+
+
+def comparison_panels(comparison: Comparison) -> list[Panel]:
+    """The paper's five figures for the user's run, as eight panels.
+
+    Fig. 1: min |σ'| by epoch at the first, middle and last site, with δ̄; Fig. 2: min |σ'| by
+    depth after the last epoch, with δ̄; Fig. 3: dead % by depth over the last epoch's training
+    batches (the post-epoch scan without training); Fig. 4: the first site's MAG by epoch;
+    Fig. 5: loss and held-out accuracy by epoch.
+    """
+    variants = comparison.variants
+    panels: list[Panel] = []
+    depth = max((len(v.sites) for v in variants), default=0)
+    picks = sorted({0, (depth - 1) // 2, depth - 1}) if depth else []
+    for name, index in zip(("first", "middle", "last"), picks, strict=False):
+        series: list[Series] = []
+        for v in variants:
+            epochs = [float(h["epoch"]) for h in v.history]
+            ys = [_at(h.get("site_min_abs_deriv", []), index) for h in v.history]
+            series.append(Series(v.name, epochs, ys))
+            bar = _at([float(r["delta_bar"]) for r in v.sites], index)
+            if math.isfinite(bar):
+                series.append(Series(f"{v.name} δ̄", [epochs[0], epochs[-1]], [bar, bar], True))
+        panels.append(
+            _log_panel(
+                f"Fig. 1 min |σ'| by epoch, {name} site (#{index})",
+                "epoch",
+                "min |σ'(z)|",
+                series,
+                "min_abs_deriv",
+            )
+        )
+    deriv: list[Series] = []
+    for v in variants:
+        deriv.append(Series(v.name, _depths(v.sites), [float(r["min_abs_deriv"]) for r in v.sites]))
+        bars = [float(r["delta_bar"]) for r in v.sites]
+        if any(math.isfinite(b) for b in bars):
+            deriv.append(Series(f"{v.name} δ̄", _depths(v.sites), bars, True))
+    panels.append(
+        _log_panel(
+            "Fig. 2 min |σ'| by depth, last epoch",
+            "site index",
+            "min |σ'(z)|",
+            deriv,
+            "min_abs_deriv",
+        )
+    )
+    trained = any(v.train_window is not None for v in variants)
+    dead = [
+        Series(v.name, _depths(rows), [float(r["dead_pct"]) for r in rows])
+        for v in variants
+        for rows in [v.train_window.rows if v.train_window is not None else v.sites]
+    ]
+    window = "last epoch's training batches" if trained else "scan"
+    panels.append(
+        _log_panel(f"Fig. 3 dead % by depth ({window})", "site index", "dead %", dead, "dead_pct")
+    )
+    mags = [
+        Series(
+            v.name,
+            [float(h["epoch"]) for h in v.history],
+            [float(h["first_site_mag"]) for h in v.history],
+        )
+        for v in variants
+    ]
+    panels.append(
+        _log_panel("Fig. 4 MAG of the first site by epoch", "epoch", "mean |∂L/∂a|", mags, "mag")
+    )
+    for key, title, label in (
+        ("loss", "Fig. 5 training loss", "loss"),
+        ("accuracy", "Fig. 5 held-out accuracy", "accuracy"),
     ):
-        epochs = [h["epoch"] for h in variant.history]
-        dead_ax.plot(range(len(d)), _lift(d, dead_floor), color=color, label=variant.name)
-        mag_ax.plot(epochs, _lift(m, mag_floor), "o-", color=color, label=variant.name)
-        deriv_ax.plot(range(len(s)), _lift(s, deriv_floor), color=color, label=variant.name)
-        bars = [float(r["delta_bar"]) for r in variant.sites]
-        if any(not math.isnan(b) for b in bars):
-            deriv_ax.plot(range(len(bars)), bars, "--", color=color, label=f"{variant.name} δ̄")
-    _axes(dead_ax, "dead neurons by depth", "site index", "dead %", dead_floor)
-    _axes(mag_ax, "MAG of the first site", "epoch", "mean |∂L/∂a|", mag_floor)
-    mag_ax.xaxis.set_major_locator(_integer_ticks())
-    _axes(deriv_ax, "min |σ'| by depth", "site index", "min |σ'(z)|", deriv_floor)
+        series = [
+            Series(
+                v.name,
+                [float(h["epoch"]) for h in v.history],
+                [math.nan if h[key] is None else float(h[key]) for h in v.history],
+            )
+            for v in variants
+        ]
+        panels.append(Panel(f"{title} by epoch", "epoch", label, series))
+    return panels
+
+
+def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
+    """The paper's five figures (``comparison_panels``) in one PNG of eight panels."""
+    panels = comparison_panels(comparison)
+    figure = _figure(4, rows=2)
+    names = [v.name for v in comparison.variants]
+    colors = dict(zip(names, _colors(len(names)), strict=True))
+    for ax, panel in zip(figure.axes, panels, strict=False):
+        for series in panel.series:
+            base = series.label.removesuffix(" δ̄")
+            i = names.index(base)
+            ys = panel.lifted(series.y)
+            if series.dashed:
+                ax.plot(series.x, ys, "--", color=colors[base], linewidth=1, label=series.label)
+                continue
+            n = max(len(series.x), 1)
+            every = (i % max(1, min(n, len(names))), max(1, min(n, len(names))))
+            ax.plot(
+                series.x,
+                ys,
+                "-",
+                marker=MARKERS[i % len(MARKERS)],
+                markevery=every,
+                markersize=5,
+                color=colors[base],
+                label=series.label,
+                alpha=0.85,
+            )
+        _decorate(ax, panel)
+    for ax in figure.axes[len(panels) :]:
+        ax.set_visible(False)
+    figure.axes[0].legend(fontsize="x-small", ncol=2)
     figure.suptitle(f"neurodiag compare (seed {comparison.seed}, {comparison.epochs} epochs)")
     return _save(figure, path)
+
+
+def _log_panel(title: str, xlabel: str, ylabel: str, series: list[Series], metric: str) -> Panel:
+    floor = FLOORS[metric]
+    at_floor = tuple(
+        s.label
+        for s in series
+        if not s.dashed and s.y and all(math.isfinite(v) and v <= floor for v in s.y)
+    )
+    return Panel(title, xlabel, ylabel, series, floor, at_floor)
+
+
+def _decorate(ax: Axes, panel: Panel) -> None:
+    ax.set_title(panel.title, fontsize="medium")
+    ax.set_xlabel(panel.xlabel)
+    if panel.xlabel == "epoch":
+        ax.xaxis.set_major_locator(_integer_ticks())
+    if panel.floor is None:
+        ax.set_ylabel(panel.ylabel)
+        if not any(math.isfinite(v) for s in panel.series for v in s.y):
+            ax.text(0.5, 0.5, f"no {panel.ylabel} recorded", ha="center", transform=ax.transAxes)
+            ax.set_yticks([])
+        return
+    ax.set_yscale("log")
+    ax.axhline(panel.floor, color="0.6", linestyle=":", linewidth=1)
+    ax.set_ylabel(f"{panel.ylabel} (≤ {panel.floor:.0e} drawn at {panel.floor:.0e})")
+    highs = [v for s in panel.series for v in s.y if math.isfinite(v) and v > panel.floor]
+    ax.set_ylim(panel.floor / 2, max(highs, default=panel.floor * 10) * 2)
+    if panel.at_floor:
+        ax.text(
+            0.01,
+            0.02,
+            "at the floor: " + ", ".join(panel.at_floor),
+            transform=ax.transAxes,
+            fontsize="x-small",
+            color="0.3",
+        )
+
+
+def _at(values: Sequence[float], index: int) -> float:
+    return float(values[index]) if 0 <= index < len(values) else math.nan
+
+
+def _depths(rows: Sequence[Any]) -> list[float]:
+    return [float(i) for i in range(len(rows))]
 
 
 def plot_scan(report: Report, path: str | Path) -> Path:
@@ -72,13 +243,13 @@ def plot_scan(report: Report, path: str | Path) -> Path:
     return _save(figure, path)
 
 
-def _figure(panels: int) -> Figure:
+def _figure(panels: int, rows: int = 1) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise NeurodiagError("install matplotlib: pip install 'neurodiag[plot]'") from None
-    figure = Figure(figsize=(5.0 * panels, 4.2), layout="constrained")
-    figure.subplots(1, panels)
+    figure = Figure(figsize=(5.0 * panels, 4.2 * rows), layout="constrained")
+    figure.subplots(rows, panels)
     return figure
 
 
@@ -145,4 +316,4 @@ def _axes(
         ax.legend(fontsize="small")
 
 
-__all__ = ["plot_comparison", "plot_scan"]
+__all__ = ["FLOORS", "Panel", "Series", "comparison_panels", "plot_comparison", "plot_scan"]

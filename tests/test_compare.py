@@ -242,6 +242,46 @@ def test_plots_write_png_files(tmp_path: Path) -> None:
         assert len(data) > 10_000 and data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_comparison_panels_are_the_papers_figures_with_every_variant() -> None:
+    """What each panel draws, read back from the comparison (no matplotlib needed)."""
+    from neurodiag.plots import FLOORS, comparison_panels
+
+    result = compare(
+        deep_relu_mlp(depth=6), small_data(3), ["gelu", "bern9"], epochs=2, lr=1e-2,
+        batch_size=16, eval_data=small_data(1),
+    )  # fmt: skip
+    window = result.variants[0].train_window
+    assert window is not None
+    for row in window.rows:  # tell the training window apart from the post-epoch scan
+        row["dead_pct"] = 42.0
+    panels = comparison_panels(result)
+    assert [p.title.split(" ", 2)[1] for p in panels] == ["1", "1", "1", "2", "3", "4", "5", "5"]
+    assert [p.title for p in panels[:3]] == [
+        "Fig. 1 min |σ'| by epoch, first site (#0)",
+        "Fig. 1 min |σ'| by epoch, middle site (#2)",
+        "Fig. 1 min |σ'| by epoch, last site (#5)",
+    ]
+    names = ["baseline", "gelu", "bern9"]
+    for panel in panels:
+        assert [s.label for s in panel.series if not s.dashed] == names, panel.title
+    bern = result.variant("bern9")
+    first = panels[0].series[2]
+    assert first.x == [0.0, 1.0, 2.0]
+    assert first.y == [h["site_min_abs_deriv"][0] for h in bern.history]
+    (bar,) = [s for s in panels[0].series if s.dashed]
+    assert bar.label == "bern9 δ̄" and bar.y == [bern.sites[0]["delta_bar"]] * 2
+    # Fig. 3: the last epoch's training window, zeros on the fixed, stated floor
+    fig3 = panels[4]
+    assert "training batches" in fig3.title and fig3.floor == FLOORS["dead_pct"] == 0.01
+    assert fig3.series[0].y == [42.0] * 6
+    assert set(fig3.at_floor) == {"gelu", "bern9"}
+    assert fig3.lifted([0.0, 50.0]) == [0.01, 50.0]
+    # Fig. 2 keeps ReLU's zeros and SELU-like tiny values on the 1e-6 floor, not at 1e-46
+    assert panels[3].floor == 1e-6 and "baseline" in panels[3].at_floor
+    accuracy = [h["accuracy"] for h in result.variants[0].history]
+    assert panels[7].series[0].y == accuracy
+
+
 def test_plots_without_matplotlib_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     from neurodiag.plots import plot_scan
 

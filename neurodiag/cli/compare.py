@@ -151,7 +151,12 @@ def compare(
     output: OutputOpt = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="PNG: dead % by depth, first-site MAG by epoch, min |σ'|."),
+        typer.Option(
+            "--plot",
+            help="PNG of the paper's five figures: min |σ'| by epoch (first, middle, last site) "
+            "and by depth with δ̄, dead % by depth over the last epoch, first-site MAG, loss "
+            "and accuracy by epoch.",
+        ),
     ] = None,
     debug: DebugOpt = False,
     progress: ProgressOpt = True,

@@ -285,6 +285,8 @@ def _record(
     entry["accuracy"] = accuracy
     entry.update(site_summary(report))
     entry.update(train_window_summary(window.report if window is not None else None))
+    # per site, in forward order: what the figures draw by epoch (first, middle, last site)
+    entry["site_min_abs_deriv"] = [float(r["min_abs_deriv"]) for r in report.rows]
     history.append(entry)
     progress.tick(variant.name, "scan", epoch)
     return report
