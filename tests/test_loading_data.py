@@ -355,6 +355,38 @@ def test_sklearn_unknown_and_missing(monkeypatch: pytest.MonkeyPatch) -> None:
         load_data("sklearn:iris", model=MLP)
 
 
+def test_mnist1d_is_generated_without_download_and_leaves_the_global_rngs_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("mnist1d")
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    train = load_data("mnist1d:train", model=MLP, batch_size=1000)
+    assert random.getstate() == python_state
+    assert (np.random.get_state()[1] == numpy_state[1]).all()
+    x = torch.cat([b[0] for b in batches(train)])
+    y = torch.cat([b[1] for b in batches(train)])
+    assert (
+        x.shape == (4000, 40)
+        and y.dtype == torch.int64
+        and sorted(set(y.tolist())) == list(range(10))
+    )
+    assert x.mean(0).abs().max() < 1e-4  # standardised
+    assert "mnist1d:train (4000 samples, 40 standardised features, 10 classes" in train.description
+    again = torch.cat([b[0] for b in batches(load_data("mnist1d:", model=MLP, batch_size=1000))])
+    assert torch.equal(again, x)  # the default split, the same data every time
+    test = load_data("mnist1d:test", model=MLP, batch_size=1000)
+    assert test.num_samples == 1000
+    with user_error("unknown MNIST-1D split 'val'", "mnist1d:train or mnist1d:test"):
+        load_data("mnist1d:val", model=MLP)
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    with user_error("pip install 'neurodiag[mnist1d]'"):
+        load_data("mnist1d:train", model=MLP)
+
+
 # --- loader functions -------------------------------------------------------------------------
 
 

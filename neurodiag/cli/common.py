@@ -288,6 +288,7 @@ DataOpt = Annotated[
         "--data",
         "-d",
         help="Data spec: a YAML file, file.pt/.npz/.npy/.csv/.parquet, sklearn:NAME, "
+        "mnist1d:train|test, "
         "loaders.py:fn. Omitted: the model file's make_data() or synthetic batches. "
         "A loaders.py (given here or as a YAML 'source:') is Python and is executed; "
         "tensor files are read with weights_only=True, YAML with safe_load.",

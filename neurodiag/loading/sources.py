@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neurodiag.loading.datasource import DataOptions, DataSource
+from neurodiag.loading import mnist1d_data
 from neurodiag.loading.sklearn_data import DATASETS, SCHEME, load_sklearn
 from neurodiag.loading.tables import load_table
 from neurodiag.loading.tensor_files import load_numpy_file, load_torch_file
@@ -63,7 +64,7 @@ def _put(table: dict[str, SourceKind], key: str, kind: SourceKind, overwrite: bo
 
 
 def default_registry() -> SourceRegistry:
-    """The built-in sources: tensor files, tables, scikit-learn datasets."""
+    """The built-in sources: tensor files, tables, scikit-learn datasets, MNIST-1D."""
     registry = SourceRegistry()
     torch_file = SourceKind("file.pt/.pth", load_torch_file)
     numpy_file = SourceKind("file.npz/.npy", load_numpy_file)
@@ -80,6 +81,10 @@ def default_registry() -> SourceRegistry:
         registry.add_suffix(suffix, kind)
     sklearn_form = f"{SCHEME}{'|'.join(DATASETS)}"
     registry.add_scheme(SCHEME, SourceKind(sklearn_form, load_sklearn))
+    registry.add_scheme(
+        mnist1d_data.SCHEME,
+        SourceKind("mnist1d:train|test", mnist1d_data.load_mnist1d),
+    )
     return registry
 
 
