@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neurodiag.loading.datasource import DataOptions, DataSource
 from neurodiag.loading import mnist1d_data
+from neurodiag.loading.datasource import DataOptions, DataSource
 from neurodiag.loading.sklearn_data import DATASETS, SCHEME, load_sklearn
 from neurodiag.loading.tables import load_table
 from neurodiag.loading.tensor_files import load_numpy_file, load_torch_file
