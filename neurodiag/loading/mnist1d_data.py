@@ -27,9 +27,7 @@ def load_mnist1d(spec: str, options: DataOptions) -> DataSource:
     """The ``train`` (default) or ``test`` split of MNIST-1D's default dataset."""
     split = spec[len(SCHEME) :].strip() or "train"
     if split not in SPLITS:
-        raise NeurodiagError(
-            f"unknown MNIST-1D split '{split}'; use mnist1d:train or mnist1d:test"
-        )
+        raise NeurodiagError(f"unknown MNIST-1D split '{split}'; use mnist1d:train or mnist1d:test")
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
