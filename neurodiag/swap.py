@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from neurodiag.activations.registry import REGISTRY, looks_like_activation
+from neurodiag.activations.residual import add_residuals
 from neurodiag.activations.specs import AUTO_RANGE_STDS, ActivationSpec, parse_spec
 from neurodiag.batch import map_tensors, split_batch
 from neurodiag.errors import NeurodiagError
@@ -128,6 +129,12 @@ def swap_with_report(
         _swap_modules_blind(result, tuple(sites or ()))
     else:
         _swap_calibrated(result, tuple(sites or ()), example_batch)
+    if parsed.residual:
+        wrapped = add_residuals(result.model)
+        result.notes.append(
+            f"{wrapped} shape-preserving layer → activation block(s) of "
+            "nn.Sequential containers got a skip connection"
+        )
     return result
 
 

@@ -6,9 +6,13 @@ before any model is touched and the message lists every valid form.
 
 Grammar: ``NAME`` for fixed activations (``relu``, ``gelu``, ...), ``FAMILY<number>`` for
 parametrised ones (``lrelu<slope>``, ``nrelu<sigma>``, ``bern<degree>``), then ``:key=value``
-options (Bernstein only: ``delta=D``, ``range=L,U`` or ``range=auto``). ``range=auto`` means
-[mean − 3·std, mean + 3·std] of the site's pre-activations z over a calibration forward pass
-(``swap_activations`` computes it from ``example_batch``; ``build`` then takes ``bounds``).
+options (Bernstein only: ``delta=D``, ``range=L,U`` or ``range=auto``), then the modifiers every
+spec takes: ``:bn`` (batch normalisation in front of the activation: the paper's SELU_BN and its
+Bernstein layer, ``neurodiag.activations.normalized``) and ``:res`` (skip connections around
+shape-preserving Linear → activation blocks: the paper's ReLU_res,
+``neurodiag.activations.residual``). ``range=auto`` means [mean − 3·std, mean + 3·std] of the
+site's pre-activations z over a calibration forward pass (``swap_activations`` computes it from
+``example_batch``; ``build`` then takes ``bounds``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import nn
 
@@ -43,6 +48,8 @@ class ActivationSpec:
     factory: Callable[..., nn.Module]
     per_neuron: bool = False
     auto_range: bool = False
+    #: ``:res``: the swapped model also gets skip connections (``add_residuals``)
+    residual: bool = False
 
     def build(
         self,
@@ -115,25 +122,35 @@ class SpecRegistry:
 
     def forms(self) -> list[str]:
         """Every valid form, fixed names first, for help texts and error messages."""
-        return list(self._fixed) + [family.form for family in self._families.values()]
+        return [
+            *self._fixed,
+            *(family.form for family in self._families.values()),
+            "any of them + :bn and/or :res",
+        ]
 
     def parse(self, text: str) -> ActivationSpec:
         """``text`` -> ActivationSpec, or a one-line NeurodiagError naming the valid forms."""
         if not isinstance(text, str) or not text.strip():
             raise self._unknown(str(text))
         head, *parts = text.strip().lower().split(":")
+        modifiers = [p.strip() for p in parts if p.strip() in MODIFIERS]
+        parts = [p for p in parts if p.strip() not in MODIFIERS]
+        if len(set(modifiers)) != len(modifiers):
+            raise NeurodiagError(f"a modifier is given twice in activation {text!r}")
         options = self._options(text, parts)
         if head in self._fixed:
             if options:
                 raise NeurodiagError(
                     f"activation {head!r} takes no options, got {':'.join(parts)!r}"
                 )
-            return ActivationSpec(head, self._fixed[head])
-        match = _HEAD.match(head)
-        if match is None or match["prefix"] not in self._families:
-            raise self._unknown(text)
-        family = self._families[match["prefix"]]
-        return family.parse(float(match["number"]), text, options)
+            spec = ActivationSpec(head, self._fixed[head])
+        else:
+            match = _HEAD.match(head)
+            if match is None or match["prefix"] not in self._families:
+                raise self._unknown(text)
+            family = self._families[match["prefix"]]
+            spec = family.parse(float(match["number"]), text, options)
+        return _modified(spec, modifiers)
 
     def _options(self, text: str, parts: list[str]) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -152,6 +169,32 @@ class SpecRegistry:
 
     def _unknown(self, text: str) -> NeurodiagError:
         return NeurodiagError(f"unknown activation {text!r}; valid: {', '.join(self.forms())}")
+
+
+#: Flags any spec takes, in canonical order: ``:bn`` then ``:res``.
+MODIFIERS: tuple[str, ...] = ("bn", "res")
+
+
+def _modified(spec: ActivationSpec, modifiers: list[str]) -> ActivationSpec:
+    """``spec`` with ``:bn`` (a BatchNorm over the neuron axis in front) and ``:res``."""
+    if "bn" in modifiers:
+        inner = spec
+
+        def build(num_features: int | None, feature_dim: int, **kwargs: Any) -> nn.Module:
+            from neurodiag.activations.normalized import NormalizedActivation
+
+            if num_features is None:
+                raise NeurodiagError(
+                    f"activation {inner.name}:bn needs each site's width: pass an example batch"
+                )
+            return NormalizedActivation(
+                num_features, feature_dim, inner.build(num_features, feature_dim, **kwargs)
+            )
+
+        spec = replace(spec, name=f"{spec.name}:bn", factory=build, per_neuron=True)
+    if "res" in modifiers:
+        spec = replace(spec, name=f"{spec.name}:res", residual=True)
+    return spec
 
 
 def _module_factory(cls: Callable[[], nn.Module]) -> Factory:
