@@ -79,7 +79,8 @@ def compare(
             "-a",
             help="Activation spec to compare with the model as it is: relu, lrelu0.01, gelu, "
             "selu, elu, silu, tanh, sigmoid, nrelu0.1, golu, bern9, bern15, "
-            "bern9:delta=0.01:range=-5,5 (repeat the option for several).",
+            "bern9:delta=0.01:range=-5,5; ':bn' on any of them adds a BatchNorm in front "
+            "(selu:bn, bern9:bn), ':res' skip connections (relu:res). Repeat for several.",
         ),
     ],
     data: DataOpt = None,
