@@ -149,36 +149,47 @@ def comparison_panels(comparison: Comparison) -> list[Panel]:
 
 
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
-    """The paper's five figures (``comparison_panels``) in one PNG of eight panels."""
+    """The paper's five figures (``comparison_panels``) in one PNG of eight panels.
+
+    One legend for all panels, outside them (δ̄ lines are dashed in their variant's colour);
+    colours and markers cycle independently, so twenty variants still differ.
+    """
     panels = comparison_panels(comparison)
     figure = _figure(4, rows=2)
     names = [v.name for v in comparison.variants]
     colors = dict(zip(names, _colors(len(names)), strict=True))
+    handles: dict[str, Any] = {}
     for ax, panel in zip(figure.axes, panels, strict=False):
         for series in panel.series:
             base = series.label.removesuffix(" δ̄")
             i = names.index(base)
             ys = panel.lifted(series.y)
             if series.dashed:
-                ax.plot(series.x, ys, "--", color=colors[base], linewidth=1, label=series.label)
+                ax.plot(series.x, ys, "--", color=colors[base], linewidth=1)
                 continue
             n = max(len(series.x), 1)
-            every = (i % max(1, min(n, len(names))), max(1, min(n, len(names))))
-            ax.plot(
+            step = max(1, min(n, len(names)))
+            (line,) = ax.plot(
                 series.x,
                 ys,
                 "-",
                 marker=MARKERS[i % len(MARKERS)],
-                markevery=every,
+                markevery=(i % step, step),
                 markersize=5,
                 color=colors[base],
-                label=series.label,
                 alpha=0.85,
             )
+            handles.setdefault(base, line)
         _decorate(ax, panel)
     for ax in figure.axes[len(panels) :]:
         ax.set_visible(False)
-    figure.axes[0].legend(fontsize="x-small", ncol=2)
+    figure.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside right upper",
+        fontsize="small",
+        title="variant (dashed: δ̄)",
+    )
     figure.suptitle(f"neurodiag compare (seed {comparison.seed}, {comparison.epochs} epochs)")
     return _save(figure, path)
 
@@ -210,14 +221,17 @@ def _decorate(ax: Axes, panel: Panel) -> None:
     highs = [v for s in panel.series for v in s.y if math.isfinite(v) and v > panel.floor]
     ax.set_ylim(panel.floor / 2, max(highs, default=panel.floor * 10) * 2)
     if panel.at_floor:
-        ax.text(
+        shown = ", ".join(panel.at_floor[:3])
+        more = len(panel.at_floor) - 3
+        note = ax.text(
             0.01,
             0.02,
-            "at the floor: " + ", ".join(panel.at_floor),
+            f"at the floor: {shown}" + (f" +{more} more" if more > 0 else ""),
             transform=ax.transAxes,
             fontsize="x-small",
             color="0.3",
         )
+        note.set_in_layout(False)  # a long list must not squeeze the panel
 
 
 def _at(values: Sequence[float], index: int) -> float:
@@ -248,7 +262,9 @@ def _figure(panels: int, rows: int = 1) -> Figure:
         from matplotlib.figure import Figure
     except ImportError:
         raise NeurodiagError("install matplotlib: pip install 'neurodiag[plot]'") from None
-    figure = Figure(figsize=(5.0 * panels, 4.2 * rows), layout="constrained")
+    figure = Figure(
+        figsize=(5.0 * panels + (3.0 if rows > 1 else 0.0), 4.2 * rows), layout="constrained"
+    )
     figure.subplots(rows, panels)
     return figure
 
@@ -290,8 +306,8 @@ def _integer_ticks() -> Any:
 def _colors(count: int) -> list[Any]:
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(count)]
+    cmap = colormaps["tab20" if count > 10 else "tab10"]
+    return [cmap(i % cmap.N) for i in range(count)]
 
 
 def _floor(series: Sequence[Sequence[float]], cap: float = math.inf) -> float:

@@ -35,3 +35,8 @@ def build_model(
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
+
+
+def build_mnist1d_model() -> nn.Sequential:
+    """The 50×100 plain MLP for MNIST-1D (40 features): ``plain_mlp.py:build_mnist1d_model``."""
+    return build_model(in_features=40)

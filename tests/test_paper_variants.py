@@ -118,3 +118,16 @@ def test_relu_res_swap_on_the_papers_mlp_wraps_49_blocks_and_says_so() -> None:
     assert any("49 shape-preserving" in note for note in result.notes)
     assert not any(isinstance(m, Residual) for m in model.modules())  # the original untouched
     assert len(neurodiag.scan(result.model, [batch]).rows) == 50
+
+
+def test_auto_range_behind_the_norm_is_three_std_of_a_unit_variance_input() -> None:
+    """The paper's 'default range' (no [l, u] given) is range=auto: ±3 std of the activation's
+    input; behind ':bn' that input has unit variance, so [-3, 3] at every site, no calibration."""
+    spec = parse_spec("bern9:range=auto:bn")
+    assert (spec.name, spec.auto_range) == ("bern9:range=auto:bn", False)
+    module = spec.build(8, 1)
+    assert isinstance(module, NormalizedActivation)
+    bern = module.activation
+    assert isinstance(bern, Bernstein)
+    assert (bern.lower, bern.upper) == (-3.0, 3.0)
+    assert bern.delta_bar == pytest.approx(9 * 0.01 / 6)

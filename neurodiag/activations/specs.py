@@ -179,6 +179,9 @@ def _modified(spec: ActivationSpec, modifiers: list[str]) -> ActivationSpec:
     """``spec`` with ``:bn`` (a BatchNorm over the neuron axis in front) and ``:res``."""
     if "bn" in modifiers:
         inner = spec
+        # range=auto is ±3 std of what the activation receives: behind the norm that is a unit-
+        # variance input, so exactly [-3, 3] (no calibration needed, the same for every site)
+        normalised = (-AUTO_RANGE_STDS, AUTO_RANGE_STDS)
 
         def build(num_features: int | None, feature_dim: int, **kwargs: Any) -> nn.Module:
             from neurodiag.activations.normalized import NormalizedActivation
@@ -187,11 +190,15 @@ def _modified(spec: ActivationSpec, modifiers: list[str]) -> ActivationSpec:
                 raise NeurodiagError(
                     f"activation {inner.name}:bn needs each site's width: pass an example batch"
                 )
+            if inner.auto_range:
+                kwargs = {**kwargs, "bounds": normalised}
             return NormalizedActivation(
                 num_features, feature_dim, inner.build(num_features, feature_dim, **kwargs)
             )
 
-        spec = replace(spec, name=f"{spec.name}:bn", factory=build, per_neuron=True)
+        spec = replace(
+            spec, name=f"{spec.name}:bn", factory=build, per_neuron=True, auto_range=False
+        )
     if "res" in modifiers:
         spec = replace(spec, name=f"{spec.name}:res", residual=True)
     return spec

@@ -122,14 +122,18 @@ def _plain(value: Any) -> Any:
 
 
 def compare_markdown(comparison: Comparison, per_site: bool = False) -> str:
-    frame = _frame(comparison, per_site)
+    return "## neurodiag compare\n\n" + markdown_rows(_frame(comparison, per_site), per_site) + "\n"
+
+
+def markdown_rows(frame: pd.DataFrame, per_site: bool = False) -> str:
+    """A summary (or per-site) frame as a pipe table, cells formatted as in the terminal."""
     columns = [str(c) for c in frame.columns]
     rows = [
         [_cell(c, r[c]) if not per_site else fmt_cell(c, r[c]) for c in columns]
         for r in frame.to_dict("records")
     ]
     align = ["left" if c in ("variant", "activation", "site", "kind") else "right" for c in columns]
-    return "## neurodiag compare\n\n" + pipe_table(columns, rows, align) + "\n"
+    return pipe_table(columns, rows, align)
 
 
 def render_comparison(comparison: Comparison, fmt: str, *, per_site: bool = False) -> str:
