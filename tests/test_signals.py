@@ -65,16 +65,35 @@ def test_a_signal_prints_the_partial_report_and_exits(
     assert "Traceback" not in err.decode()
 
 
+#: Makes the first ``import torch`` take 20 s, so a signal sent at 1 s lands inside it whatever
+#: the machine's speed (a warm page cache imports torch in well under a second).
+SLOW_TORCH_IMPORT = """
+import builtins, time
+_import = builtins.__import__
+def _slow(name, *args, **kwargs):
+    if name == "torch" and not getattr(_slow, "done", False):
+        _slow.done = True
+        time.sleep(20)
+    return _import(name, *args, **kwargs)
+builtins.__import__ = _slow
+"""
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_while_importing_is_a_clean_130() -> None:
+def test_ctrl_c_while_importing_is_a_clean_130(tmp_path: Path) -> None:
     """Ctrl-C while the console script is still importing torch: exit 130, no traceback."""
     script = Path(sys.executable).parent / "neurodiag"
     if not script.exists():
         pytest.skip("the console script is not installed next to this interpreter")
+    (tmp_path / "sitecustomize.py").write_text(SLOW_TORCH_IMPORT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
     with subprocess.Popen(
-        [str(script), "scan", "nothing.py"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [str(script), "scan", "nothing.py"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     ) as process:
-        time.sleep(0.3)  # Python is up; torch (seconds) is still importing
+        time.sleep(1.0)  # Python is up; torch is still importing (for 20 s)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err.decode()
