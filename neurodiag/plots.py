@@ -14,7 +14,7 @@ on it are listed in the panel, so coinciding variants (all at 0 % dead) are stil
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,7 @@ class Panel:
     series: list[Series]
     floor: float | None = None  # log axis: values below are drawn here (stated in the label)
     at_floor: tuple[str, ...] = ()  # variants with every value on the floor
+    log: bool = False  # a log axis without a floor (positive values such as a loss)
 
     def lifted(self, values: Sequence[float]) -> list[float]:
         if self.floor is None:
@@ -66,27 +67,30 @@ class Panel:
         return _lift(values, self.floor)
 
 
-def comparison_panels(comparison: Comparison) -> list[Panel]:
+def comparison_panels(comparison: Comparison | Mapping[str, Any]) -> list[Panel]:
     """The paper's five figures for the user's run, as eight panels.
 
     Fig. 1: min |σ'| by epoch at the first, middle and last site, with δ̄; Fig. 2: min |σ'| by
     depth after the last epoch, with δ̄; Fig. 3: dead % by depth over the last epoch's training
     batches (the post-epoch scan without training); Fig. 4: the first site's MAG by epoch;
-    Fig. 5: loss and held-out accuracy by epoch.
+    Fig. 5: loss (log scale) and held-out accuracy by epoch. ``comparison`` may be the JSON
+    document (``Comparison.to_dict()``, as ``compare --format json`` writes it): figures read
+    nothing that document does not hold, so a saved run can be drawn again.
     """
-    variants = comparison.variants
+    doc = comparison.to_dict() if hasattr(comparison, "to_dict") else comparison
+    variants: list[Mapping[str, Any]] = list(doc["variants"])
     panels: list[Panel] = []
-    depth = max((len(v.sites) for v in variants), default=0)
+    depth = max((len(v["sites"]) for v in variants), default=0)
     picks = sorted({0, (depth - 1) // 2, depth - 1}) if depth else []
     for name, index in zip(("first", "middle", "last"), picks, strict=False):
         series: list[Series] = []
         for v in variants:
-            epochs = [float(h["epoch"]) for h in v.history]
-            ys = [_at(h.get("site_min_abs_deriv", []), index) for h in v.history]
-            series.append(Series(v.name, epochs, ys))
-            bar = _at([float(r["delta_bar"]) for r in v.sites], index)
+            epochs = _column(v["history"], "epoch")
+            ys = [_at(h.get("site_min_abs_deriv") or [], index) for h in v["history"]]
+            series.append(Series(v["name"], epochs, ys))
+            bar = _at(_column(v["sites"], "delta_bar"), index)
             if math.isfinite(bar):
-                series.append(Series(f"{v.name} δ̄", [epochs[0], epochs[-1]], [bar, bar], True))
+                series.append(Series(f"{v['name']} δ̄", [epochs[0], epochs[-1]], [bar, bar], True))
         panels.append(
             _log_panel(
                 f"Fig. 1 min |σ'| by epoch, {name} site (#{index})",
@@ -98,10 +102,11 @@ def comparison_panels(comparison: Comparison) -> list[Panel]:
         )
     deriv: list[Series] = []
     for v in variants:
-        deriv.append(Series(v.name, _depths(v.sites), [float(r["min_abs_deriv"]) for r in v.sites]))
-        bars = [float(r["delta_bar"]) for r in v.sites]
+        sites = v["sites"]
+        deriv.append(Series(v["name"], _depths(sites), _column(sites, "min_abs_deriv")))
+        bars = _column(sites, "delta_bar")
         if any(math.isfinite(b) for b in bars):
-            deriv.append(Series(f"{v.name} δ̄", _depths(v.sites), bars, True))
+            deriv.append(Series(f"{v['name']} δ̄", _depths(sites), bars, True))
     panels.append(
         _log_panel(
             "Fig. 2 min |σ'| by depth, last epoch",
@@ -111,52 +116,45 @@ def comparison_panels(comparison: Comparison) -> list[Panel]:
             "min_abs_deriv",
         )
     )
-    trained = any(v.train_window is not None for v in variants)
+    trained = any(v.get("train_window_sites") for v in variants)
     dead = [
-        Series(v.name, _depths(rows), [float(r["dead_pct"]) for r in rows])
+        Series(v["name"], _depths(rows), _column(rows, "dead_pct"))
         for v in variants
-        for rows in [v.train_window.rows if v.train_window is not None else v.sites]
+        for rows in [v.get("train_window_sites") or v["sites"]]
     ]
     window = "last epoch's training batches" if trained else "scan"
     panels.append(
         _log_panel(f"Fig. 3 dead % by depth ({window})", "site index", "dead %", dead, "dead_pct")
     )
     mags = [
-        Series(
-            v.name,
-            [float(h["epoch"]) for h in v.history],
-            [float(h["first_site_mag"]) for h in v.history],
-        )
+        Series(v["name"], _column(v["history"], "epoch"), _column(v["history"], "first_site_mag"))
         for v in variants
     ]
     panels.append(
         _log_panel("Fig. 4 MAG of the first site by epoch", "epoch", "mean |∂L/∂a|", mags, "mag")
     )
-    for key, title, label in (
-        ("loss", "Fig. 5 training loss", "loss"),
-        ("accuracy", "Fig. 5 held-out accuracy", "accuracy"),
+    for key, title, log in (
+        ("loss", "Fig. 5 training loss", True),
+        ("accuracy", "Fig. 5 held-out accuracy", False),
     ):
         series = [
-            Series(
-                v.name,
-                [float(h["epoch"]) for h in v.history],
-                [math.nan if h[key] is None else float(h[key]) for h in v.history],
-            )
+            Series(v["name"], _column(v["history"], "epoch"), _column(v["history"], key))
             for v in variants
         ]
-        panels.append(Panel(f"{title} by epoch", "epoch", label, series))
+        panels.append(Panel(f"{title} by epoch", "epoch", key, series, log=log))
     return panels
 
 
-def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
+def plot_comparison(comparison: Comparison | Mapping[str, Any], path: str | Path) -> Path:
     """The paper's five figures (``comparison_panels``) in one PNG of eight panels.
 
     One legend for all panels, outside them (δ̄ lines are dashed in their variant's colour);
     colours and markers cycle independently, so twenty variants still differ.
     """
-    panels = comparison_panels(comparison)
+    doc = comparison.to_dict() if hasattr(comparison, "to_dict") else comparison
+    panels = comparison_panels(doc)
     figure = _figure(4, rows=2)
-    names = [v.name for v in comparison.variants]
+    names = [str(v["name"]) for v in doc["variants"]]
     colors = dict(zip(names, _colors(len(names)), strict=True))
     handles: dict[str, Any] = {}
     for ax, panel in zip(figure.axes, panels, strict=False):
@@ -190,7 +188,7 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         fontsize="small",
         title="variant (dashed: δ̄)",
     )
-    figure.suptitle(f"neurodiag compare (seed {comparison.seed}, {comparison.epochs} epochs)")
+    figure.suptitle(f"neurodiag compare (seed {doc['seed']}, {doc['epochs']} epochs)")
     return _save(figure, path)
 
 
@@ -211,6 +209,8 @@ def _decorate(ax: Axes, panel: Panel) -> None:
         ax.xaxis.set_major_locator(_integer_ticks())
     if panel.floor is None:
         ax.set_ylabel(panel.ylabel)
+        if panel.log and any(math.isfinite(v) and v > 0 for s in panel.series for v in s.y):
+            ax.set_yscale("log")
         if not any(math.isfinite(v) for s in panel.series for v in s.y):
             ax.text(0.5, 0.5, f"no {panel.ylabel} recorded", ha="center", transform=ax.transAxes)
             ax.set_yticks([])
@@ -240,6 +240,11 @@ def _at(values: Sequence[float], index: int) -> float:
 
 def _depths(rows: Sequence[Any]) -> list[float]:
     return [float(i) for i in range(len(rows))]
+
+
+def _column(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    """``key`` of every row as floats; None (JSON's NaN) and missing keys are NaN."""
+    return [math.nan if row.get(key) is None else float(row[key]) for row in rows]
 
 
 def plot_scan(report: Report, path: str | Path) -> Path:

@@ -72,6 +72,16 @@ def table(comparison_json: Path) -> str:
     return markdown_rows(frame) + f"\n\n(whole run: {seconds / 60:.1f} min)\n"
 
 
+def _figures(out: Path) -> None:
+    """Draw figures.png again from the saved JSON (the figures read nothing else)."""
+    import json
+
+    from neurodiag.plots import plot_comparison
+
+    doc = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    plot_comparison(doc, out / "figures.png")
+
+
 def _compact(path: Path) -> None:
     """The same JSON without indentation: a third of the size in the repository."""
     import json
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme-only",
         action="store_true",
-        help="no training: rewrite table.md and the README from the saved comparison.json",
+        help="no training: table.md, figures.png and the README again from comparison.json",
     )
     args = parser.parse_args(argv)
     readme = ROOT / "README.md"
@@ -114,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             _compact(out / "comparison.json")
             (out / "command.txt").write_text(shlex.join(cmd) + "\n", encoding="utf-8")
         (out / "table.md").write_text(table(out / "comparison.json"), encoding="utf-8")
+        _figures(out)
         text = readme.read_text(encoding="utf-8")
         readme.write_text(replace_block(text, dataset, readme_block(dataset)), encoding="utf-8")
     return 0

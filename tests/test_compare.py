@@ -280,6 +280,17 @@ def test_comparison_panels_are_the_papers_figures_with_every_variant() -> None:
     assert panels[3].floor == 1e-6 and "baseline" in panels[3].at_floor
     accuracy = [h["accuracy"] for h in result.variants[0].history]
     assert panels[7].series[0].y == accuracy
+    # the JSON document (what compare --format json saves) draws the same figures
+    from neurodiag.compare.render import compare_json
+
+    again = comparison_panels(json.loads(compare_json(result)))
+    assert [(p.title, p.floor, p.at_floor) for p in again] == [
+        (p.title, p.floor, p.at_floor) for p in panels
+    ]
+    for mine, theirs in zip(panels, again, strict=True):
+        for a, b in zip(mine.series, theirs.series, strict=True):
+            assert (a.label, a.x) == (b.label, b.x)
+            assert a.y == pytest.approx(b.y, nan_ok=True)
 
 
 def test_plots_without_matplotlib_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
