@@ -655,3 +655,25 @@ def _bench() -> None:  # pragma: no cover - manual timing, `python tests/test_be
 
 if __name__ == "__main__":  # pragma: no cover
     _bench()
+
+
+def test_initialisation_is_the_same_bits_in_every_process() -> None:
+    """LAPACK's lstsq gave other last bits in another process (alignment-dependent BLAS), and a
+    rerun of compare then trained to other numbers; the NNLS now solves in Python floats."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, torch\n"
+        "from neurodiag.activations.bernstein import Bernstein\n"
+        "m = Bernstein(15, 0.01, -5, 5, num_features=1).init_critical()\n"
+        "print(hashlib.md5(b''.join(p.detach().numpy().tobytes() for p in m.parameters()))"
+        ".hexdigest())\n"
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    }
+    assert len(runs) == 1, runs

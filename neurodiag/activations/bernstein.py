@@ -488,7 +488,7 @@ def _nnls(a: Tensor, b: Tensor) -> Tensor:
             idx = passive.nonzero().squeeze(1)
             z = torch.zeros_like(v)
             sub = gram[idx][:, idx]
-            z[idx] = torch.linalg.lstsq(sub, rhs[idx].unsqueeze(1)).solution.squeeze(1)
+            z[idx] = torch.tensor(_solve(sub.tolist(), rhs[idx].tolist()), dtype=v.dtype)
             if bool((z[idx] > 0).all()):
                 v = z
                 break
@@ -498,6 +498,45 @@ def _nnls(a: Tensor, b: Tensor) -> Tensor:
             passive &= v > 0
             v[~passive] = 0.0
     return v
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Solve the small system ``a x = b`` in Python floats: the same bits in every process.
+
+    ``torch.linalg.lstsq`` (LAPACK) gave different last bits for the same ill-conditioned
+    degree-15 system in different processes (its BLAS kernels depend on memory alignment), and
+    training amplified that into different results of ``compare`` on a rerun. The systems here
+    have at most a few dozen unknowns. Gaussian elimination with partial pivoting; a pivot below
+    1e-13 of the largest one is a dependent column, whose unknown is set to 0 (the basic
+    solution a rank-revealing least-squares driver would also pick).
+    """
+    k = len(b)
+    m = [[*row, b[i]] for i, row in enumerate(a)]
+    scale = max((abs(m[i][i]) for i in range(k)), default=0.0) or 1.0
+    pivots: list[int | None] = []
+    row = 0
+    for col in range(k):
+        best = max(range(row, k), key=lambda r: abs(m[r][col]), default=None)
+        if best is None or abs(m[best][col]) <= 1e-13 * scale:
+            pivots.append(None)
+            continue
+        m[row], m[best] = m[best], m[row]
+        pivot = m[row][col]
+        for r in range(row + 1, k):
+            factor = m[r][col] / pivot
+            if factor:
+                for c in range(col, k + 1):
+                    m[r][c] -= factor * m[row][c]
+        pivots.append(row)
+        row += 1
+    x = [0.0] * k
+    for col in range(k - 1, -1, -1):
+        pivot_row = pivots[col]
+        if pivot_row is None:
+            continue
+        total = m[pivot_row][k] - sum(m[pivot_row][c] * x[c] for c in range(col + 1, k))
+        x[col] = total / m[pivot_row][col]
+    return x
 
 
 class Bernstein(nn.Module):
