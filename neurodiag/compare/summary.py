@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from neurodiag.monitor.window import summarize_rows
 from neurodiag.report.model import COLUMNS, Report
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -35,17 +36,18 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 def site_summary(report: Report) -> dict[str, Any]:
     """Scan-wide numbers of one report: dead % (mean/max over sites), first-site MAG, bounds.
 
-    ``delta_bar`` is the smallest δ̄ over Bernstein sites (NaN without any); ``bound_ok`` is True
-    when every Bernstein site kept min |σ'| ≥ δ̄, None without Bernstein sites.
+    The first four are the Monitor's window summary (``summarize_rows``); ``delta_bar`` is the
+    smallest δ̄ over Bernstein sites (NaN without any); ``bound_ok`` is True when every Bernstein
+    site kept min |σ'| ≥ δ̄, None without Bernstein sites.
     """
     rows = report.rows
-    dead = [float(r["dead_pct"]) for r in rows]
     bern = [r for r in rows if not _isnan(r["delta_bar"])]
+    summary = summarize_rows(rows)
     return {
-        "mean_dead_pct": sum(dead) / len(dead) if dead else math.nan,
-        "max_dead_pct": max(dead) if dead else math.nan,
-        "first_site_mag": float(rows[0]["mag"]) if rows else math.nan,
-        "min_abs_deriv": _nanmin(float(r["min_abs_deriv"]) for r in rows),
+        "mean_dead_pct": summary["mean_dead_pct"],
+        "max_dead_pct": summary["max_dead_pct"],
+        "first_site_mag": summary["first_site_mag"],
+        "min_abs_deriv": summary["min_abs_deriv"],
         "delta_bar": _nanmin(float(r["delta_bar"]) for r in bern),
         "bound_ok": all(r["bound_ok"] is True for r in bern) if bern else None,
     }
@@ -53,10 +55,10 @@ def site_summary(report: Report) -> dict[str, Any]:
 
 def train_window_summary(window: Report | None) -> dict[str, Any]:
     """Mean/max dead % over the sites in one epoch's training steps (NaN: none measured)."""
-    dead = [float(r["dead_pct"]) for r in window.rows] if window is not None else []
+    summary = summarize_rows(window.rows if window is not None else [])
     return {
-        "train_mean_dead_pct": sum(dead) / len(dead) if dead else math.nan,
-        "train_max_dead_pct": max(dead) if dead else math.nan,
+        "train_mean_dead_pct": summary["mean_dead_pct"],
+        "train_max_dead_pct": summary["max_dead_pct"],
     }
 
 

@@ -102,6 +102,7 @@ class Window:
 
 
 def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Whole-model figures of report rows (also ``compare``'s): missing values are skipped."""
     dead = [float(r["dead_pct"]) for r in rows if not is_missing(r["dead_pct"])]
     mins = [float(r["min_abs_deriv"]) for r in rows if not is_missing(r["min_abs_deriv"])]
     return {
