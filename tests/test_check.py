@@ -35,7 +35,8 @@ from neurodiag.check import (
     save_baseline,
 )
 from neurodiag.check.config import parse_config
-from neurodiag.check.render_data import VIOLATION_COLUMNS
+from neurodiag.check.render_data import VIOLATION_COLUMNS, junit_classname
+from neurodiag.check.render_text import write_step_summary
 from neurodiag.cli import app
 from neurodiag.errors import NeurodiagError
 from neurodiag.report import Report, to_json
@@ -476,7 +477,9 @@ def test_github_escapes_newlines_and_percent(report: Report) -> None:
     text = render_check(
         evaluate(dataclasses.replace(report, rows=rows), {"max_dead_pct": 1}), "github"
     )
-    assert text.splitlines()[0].startswith("::error title=neurodiag::site weird%25%0Asite dead_pct")
+    assert text.splitlines()[0].startswith(
+        "::error file=sample_models/mlp.py,title=neurodiag::site weird%25%0Asite: dead_pct"
+    )
 
 
 def test_unknown_check_format_lists_the_valid_ones(result: CheckResult) -> None:
@@ -534,8 +537,9 @@ def test_every_format_from_the_cli_parses(model_file: str, fmt: str) -> None:
         assert root.find("./testsuite/testcase/failure") is not None
     elif fmt == "github":
         lines = out.splitlines()
-        assert lines[0] == (
-            "::error title=neurodiag::site 1 dead_pct 50.0 > 30; max_dead_pct set by --max-dead-pct"
+        assert lines[0].startswith("::error file=") and lines[0].endswith(
+            "dead_half.py,title=neurodiag::site 1: dead_pct 50.0 > 30 "
+            "(max_dead_pct set by --max-dead-pct)"
         )
         assert lines[-1].startswith("::notice title=neurodiag::FAIL")
     elif fmt == "csv":
@@ -642,7 +646,7 @@ def test_update_baseline_round_trip(model_file: str) -> None:
     Path("b.json").write_text(json.dumps(saved))
     code, out, _ = _check(model_file, "--baseline", "b.json", "-f", "github")
     assert code == 1
-    assert out.startswith("::error title=neurodiag::site 1 dead_pct 50.0 > 41.0; was 40.0")
+    assert "title=neurodiag::site 1: dead_pct 50.0 > 41.0 (was 40.0" in out.splitlines()[0]
     assert "1 new site not in the baseline: 3" in out
     assert _check(model_file, "--baseline", "b.json", "--tolerance", "10")[0] == 0
 
@@ -710,3 +714,44 @@ def test_baseline_without_a_header_is_one_line(model_file: str) -> None:
     code, _, err = _check(model_file, "--baseline", "b.json")
     assert code == 2 and "no complete scan header (missing model, data" in err
     assert "__init__" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_github_gives_one_annotation_per_site_worst_first_and_fills_the_step_summary(
+    report: Report, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 violations at 20 sites (two metrics each): 10 annotations, one per site, the worst
+    (largest dead %) first, a count line; the Markdown summary goes to $GITHUB_STEP_SUMMARY."""
+    rows = [
+        _row(f"blocks.{i}.act", "relu", dead_pct=50.0 + i, min_abs_deriv=0.0) for i in range(20)
+    ]
+    result = evaluate(
+        dataclasses.replace(report, rows=rows), {"max_dead_pct": 10, "min_deriv": 1e-3}
+    )
+    assert len(result.violations) == 40
+    lines = render_check(result, "github").splitlines()
+    errors = [line for line in lines if line.startswith("::error")]
+    assert len(errors) == 10
+    sites = [line.split("::site ", 1)[1].split(":", 1)[0] for line in errors]
+    assert sites == [f"blocks.{i}.act" for i in range(19, 9, -1)]
+    assert (
+        "neurodiag: 40 violations at 20 sites, 10 annotated worst first; 10 more not annotated"
+        in lines
+    )
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert write_step_summary(result) == summary
+    assert "blocks.0.act" in summary.read_text()
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
+    assert write_step_summary(result) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "classname"),
+    [
+        ("sample_models/plain_mlp.py:build_model", "sample_models.plain_mlp.build_model"),
+        ("./models/net.py", "models.net"),
+        ("C:\\work\\net.py:make", "C_.work.net.make"),
+    ],
+)
+def test_junit_classnames_are_dotted(model: str, classname: str) -> None:
+    assert junit_classname(model) == classname

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -89,11 +90,27 @@ def to_check_csv(result: CheckResult, *, width: int | None = None, color: bool =
     return buffer.getvalue()
 
 
+def junit_classname(model: str) -> str:
+    """``sample_models/plain_mlp.py:build_model`` → ``sample_models.plain_mlp.build_model``."""
+    path, sep, factory = model.rpartition(":")
+    if not sep or "/" in factory or "\\" in factory:
+        path, factory = model, ""
+    path = path.replace("\\", "/")
+    if path.endswith(".py"):
+        path = path[:-3]
+    parts = [p for p in path.split("/") if p not in ("", ".", "..")]
+    if factory:
+        parts.append(factory)
+    name = ".".join(parts) or "model"
+    return re.sub(r"[^0-9A-Za-z_.\-]", "_", name)
+
+
 def to_check_junit(result: CheckResult, *, width: int | None = None, color: bool = False) -> str:
     """JUnit XML: one testcase per site, one ``<failure>`` per violated metric.
 
-    ``classname`` is the model spec and ``name`` the site, so CI test views group sites under the
-    model; scan facts go into ``<properties>``; new baseline sites are passing testcases with a
+    ``classname`` is the model spec made dotted (``sample_models.plain_mlp.build_model``: CI test
+    views split it at dots, and slashes or colons broke their grouping) and ``name`` the site;
+    scan facts go into ``<properties>``; new baseline sites are passing testcases with a
     ``<system-out>`` note. No timestamp, so the same result always gives the same bytes.
     """
     header = result.report.header
@@ -110,9 +127,10 @@ def to_check_junit(result: CheckResult, *, width: int | None = None, color: bool
     properties = ET.SubElement(suite, "properties")
     for label, value in summary_facts(result):
         ET.SubElement(properties, "property", {"name": label, "value": value})
+    classname = junit_classname(header.model)
     for check in result.sites:
         case = ET.SubElement(
-            suite, "testcase", {"classname": header.model, "name": check.site, "time": "0"}
+            suite, "testcase", {"classname": classname, "name": check.site, "time": "0"}
         )
         for violation in check.violations:
             failure = ET.SubElement(

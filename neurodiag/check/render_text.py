@@ -8,13 +8,16 @@ caller asks, so golden files and CI logs are stable.
 from __future__ import annotations
 
 import io
+import math
+import os
+from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from neurodiag.check.evaluation import CheckResult
+from neurodiag.check.evaluation import CheckResult, Violation
 from neurodiag.check.summary import headline, plural, requirement, summary_facts
 from neurodiag.check.text import fmt_value
 
@@ -96,15 +99,49 @@ def _gh_data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
-def to_check_github(result: CheckResult, *, width: int | None = None, color: bool = False) -> str:
-    """One ``::error`` annotation per violation, then a ``::notice`` with the verdict and facts.
+# GitHub shows about 10 annotations of one kind per step; more are hidden.
+GITHUB_MAX_ANNOTATIONS = 10
 
-    New sites of a baseline comparison get a ``::notice`` each: worth a look, never a failure.
+
+def _severity(violations: list[Violation]) -> tuple[int, tuple[float, ...]]:
+    """Sort key of a site, worst first: more violated metrics, then its value/limit ratios from
+    the largest down (a missing value or a zero against a floor counts as infinitely far)."""
+    ratios = []
+    for v in violations:
+        if v.value is None or not v.threshold:
+            ratios.append(math.inf)
+        elif v.op == ">":
+            ratios.append(abs(v.value / v.threshold))
+        else:
+            ratios.append(abs(v.threshold / v.value) if v.value else math.inf)
+    return len(violations), tuple(sorted(ratios, reverse=True))
+
+
+def to_check_github(result: CheckResult, *, width: int | None = None, color: bool = False) -> str:
+    """At most one ``::error`` per site (all its violations in one message), worst site first
+    and at most GITHUB_MAX_ANNOTATIONS of them, with ``file=`` the model file; then a count line
+    and a ``::notice`` with the verdict and facts.
+
+    New sites of a baseline comparison get one ``::notice``: worth a look, never a failure.
     """
+    by_site: dict[str, list[Violation]] = {}
+    for v in result.violations:
+        by_site.setdefault(v.site, []).append(v)
+    ranked = sorted(by_site.items(), key=lambda item: _severity(item[1]), reverse=True)
+    model_file = result.report.header.model.rsplit(":", 1)[0]
+    location = f"file={_gh_property(model_file)},title=neurodiag"
     lines = [
-        f"::error title=neurodiag::{_gh_data(f'site {v.site} {v.describe()}; {v.reason}')}"
-        for v in result.violations
+        f"::error {location}::"
+        + _gh_data(f"site {site}: " + "; ".join(f"{v.describe()} ({v.reason})" for v in vs))
+        for site, vs in ranked[:GITHUB_MAX_ANNOTATIONS]
     ]
+    if ranked:
+        shown = min(len(ranked), GITHUB_MAX_ANNOTATIONS)
+        rest = f"; {len(ranked) - shown} more not annotated" if len(ranked) > shown else ""
+        lines.append(
+            f"neurodiag: {plural(len(result.violations), 'violation')} at "
+            f"{plural(len(ranked), 'site')}, {shown} annotated worst first{rest}"
+        )
     if result.baseline is not None and result.baseline.new_sites:
         new = result.baseline.new_sites
         lines.append(
@@ -118,10 +155,28 @@ def to_check_github(result: CheckResult, *, width: int | None = None, color: boo
     return "\n".join(lines) + "\n"
 
 
+def _gh_property(text: str) -> str:
+    """Escape a property value of a workflow command (``,`` and ``:`` too)."""
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def write_step_summary(result: CheckResult) -> Path | None:
+    """Append the Markdown report to ``$GITHUB_STEP_SUMMARY`` when GitHub Actions sets it."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    path = Path(target)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(to_check_markdown(result) + "\n")
+    return path
+
+
 __all__ = [
+    "GITHUB_MAX_ANNOTATIONS",
     "render_check_table",
     "to_check_github",
     "to_check_markdown",
     "to_check_table",
     "violation_cells",
+    "write_step_summary",
 ]

@@ -33,7 +33,7 @@ from neurodiag.check import (
 )
 from neurodiag.check.baseline import with_thresholds
 from neurodiag.check.config import ThresholdConfig
-from neurodiag.check.render_text import render_check_table
+from neurodiag.check.render_text import render_check_table, write_step_summary
 from neurodiag.check.thresholds import DEFAULTS, SPECS, ThresholdSpec
 from neurodiag.cli.common import (
     BatchSizeOpt,
@@ -307,6 +307,8 @@ def check(
         emit_check(result, fmt, output)
         if junit_xml is not None and is_rank_zero():
             write_text(junit_xml, render_check(result, "junit"), "--junit-xml")
+        if fmt is CheckFormat.github and is_rank_zero():
+            write_step_summary(result)
     if not result.ok:
         raise typer.Exit(EXIT_UNHEALTHY)
 
