@@ -398,8 +398,8 @@ def _split(t3: Tensor, chunk: int) -> list[Tensor]:
 
 class _BernsteinFunction(torch.autograd.Function):
     """σ(x) with a hand-written backward that saves only x, c0, the increments and the
-    (6m+2, 1, F, 1) coefficient table (a second, non-differentiable output, so backward need
-    not rebuild it)."""
+    (2n+3, F, 1) coefficient table (a second, non-differentiable output, so backward need not
+    rebuild it)."""
 
     @staticmethod
     def forward(
@@ -499,7 +499,7 @@ _APPLY_DIRECT = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Bernstei
 
 
 def _apply(*args: Any) -> Any:
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+    if _in_functorch_transform() or torch.compiler.is_compiling():
         return _BernsteinFunction.apply(*args)  # type: ignore[no-untyped-call]
     return _APPLY_DIRECT(*args)
 
@@ -635,8 +635,8 @@ class Bernstein(nn.Module):
     channel-first (N, C, ...) inputs, ``feature_dim=-1`` for (N, T, F); a 1-D input is one
     sample of features). New modules start as the monotone least-squares fit to ReLU, see
     :meth:`init_from`. ``chunk_elements`` (attribute; None = 64K per intra-op thread, 0 = one
-    unchunked pass) sets how many elements the eager path processes per cache-sized block;
-    under torch.compile everything is one pass.
+    unchunked pass) sets how many elements the eager CPU path processes per cache-sized block;
+    off CPU (default) and under torch.compile everything is one pass.
     """
 
     chunk_elements: int | None
