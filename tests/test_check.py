@@ -755,3 +755,19 @@ def test_github_gives_one_annotation_per_site_worst_first_and_fills_the_step_sum
 )
 def test_junit_classnames_are_dotted(model: str, classname: str) -> None:
     assert junit_classname(model) == classname
+
+
+@pytest.mark.parametrize(
+    ("model", "location"),
+    [
+        ("C:\\work\\net.py:make", "file=C%3A\\work\\net.py,title=neurodiag"),
+        ("models/net.py", "file=models/net.py,title=neurodiag"),
+        ("mypkg.models:build", "title=neurodiag"),  # no file to point at
+    ],
+)
+def test_github_points_at_the_model_file_only_when_the_spec_names_one(
+    result: CheckResult, model: str, location: str
+) -> None:
+    header = dataclasses.replace(result.report.header, model=model)
+    moved = dataclasses.replace(result, report=dataclasses.replace(result.report, header=header))
+    assert render_check(moved, "github").startswith(f"::error {location}::site ")

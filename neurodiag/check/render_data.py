@@ -16,6 +16,7 @@ from typing import Any
 
 from neurodiag.check.evaluation import CheckResult
 from neurodiag.check.summary import headline, summary_facts
+from neurodiag.loading.pyfile import split_file_spec
 from neurodiag.report.render_data import to_json
 
 #: Columns of the CSV, one row per violation.
@@ -92,11 +93,9 @@ def to_check_csv(result: CheckResult, *, width: int | None = None, color: bool =
 
 def junit_classname(model: str) -> str:
     """``sample_models/plain_mlp.py:build_model`` → ``sample_models.plain_mlp.build_model``."""
-    path, sep, factory = model.rpartition(":")
-    if not sep or "/" in factory or "\\" in factory:
-        path, factory = model, ""
+    path, factory = split_file_spec(model) or (model, None)
     path = path.replace("\\", "/")
-    if path.endswith(".py"):
+    if path.lower().endswith(".py"):
         path = path[:-3]
     parts = [p for p in path.split("/") if p not in ("", ".", "..")]
     if factory:

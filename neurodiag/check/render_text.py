@@ -20,6 +20,7 @@ from rich.text import Text
 from neurodiag.check.evaluation import CheckResult, Violation
 from neurodiag.check.summary import headline, plural, requirement, summary_facts
 from neurodiag.check.text import fmt_value
+from neurodiag.loading.pyfile import split_file_spec
 
 FAIL_STYLE = "bold red"
 OK_STYLE = "bold green"
@@ -119,7 +120,8 @@ def _severity(violations: list[Violation]) -> tuple[int, tuple[float, ...]]:
 
 def to_check_github(result: CheckResult, *, width: int | None = None, color: bool = False) -> str:
     """At most one ``::error`` per site (all its violations in one message), worst site first
-    and at most GITHUB_MAX_ANNOTATIONS of them, with ``file=`` the model file; then a count line
+    and at most GITHUB_MAX_ANNOTATIONS of them, with ``file=`` the model file when the spec names
+    one; then a count line
     and a ``::notice`` with the verdict and facts.
 
     New sites of a baseline comparison get one ``::notice``: worth a look, never a failure.
@@ -128,8 +130,10 @@ def to_check_github(result: CheckResult, *, width: int | None = None, color: boo
     for v in result.violations:
         by_site.setdefault(v.site, []).append(v)
     ranked = sorted(by_site.items(), key=lambda item: _severity(item[1]), reverse=True)
-    model_file = result.report.header.model.rsplit(":", 1)[0]
-    location = f"file={_gh_property(model_file)},title=neurodiag"
+    model_file = split_file_spec(result.report.header.model)
+    location = (
+        f"file={_gh_property(model_file[0])},title=neurodiag" if model_file else "title=neurodiag"
+    )
     lines = [
         f"::error {location}::"
         + _gh_data(f"site {site}: " + "; ".join(f"{v.describe()} ({v.reason})" for v in vs))
