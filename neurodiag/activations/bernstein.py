@@ -231,7 +231,6 @@ class _Plan:
         self.fused = not torch.compiler.is_compiling()
         if self.fused:
             self.shift = _cpu_scalar(self.shift_value, dtype)
-            self.half = _cpu_scalar(0.5, dtype)
             self.zero = _cpu_scalar(0.0, dtype)
         rows = table.unbind(0)
         self.a = rows[: n + 1]  # σ(u) = Σ a_j u^j inside [−1, 1]
@@ -263,13 +262,17 @@ def _horner(rows: Sequence[Tensor], u: Tensor) -> Tensor:
 
 
 def _value(plan: _Plan, x: Tensor) -> Tensor:
-    """σ(x) = P(u) + e·slope, e = z − u the overshoot; slope = lerp(slope_lo, slope_hi, t) with
-    t = (1+u)/2, exactly 0 or 1 wherever e ≠ 0 (lerp is exact at both ends), so e·slope is
-    never ∞ − ∞ (σ(±∞) = ±∞) and far outside keeps full relative precision."""
+    """σ(x) = P(u) + min(e, 0)·slope_lo + max(e, 0)·slope_hi, e = z − u the overshoot.
+
+    At most one of the two terms is non-zero and the other adds an exact 0, so this is e times
+    the boundary slope on its side, rounded once: never ∞ − ∞ (σ(±∞) = ±∞), full relative
+    precision far outside. (torch.lerp between the two slopes gave the same bits but, weighted
+    by (1+u)/2 ≈ 0.5, its branch on the weight cost 6× an addcmul on CPU.)
+    """
     z, u = _coords(plan, x)
-    t = torch.add(plan.half, u, alpha=0.5) if plan.fused else u * 0.5 + 0.5
-    slope = torch.lerp(plan.slope_lo, plan.slope_hi, t)
-    return torch.addcmul(_horner(plan.a, u), z - u, slope)
+    e = z - u
+    acc = torch.addcmul(_horner(plan.a, u), e.clamp(max=0.0), plan.slope_lo)
+    return torch.addcmul(acc, e.clamp(min=0.0), plan.slope_hi)
 
 
 def _slope_u(plan: _Plan, u: Tensor) -> Tensor:
@@ -309,7 +312,9 @@ def _horner_into(rows: Sequence[Tensor], u: Tensor, acc: Tensor) -> None:
     if len(rows) == 1:  # degree-1 slope: a constant, NaN where u is NaN as in _horner
         torch.mul(u, 0.0, out=acc).add_(rows[0])
         return
-    torch.addcmul(rows[-2], u, rows[-1], out=acc)
+    # a_{n−1} + u·a_n as mul then add: addcmul with two operands broadcast along the inner
+    # (spatial) dim takes a slow loop, ~4× either op on (C, H·W) chunks.
+    torch.mul(u, rows[-1], out=acc).add_(rows[-2])
     for row in reversed(rows[:-2]):
         torch.addcmul(row, acc, u, out=acc)
 
@@ -320,9 +325,10 @@ def _value_into(plan: _Plan, x: Tensor, out: Tensor, buf: Tensor) -> None:
     _coords_into(plan, x, z, u)
     _horner_into(plan.a, u, acc)
     z.sub_(u)  # e
-    torch.add(plan.half, u, alpha=0.5, out=u)  # t
-    torch.lerp(plan.slope_lo, plan.slope_hi, u, out=u)
-    torch.addcmul(acc, z, u, out=out)
+    torch.clamp(z, max=0.0, out=u)
+    acc.addcmul_(u, plan.slope_lo)
+    z.clamp_(min=0.0)
+    torch.addcmul(acc, z, plan.slope_hi, out=out)
 
 
 def _backward_into(
