@@ -87,6 +87,8 @@ TRAIN_MONITOR_TARGETS = {"a": 1.10, "b": 1.10, "c": 1.10}
 GPU_SCAN_TARGETS = {"e": 1.10}
 MEM_TARGET_PCT = 5.0
 BERNSTEIN_TARGET = 3.0
+# Compiling the shared kernels of the 50-layer Bernstein MLP (first step), seconds.
+KERNEL_COMPILE_TARGET_S = 30.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,6 +721,7 @@ class ActResult:
     bernstein_ms: list[float]
     compiled_ms: list[float] | None = None  # torch.compile'd Bernstein (None: compile failed)
     compile_note: str = ""
+    kernel_ms: list[float] | None = None  # Bernstein.compiled_kernel (shared compiled kernels)
 
     @property
     def ratio(self) -> float:
@@ -729,6 +732,74 @@ class ActResult:
         if not self.compiled_ms:
             return None
         return statistics.median(self.compiled_ms) / statistics.median(self.gelu_ms)
+
+    @property
+    def kernel_ratio(self) -> float | None:
+        if not self.kernel_ms:
+            return None
+        return statistics.median(self.kernel_ms) / statistics.median(self.gelu_ms)
+
+
+@dataclass
+class KernelNet:
+    """50 x (Linear(100) + Bernstein(9)) on (256, 100): the first step with shared compiled
+    kernels (the compile), then eager vs compiled-kernel steps (median ms, forward+backward)."""
+
+    compile_s: float
+    eager_ms: list[float]
+    kernel_ms: list[float]
+    note: str = ""
+
+
+def bench_kernel_net(repeats: int, device: torch.device) -> KernelNet | str:
+    """Cold compile (Dynamo reset, Inductor's disk cache off) of the shared kernels of a
+    50-layer plain Bernstein MLP whose layers all differ in range, then step timings."""
+    try:
+        from torch._inductor import config as inductor_config
+
+        from neurodiag.activations import bernstein as bern
+    except Exception as exc:
+        return f"n/a ({type(exc).__name__}: {exc})"
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(50):  # a different range per layer: the kernels must not specialise on it
+        layers += [nn.Linear(100, 100), bern.Bernstein(9, num_features=100, lower=-3 - 0.01 * i)]
+    net = nn.Sequential(*layers).to(device)
+    x = torch.randn(256, 100, device=device)
+
+    def step() -> None:
+        net(x).sum().backward()
+        net.zero_grad(set_to_none=True)
+
+    torch._dynamo.reset()
+    bern._COMPILED = bern._Compiled()
+    cache = inductor_config.fx_graph_cache
+    inductor_config.fx_graph_cache = False
+    try:
+        bern.use_compiled_kernels(net)
+        compile_s = time_once(step, device)
+    finally:
+        inductor_config.fx_graph_cache = cache
+    note = (
+        f"compile failed, eager fallback: {bern._COMPILED.failed}" if bern._COMPILED.failed else ""
+    )
+
+    def run(enabled: bool) -> None:
+        bern.use_compiled_kernels(net, enabled)
+        for _ in range(5):
+            step()
+
+    times = interleaved(
+        {"eager": functools.partial(run, False), "kernel": functools.partial(run, True)},
+        repeats,
+        device,
+    )
+    return KernelNet(
+        compile_s,
+        [1e3 * t / 5 for t in times["eager"]],
+        [1e3 * t / 5 for t in times["kernel"]],
+        note,
+    )
 
 
 def bench_bernstein(repeats: int, device: torch.device) -> list[ActResult] | str:
@@ -743,6 +814,10 @@ def bench_bernstein(repeats: int, device: torch.device) -> list[ActResult] | str
             "bernstein": Bernstein(9, num_features=shape[1]).to(device),
         }
         note = ""
+        kernel = Bernstein(9, num_features=shape[1]).to(device)
+        kernel.compiled_kernel = True
+        _step_activation(kernel, *_activation_inputs(shape, device))  # compiles its kernels
+        modules["kernel"] = kernel
         compiled = Bernstein(9, num_features=shape[1]).to(device)
         try:  # Inductor needs a C++ compiler on CPU; the first call compiles (seconds)
             compiled.compile()
@@ -793,6 +868,7 @@ def _bench_activations(
         [1e3 * t / inner for t in times["gelu"]],
         [1e3 * t / inner for t in times["bernstein"]],
         [1e3 * t / inner for t in times["compiled"]] if "compiled" in times else None,
+        kernel_ms=[1e3 * t / inner for t in times["kernel"]] if "kernel" in times else None,
     )
 
 
@@ -887,7 +963,11 @@ def _check(name: str, value: float | None, limit: float) -> dict[str, Any]:
     return {"check": name, "value": value, "limit": limit, "result": verdict(value, limit)}
 
 
-def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> list[dict[str, Any]]:
+def checks(
+    models: list[ModelResult],
+    acts: list[ActResult] | str | None,
+    net: KernelNet | str | None = None,
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for r in models:
         limit = scan_target(r)
@@ -911,6 +991,12 @@ def checks(models: list[ModelResult], acts: list[ActResult] | str | None) -> lis
             if a.compiled_ratio is not None:
                 name = f"(d) compiled Bernstein/GELU {shape}"
                 out.append(_check(name, a.compiled_ratio, BERNSTEIN_TARGET))
+            if a.kernel_ratio is not None:
+                name = f"(d) compiled-kernel Bernstein/GELU {shape}"
+                out.append(_check(name, a.kernel_ratio, BERNSTEIN_TARGET))
+    if isinstance(net, KernelNet):
+        name = "(d) 50-layer Bernstein MLP: compile of the shared kernels, s"
+        out.append(_check(name, net.compile_s, KERNEL_COMPILE_TARGET_S))
     return out
 
 
@@ -919,6 +1005,7 @@ def print_table(
     args: argparse.Namespace,
     models: list[ModelResult],
     acts: list[ActResult] | str | None,
+    net: KernelNet | str | None = None,
 ) -> None:
     print(
         f"torch {env['torch']} | neurodiag {env['neurodiag']} | python {env['python']} | "
@@ -1029,10 +1116,28 @@ def print_table(
                         f"{statistics.median(a.compiled_ms):8.3f}  ratio {a.compiled_ratio:5.2f}x "
                         f"{verdict(a.compiled_ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}"
                     )
+                if a.kernel_ms and a.kernel_ratio is not None:
+                    print(
+                        f"  {'':<18} {'':<14} compiled_kernel bernstein  "
+                        f"{statistics.median(a.kernel_ms):8.3f}  ratio {a.kernel_ratio:5.2f}x "
+                        f"{verdict(a.kernel_ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}"
+                    )
                 if a.compile_note:
                     print(f"  {'':<18} {a.compile_note}")
+        if isinstance(net, str):
+            print(f"  50-layer MLP: {net}")
+        elif net is not None:
+            eager, kernel = statistics.median(net.eager_ms), statistics.median(net.kernel_ms)
+            print(
+                f"  50 x (Linear(100) + Bernstein(9)), batch 256: compiled_kernel compile "
+                f"{net.compile_s:5.1f} s {verdict(net.compile_s, KERNEL_COMPILE_TARGET_S)}"
+                f"<={KERNEL_COMPILE_TARGET_S:.0f}; step eager {eager:7.2f} ms, "
+                f"compiled_kernel {kernel:7.2f} ms ({kernel / eager:4.2f}x)"
+            )
+            if net.note:
+                print(f"  {net.note}")
     print()
-    results = checks(models, acts)
+    results = checks(models, acts, net)
     passed = sum(c["result"] == "PASS" for c in results)
     failed = [c["check"] for c in results if c["result"] == "FAIL"]
     print(
@@ -1088,6 +1193,7 @@ def to_json(
     args: argparse.Namespace,
     models: list[ModelResult],
     acts: list[ActResult] | str | None,
+    net: KernelNet | str | None = None,
 ) -> dict[str, Any]:
     return {
         "environment": env,
@@ -1137,10 +1243,20 @@ def to_json(
                 "compiled_ms": a.compiled_ms,
                 "compiled_ratio": a.compiled_ratio,
                 "compile_note": a.compile_note,
+                "kernel_ms": a.kernel_ms,
+                "kernel_ratio": a.kernel_ratio,
             }
             for a in acts
         ],
-        "checks": checks(models, acts),
+        "kernel_net": net
+        if isinstance(net, str) or net is None
+        else {
+            "compile_s": net.compile_s,
+            "eager_ms": net.eager_ms,
+            "kernel_ms": net.kernel_ms,
+            "note": net.note,
+        },
+        "checks": checks(models, acts, net),
     }
 
 
@@ -1251,14 +1367,19 @@ def main(argv: list[str] | None = None) -> int:
             bench_model(case, n, args.repeats, device, args.mode, not args.no_memory, args.variants)
         )
     acts: list[ActResult] | str | None = None
+    net: KernelNet | str | None = None
     if "d" in args.keys:
+        print(
+            f"[{time.strftime('%H:%M:%S')}] (d) 50-layer compiled kernels ...", file=log, flush=True
+        )
+        net = bench_kernel_net(args.repeats, device)  # first: its compile must be cold
         print(f"[{time.strftime('%H:%M:%S')}] (d) Bernstein vs GELU ...", file=log, flush=True)
         acts = bench_bernstein(args.repeats, device)
     if args.json:
-        print(json.dumps(to_json(env, args, models, acts), indent=2))
+        print(json.dumps(to_json(env, args, models, acts, net), indent=2))
     else:
         print()
-        print_table(env, args, models, acts)
+        print_table(env, args, models, acts, net)
     if args.sync_check:
         for key in args.keys:
             if key in CASES:

@@ -509,6 +509,66 @@ def test_compiled_module_matches_eager() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
 
 
+def test_compiled_kernels_match_the_definition_and_are_shared_across_layers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compiled_kernel: values and gradients equal the eager kernels (and the defining sum);
+    two layers of one shape but different ranges and δ use one compilation of each kernel."""
+    monkeypatch.setattr(bernstein, "_COMPILED", bernstein._Compiled())
+    torch._dynamo.reset()
+    layers = [
+        _randomise(Bernstein(9, num_features=5), seed=31),
+        _randomise(Bernstein(9, delta=0.05, lower=-2.0, upper=3.0, num_features=5), seed=32),
+    ]
+    x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(33)) * 4.0
+    x[0, 0, 0], x[1, 1, 1] = -math.inf, 1e30
+    g = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(34))
+    graphs = torch._dynamo.utils.counters["stats"]
+    compiles = [graphs["unique_graphs"]]
+    for m in layers:
+        results = []
+        for compiled in (False, True):
+            m.compiled_kernel = compiled
+            xr = x.clone().requires_grad_()
+            y = m(xr)
+            results.append((y.detach(), *torch.autograd.grad(y, [xr, m.c0, m.theta], g)))
+        compiles.append(graphs["unique_graphs"])
+        finite = x.abs() < 1e6
+        torch.testing.assert_close(
+            results[1][0][finite].to(F64), brute(m, x.to(F64))[finite], rtol=1e-5, atol=1e-5
+        )
+        for a, b in zip(*results):
+            scale = float(a[a.abs() < 1e6].abs().max())
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * scale)
+    assert bernstein._COMPILED.failed is None
+    # value and backward compiled for the first layer, reused by the second
+    assert [compiles[1] - compiles[0], compiles[2] - compiles[1]] == [2, 0], compiles
+
+
+def test_compiled_kernels_fall_back_to_eager_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compiler failure (no C++ compiler, say) warns once and the layer keeps working."""
+
+    def broken(*_args: object, **_kwargs: object) -> object:
+        def call(*_a: object) -> object:
+            raise RuntimeError("no C++ compiler\nmore text")
+
+        return call
+
+    monkeypatch.setattr(bernstein, "_COMPILED", bernstein._Compiled())
+    monkeypatch.setattr(torch, "compile", broken)
+    m = _randomise(Bernstein(9, num_features=5), seed=35)
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(36), requires_grad=True)
+    expected = m(x)
+    assert bernstein.use_compiled_kernels(torch.nn.Sequential(m, torch.nn.ReLU())) == 1
+    with pytest.warns(RuntimeWarning, match=r"compile failed.*no C\+\+ compiler more text\)"):
+        y = m(x)
+    y.sum().backward()  # the backward kernel falls back silently: one warning in all
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    assert bernstein._COMPILED.failed == "RuntimeError: no C++ compiler more text"
+
+
 def _brute_far(m: Bernstein, x: Tensor) -> Tensor:
     """σ outside [l, u] from the definition: c_0 + n·(c_1 − c_0)/(u−l)·(x − l) below l,
     c_n + n·(c_n − c_{n−1})/(u−l)·(x − u) above u, with the increments c_{k+1} − c_k used as

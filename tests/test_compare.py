@@ -317,6 +317,29 @@ def test_bernstein_parameters_are_trained() -> None:
     assert any(not torch.equal(a.theta, b.theta) for a, b in zip(trained, initial, strict=True))
 
 
+def test_compiled_kernels_reach_every_bernstein_of_the_variants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compiled_kernels=True: each variant's Bernstein modules run the shared compiled kernels
+    (here made to fail, so the eager fallback keeps the test fast), the caller's model and the
+    other variants' activations untouched, and the setting recorded."""
+    from neurodiag.activations import bernstein
+
+    stub = bernstein._Compiled()
+    stub.failed = "compiling switched off by the test"
+    monkeypatch.setattr(bernstein, "_COMPILED", stub)
+    calls: list[str] = []
+    run = stub.run
+    monkeypatch.setattr(stub, "run", lambda kernel, *a: calls.append(kernel) or run(kernel, *a))
+    model = deep_relu_mlp(depth=2)
+    result = compare(model, small_data(2), ["bern9", "gelu"], epochs=1, compiled_kernels=True)
+    modules = [m for m in result.variant("bern9").model.modules() if isinstance(m, Bernstein)]
+    assert len(modules) == 2 and all(m.compiled_kernel for m in modules)
+    assert {"value", "backward"} <= set(calls)
+    assert result.settings["compiled_kernels"] is True
+    assert not any(isinstance(m, Bernstein) for m in model.modules())
+
+
 def he_relu_mlp(depth: int, width: int, seed: int = 0) -> nn.Sequential:
     """A plain deep ReLU MLP with He init and zero biases (sample_models/plain_mlp.py): for
     ReLU exactly critical, so it trains at depth 50 without residuals or normalisation."""

@@ -22,9 +22,10 @@ the same integer matrix. Outside [l, u], σ continues linearly with its boundary
 
 Eagerly on CPU, large inputs are processed in cache-sized chunks with buffers reused across
 calls (a fresh buffer over 128 KB costs page faults each time); elsewhere, and under
-``torch.compile``, each op runs once over the whole tensor. Figures against GELU:
-``benchmarks/overhead.py --models d`` (measured on 2 CPU threads: 9× GELU at (256, 100), where
-per-op overhead dominates, and 3.3× at (64, 128, 32, 32); compiled 3.4× and 1.4×).
+``torch.compile``, each op runs once over the whole tensor. ``Bernstein.compiled_kernel``
+runs the same kernels compiled once per input shape, shared by all layers. Figures against
+GELU: ``benchmarks/overhead.py --models d`` (measured on 2 CPU threads: 9.9× GELU at (256, 100),
+where per-op dispatch dominates, and 2.6× at (64, 128, 32, 32); a compiled module 3.5× and 1.4×).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import math
 import operator
 import statistics
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["Bernstein"]
+__all__ = ["Bernstein", "use_compiled_kernels"]
 
 # Extra slack above δ that init_from gives every increment, so θ = softplus⁻¹(increment − δ)
 # is finite; relative to δ, so it never visibly changes the fitted shape.
@@ -155,6 +157,15 @@ _POOL = _Pool()
 def _in_functorch_transform() -> bool:
     """torch.func transforms refuse in-place writes to tensors made outside them (the pool)."""
     return bool(torch._C._are_functorch_transforms_active())
+
+
+def _plain_dispatch(x: Tensor) -> bool:
+    """A plain tensor, no torch.func transform, no dispatch mode: the compiled kernels would
+    trace those, or refuse to. (Torch function modes, such as neurodiag's own while it
+    measures, are switched off around the kernels: they only see elementwise arithmetic.)"""
+    return type(x) is Tensor and not (
+        _in_functorch_transform() or torch._C._len_torch_dispatch_stack()
+    )
 
 
 class _Scratch:
@@ -312,9 +323,12 @@ def _horner_into(rows: Sequence[Tensor], u: Tensor, acc: Tensor) -> None:
     if len(rows) == 1:  # degree-1 slope: a constant, NaN where u is NaN as in _horner
         torch.mul(u, 0.0, out=acc).add_(rows[0])
         return
-    # a_{n−1} + u·a_n as mul then add: addcmul with two operands broadcast along the inner
-    # (spatial) dim takes a slow loop, ~4× either op on (C, H·W) chunks.
-    torch.mul(u, rows[-1], out=acc).add_(rows[-2])
+    if u.shape[-1] > 1:
+        # a_{n−1} + u·a_n as mul then add: addcmul with two operands broadcast along the inner
+        # (spatial) dim takes a slow loop, ~4× either op on (C, H·W) chunks.
+        torch.mul(u, rows[-1], out=acc).add_(rows[-2])
+    else:
+        torch.addcmul(rows[-2], u, rows[-1], out=acc)
     for row in reversed(rows[:-2]):
         torch.addcmul(row, acc, u, out=acc)
 
@@ -425,7 +439,11 @@ class _BernsteinFunction(torch.autograd.Function):
         plan = _Plan(table, n, lower, upper, delta, dtype)
         shape = _layout(x, feature_dim)
         x3 = _as3d(x, shape)
-        if chunk <= 0:
+        if chunk < 0:
+            scalars = _scalars(plan, x.device)
+            out3 = _COMPILED.run("value", _value_kernel, x3, table, scalars)
+            return out3.to(x.dtype).view(x.shape), table
+        if chunk == 0:
             return _value(plan, x3).to(x.dtype).view(x.shape), table
         out, out3 = _new_output(x, shape)
         xs = _split(x3, chunk)
@@ -460,7 +478,13 @@ class _BernsteinFunction(torch.autograd.Function):
         grad_x: Tensor | None = None
         mom: Tensor | None = None
         if chunk <= 0:
-            gx3, mom = _backward(plan, x3, g3, need_x, need_c)
+            if chunk < 0:
+                scalars = _scalars(plan, x.device)
+                gx3, mom = _COMPILED.run(
+                    "backward", _backward_kernel, x3, g3, table, scalars, need_x, need_c
+                )
+            else:
+                gx3, mom = _backward(plan, x3, g3, need_x, need_c)
             if gx3 is not None:
                 grad_x = gx3.to(x.dtype).view(x.shape)
         else:
@@ -529,6 +553,83 @@ def _backward(
 def _derivative(plan: _Plan, x3: Tensor) -> Tensor:
     """Unchunked σ'(x) in x units."""
     return _slope_u(plan, _coords(plan, x3)[1]) * plan.scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled kernels (opt-in, Bernstein.compiled_kernel): the functional kernels above, compiled once
+# per input shape and shared by every layer of that shape. The per-layer scalars travel as a
+# tensor, so layers with different ranges or δ reuse the same compiled code; compiling the
+# whole model instead traces every layer apart (minutes for a 50-layer net).
+# ---------------------------------------------------------------------------------------------
+
+
+def _kernel_plan(table: Tensor, scalars: Tensor) -> _Plan:
+    """A :class:`_Plan` whose scale, shift and slope floor are the rows of ``scalars``."""
+    n = (table.shape[0] - 3) // 2
+    plan = _Plan.__new__(_Plan)
+    plan.n, plan.dtype, plan.fused = n, table.dtype, False
+    rows = table.unbind(0)
+    plan.a, plan.d = rows[: n + 1], rows[n + 1 : 2 * n + 1]
+    plan.slope_lo, plan.slope_hi = rows[2 * n + 1 :]
+    plan.scale, plan.shift_value, plan.min_slope_u = scalars.unbind(0)  # type: ignore[assignment]
+    return plan
+
+
+def _value_kernel(x3: Tensor, table: Tensor, scalars: Tensor) -> Tensor:
+    return _value(_kernel_plan(table, scalars), x3)
+
+
+def _backward_kernel(
+    x3: Tensor, g3: Tensor, table: Tensor, scalars: Tensor, need_x: bool, need_c: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    return _backward(_kernel_plan(table, scalars), x3, g3, need_x, need_c)
+
+
+class _Compiled:
+    """The two kernels under torch.compile, made on first use; after a failure (no C++
+    compiler, an unsupported device) every later call runs eagerly, with one warning."""
+
+    def __init__(self) -> None:
+        self.value: Callable[..., Tensor] | None = None
+        self.backward: Callable[..., tuple[Tensor | None, Tensor | None]] | None = None
+        self.failed: str | None = None
+
+    def run(self, kernel: str, eager: Callable[..., Any], *args: Any) -> Any:
+        if self.failed is None:
+            if self.value is None:
+                self.value = torch.compile(_value_kernel, fullgraph=True)
+                self.backward = torch.compile(_backward_kernel, fullgraph=True)
+            try:
+                if torch._C._len_torch_function_stack():
+                    with torch._C.DisableTorchFunction():
+                        return getattr(self, kernel)(*args)
+                return getattr(self, kernel)(*args)
+            except Exception as error:
+                lines = [line for line in str(error).splitlines() if line.strip()]
+                self.failed = f"{type(error).__name__}: {' '.join(lines[:2])[:200]}"
+                warnings.warn(
+                    "Bernstein.compiled_kernel: torch.compile failed, running eagerly "
+                    f"({self.failed})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return eager(*args)
+
+
+_COMPILED = _Compiled()
+
+
+@functools.lru_cache(maxsize=256)
+def _kernel_scalars(
+    scale: float, shift: float, min_slope_u: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """(3, 1, 1) tensor of a layer's scale, shift and slope floor, made once per layer setting
+    (no host-to-device copy per call)."""
+    return torch.tensor([scale, shift, min_slope_u], dtype=dtype, device=device).view(3, 1, 1)
+
+
+def _scalars(plan: _Plan, device: torch.device) -> Tensor:
+    return _kernel_scalars(plan.scale, plan.shift_value, plan.min_slope_u, plan.dtype, device)
 
 
 def _finite(value: object, name: str) -> float:
@@ -642,10 +743,15 @@ class Bernstein(nn.Module):
     sample of features). New modules start as the monotone least-squares fit to ReLU, see
     :meth:`init_from`. ``chunk_elements`` (attribute; None = 64K per intra-op thread, 0 = one
     unchunked pass) sets how many elements the eager CPU path processes per cache-sized block;
-    off CPU (default) and under torch.compile everything is one pass.
+    off CPU (default) and under torch.compile everything is one pass. ``compiled_kernel = True``
+    (attribute, or :func:`use_compiled_kernels` on a whole model) runs the elementwise work
+    through torch.compile'd kernels shared by every Bernstein layer of the same input shape:
+    a few seconds of compiling per shape instead of minutes for ``torch.compile(model)``, and
+    an eager fallback (with a warning) where compiling fails.
     """
 
     chunk_elements: int | None
+    compiled_kernel: bool
     _conversion_int: Tensor
 
     def __init__(
@@ -690,6 +796,7 @@ class Bernstein(nn.Module):
         self.num_features = num_features
         self.feature_dim = operator.index(feature_dim)
         self.chunk_elements = None
+        self.compiled_kernel = False
         rows = 1 if num_features is None else num_features
         self.c0 = nn.Parameter(torch.zeros(rows))
         self.theta = nn.Parameter(torch.zeros(rows, degree))
@@ -721,8 +828,11 @@ class Bernstein(nn.Module):
         return self.degree * self.delta / (self.upper - self.lower)
 
     def _chunk(self, x: Tensor) -> int:
+        """Elements per eager chunk; 0: one functional pass; −1: the shared compiled kernels."""
         if torch.compiler.is_compiling():
             return 0  # one pass: Inductor fuses it, chunk loops would only be unrolled
+        if self.compiled_kernel and _plain_dispatch(x):
+            return -1
         if self.chunk_elements is not None:
             return self.chunk_elements
         if x.device.type != "cpu":
@@ -870,3 +980,13 @@ class Bernstein(nn.Module):
             f"degree={self.degree}, delta={self.delta}, range=({self.lower}, {self.upper}), "
             f"num_features={self.num_features}, feature_dim={self.feature_dim}"
         )
+
+
+def use_compiled_kernels(model: nn.Module, enabled: bool = True) -> int:
+    """Set ``compiled_kernel`` on every :class:`Bernstein` in ``model``; returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Bernstein):
+            module.compiled_kernel = enabled
+            count += 1
+    return count

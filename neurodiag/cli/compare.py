@@ -141,6 +141,14 @@ def compare(
             help="Fraction of samples held out for accuracy when training (0: none).",
         ),
     ] = 0.2,
+    compiled_kernels: Annotated[
+        bool,
+        typer.Option(
+            "--compiled-kernels",
+            help="Run Bernstein activations through torch.compile'd kernels shared by all "
+            "layers of a shape (seconds to compile; eager if compiling fails).",
+        ),
+    ] = False,
     eps: EpsOpt = DEFAULT_EPS,
     tau: TauOpt = DEFAULT_TAU,
     dead_window: DeadWindowOpt = DeadWindow.scan,
@@ -211,6 +219,7 @@ def compare(
                     seed=base_seed,
                     eval_data=held_out,
                     loss_fn=loaded.hook("loss_fn"),
+                    compiled_kernels=compiled_kernels,
                     eps=eps,
                     tau=tau,
                     dead_window=dead_window.value,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurodiag.activations.bernstein import use_compiled_kernels
 from neurodiag.compare.summary import (
     Comparison,
     VariantResult,
@@ -81,6 +82,7 @@ def compare(
     eval_data: Iterable[Any] | None = None,
     loss_fn: UserLoss | None = None,
     scan_batches: int | None = None,
+    compiled_kernels: bool = False,
     on_step: Callable[[CompareProgress], None] | None = None,
     config: ScanConfig | None = None,
     **scan_options: Any,
@@ -97,7 +99,9 @@ def compare(
     training batches are one window (``train_*_dead_pct`` in the history; the last one is the
     paper's Fig. 3 window, ``VariantResult.train_window``), beside the post-epoch scan.
     ``batch_size`` re-batches and reshuffles the samples each epoch; without it the batches are
-    used as given, in order.
+    used as given, in order. ``compiled_kernels`` runs every Bernstein activation of the
+    variants through the shared torch.compile'd kernels (``Bernstein.compiled_kernel``): a few
+    seconds of compiling per input shape; the last bits differ from the eager kernels.
     After each epoch (and at epoch 0) the variant is scanned on the training data
     (``scan_batches`` caps the batches; ``config`` or its fields as ``scan_options`` say how,
     as for ``neurodiag.scan``; every variant is scanned with ``seed``), its eval-mode
@@ -112,6 +116,9 @@ def compare(
     eval_batches = list(eval_data) if eval_data is not None else None
     plan = epoch_lengths(epochs, steps, len(batches))
     variants = build_variants(_initialised(model, init, seed), parsed, batches.epoch(0)[0], seed)
+    if compiled_kernels:
+        for variant in variants:
+            use_compiled_kernels(variant.model)
     progress = _Progress(on_step, len(variants) * (sum(plan) + len(plan) + 1))
     scan_data = batches.epoch(0)[:scan_batches]
     training = _Training(optimizer, lr, weight_decay, momentum, schedule, train_window)
@@ -136,6 +143,7 @@ def compare(
         "epochs_requested": epochs,
         "steps": steps,
         "scan_batches": scan_batches,
+        "compiled_kernels": compiled_kernels,
         "batches_per_epoch": len(batches),
         **{k: v for k, v in asdict(scan_config).items() if isinstance(v, (int, float, str, bool))},
     }
