@@ -336,3 +336,29 @@ def test_vanishing_gradients_in_eval_mode_suggest_train_mode() -> None:
     with torch.no_grad():
         model[2].weight.mul_(1e12)
     assert not any("--mode train" in note for note in neurodiag.scan(model, batches).header.notes)
+
+
+def test_scan_of_bernstein_with_compiled_kernels_equals_the_eager_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scan's torch function mode is active in the forward: the compiled kernels run with it
+    switched off (they only do arithmetic), compile without failing, and measure the same."""
+    from neurodiag.activations import bernstein
+
+    monkeypatch.setattr(bernstein, "_COMPILED", bernstein._Compiled())
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), bernstein.Bernstein(9, num_features=16), nn.Linear(16, 3)
+    )
+    data = [(torch.randn(32, 8), torch.randint(0, 3, (32,))) for _ in range(2)]
+    eager = neurodiag.scan(model, data).to_frame()
+    assert bernstein.use_compiled_kernels(model) == 1
+    graphs = torch._dynamo.utils.counters["stats"]
+    before = graphs["unique_graphs"]
+    compiled = neurodiag.scan(model, data).to_frame()
+    assert bernstein._COMPILED.failed is None
+    assert graphs["unique_graphs"] - before >= 2  # the value and backward kernels ran compiled
+    numbers = eager.select_dtypes("number").columns
+    assert len(numbers) > 5
+    pd = pytest.importorskip("pandas")
+    pd.testing.assert_frame_equal(eager[numbers], compiled[numbers], rtol=1e-5, atol=1e-6)
