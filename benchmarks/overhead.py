@@ -727,17 +727,16 @@ class ActResult:
     def ratio(self) -> float:
         return statistics.median(self.bernstein_ms) / statistics.median(self.gelu_ms)
 
+    def _vs_gelu(self, ms: list[float] | None) -> float | None:
+        return statistics.median(ms) / statistics.median(self.gelu_ms) if ms else None
+
     @property
     def compiled_ratio(self) -> float | None:
-        if not self.compiled_ms:
-            return None
-        return statistics.median(self.compiled_ms) / statistics.median(self.gelu_ms)
+        return self._vs_gelu(self.compiled_ms)
 
     @property
     def kernel_ratio(self) -> float | None:
-        if not self.kernel_ms:
-            return None
-        return statistics.median(self.kernel_ms) / statistics.median(self.gelu_ms)
+        return self._vs_gelu(self.kernel_ms)
 
 
 @dataclass

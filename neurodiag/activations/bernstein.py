@@ -243,6 +243,11 @@ class _Plan:
         if self.fused:
             self.shift = _cpu_scalar(self.shift_value, dtype)
             self.zero = _cpu_scalar(0.0, dtype)
+        self.set_rows(table)
+
+    def set_rows(self, table: Tensor) -> None:
+        """The coefficient rows of the (2n+3, F, 1) table, as views."""
+        n = self.n
         rows = table.unbind(0)
         self.a = rows[: n + 1]  # σ(u) = Σ a_j u^j inside [−1, 1]
         self.d = rows[n + 1 : 2 * n + 1]  # dσ/du = Σ d_j u^j
@@ -568,9 +573,7 @@ def _kernel_plan(table: Tensor, scalars: Tensor) -> _Plan:
     n = (table.shape[0] - 3) // 2
     plan = _Plan.__new__(_Plan)
     plan.n, plan.dtype, plan.fused = n, table.dtype, False
-    rows = table.unbind(0)
-    plan.a, plan.d = rows[: n + 1], rows[n + 1 : 2 * n + 1]
-    plan.slope_lo, plan.slope_hi = rows[2 * n + 1 :]
+    plan.set_rows(table)
     plan.scale, plan.shift_value, plan.min_slope_u = scalars.unbind(0)  # type: ignore[assignment]
     return plan
 
