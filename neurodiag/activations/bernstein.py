@@ -31,18 +31,22 @@ where per-op dispatch dominates, and 2.6× at (64, 128, 32, 32); a compiled modu
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 import statistics
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from neurodiag.activations import native
 
 __all__ = ["Bernstein", "use_compiled_kernels"]
 
@@ -539,6 +543,168 @@ def _apply(*args: Any) -> Any:
     return _APPLY_DIRECT(*args)
 
 
+# ---------------------------------------------------------------------------------------------
+# Native kernels (eager CPU, float32): the same arithmetic as the kernels above in one C pass
+# each way (native.py builds bernstein_kernel.c), parameters to table and moments to
+# gradients included, so a call costs a few ops' dispatch instead of ~70.
+# ---------------------------------------------------------------------------------------------
+
+
+class _NativeFunction(torch.autograd.Function):
+    """σ(x) from (x, c0, θ) through the C kernels; saves x, θ and the padded table."""
+
+    @staticmethod
+    def forward(
+        x: Tensor,
+        c0: Tensor,
+        theta: Tensor,
+        conversion: Tensor,
+        lib: native.Kernels,
+        lower: float,
+        upper: float,
+        delta: float,
+        feature_dim: int,
+    ) -> tuple[Tensor, Tensor]:
+        rows, n = theta.shape
+        ld = 1 if rows == 1 else -(-rows // lib.lanes) * lib.lanes
+        table = torch.empty(2 * n + 3, ld, dtype=torch.float32)
+        lib.table(
+            c0.data_ptr(),
+            theta.data_ptr(),
+            rows,
+            ld,
+            n,
+            delta,
+            conversion.data_ptr(),
+            table.data_ptr(),
+        )
+        scale, shift, _ = _native_scalars(n, lower, upper, delta)
+        a, f, b = _layout(x, feature_dim)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        parts = _native_parts(a, x.numel())
+
+        def run(k: int) -> None:
+            lo, hi = parts[k]
+            off = lo * f * b * 4  # float32 bytes
+            lib.value(
+                x.data_ptr() + off,
+                out.data_ptr() + off,
+                hi - lo,
+                f,
+                b,
+                table.data_ptr(),
+                ld,
+                n,
+                scale,
+                shift,
+            )
+
+        _native_map(run, len(parts))
+        return out, table
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        x, _, theta, conversion, lib, lower, upper, delta, feature_dim = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, theta, conversion, output[1])
+        ctx.args = (lib, lower, upper, delta, feature_dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor | None, _: Tensor | None) -> tuple[Tensor | None, ...]:
+        nothing = (None,) * 9
+        if g is None:
+            return nothing
+        x, theta, conversion, table = ctx.saved_tensors
+        lib, lower, upper, delta, feature_dim = ctx.args
+        need_x, need_c0, need_theta = ctx.needs_input_grad[:3]
+        rows, n = theta.shape
+        ld = table.shape[1]
+        scale, shift, min_slope = _native_scalars(n, lower, upper, delta)
+        a, f, b = _layout(x, feature_dim)
+        g = g.to(torch.float32).contiguous()
+        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
+        parts = _native_parts(a, x.numel())
+        mom = (
+            torch.zeros(len(parts), n + 3, ld, dtype=torch.float64)
+            if need_c0 or need_theta
+            else None
+        )
+
+        def run(k: int) -> None:
+            lo, hi = parts[k]
+            off = lo * f * b * 4
+            lib.backward(
+                x.data_ptr() + off,
+                g.data_ptr() + off,
+                None if grad_x is None else grad_x.data_ptr() + off,
+                None if mom is None else mom[k].data_ptr(),
+                hi - lo,
+                f,
+                b,
+                table.data_ptr(),
+                ld,
+                n,
+                scale,
+                shift,
+                min_slope,
+            )
+
+        _native_map(run, len(parts))
+        grad_c0 = grad_theta = None
+        if mom is not None:
+            total = mom[0] if len(parts) == 1 else mom.sum(0)
+            grad_c0 = torch.empty(rows, dtype=torch.float32) if need_c0 else None
+            grad_theta = torch.empty(rows, n, dtype=torch.float32) if need_theta else None
+            lib.grads(
+                total.data_ptr(),
+                theta.data_ptr(),
+                rows,
+                ld,
+                n,
+                conversion.data_ptr(),
+                None if grad_c0 is None else grad_c0.data_ptr(),
+                None if grad_theta is None else grad_theta.data_ptr(),
+            )
+        return grad_x, grad_c0, grad_theta, *nothing[3:]
+
+
+_NATIVE_APPLY_DIRECT = torch._C._FunctionBase.__dict__["apply"].__get__(None, _NativeFunction)
+# Elements per thread below which the native kernels run on the calling thread only.
+_NATIVE_PER_THREAD = 1 << 17
+_NATIVE_POOL: list[ThreadPoolExecutor] = []
+
+
+@functools.lru_cache(maxsize=256)
+def _native_scalars(n: int, lower: float, upper: float, delta: float) -> tuple[float, float, float]:
+    """(scale, shift, slope floor in u units) as :class:`_Plan` computes them."""
+    half_width = 0.5 * (upper - lower)
+    return 1.0 / half_width, -0.5 * (lower + upper) / half_width, 0.5 * n * delta
+
+
+def _native_parts(a: int, numel: int) -> list[tuple[int, int]]:
+    """Ranges of the A dim, one per intra-op thread for large inputs (else one)."""
+    parts = min(torch.get_num_threads(), a, numel // _NATIVE_PER_THREAD)
+    if parts <= 1:
+        return [(0, a)]
+    bounds = [a * k // parts for k in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def _native_map(run: Callable[[int], None], count: int) -> None:
+    """run(0..count-1), all but the first on a shared pool (ctypes releases the GIL)."""
+    if count == 1:
+        run(0)
+        return
+    if not _NATIVE_POOL:
+        _NATIVE_POOL.append(ThreadPoolExecutor(thread_name_prefix="neurodiag-bernstein"))
+    futures = [_NATIVE_POOL[0].submit(run, k) for k in range(1, count)]
+    run(0)
+    for future in futures:
+        future.result()
+
+
 def _backward(
     plan: _Plan, x3: Tensor, g3: Tensor, need_x: bool, need_c: bool
 ) -> tuple[Tensor | None, Tensor | None]:
@@ -755,6 +921,8 @@ class Bernstein(nn.Module):
 
     chunk_elements: int | None
     compiled_kernel: bool
+    # Class default, so modules unpickled from older versions have it too.
+    native_kernel: bool = True
     _conversion_int: Tensor
 
     def __init__(
@@ -864,9 +1032,43 @@ class Bernstein(nn.Module):
                     f"input of shape {tuple(x.shape)}, found {found}"
                 )
 
+    def _native(self, x: Tensor) -> native.Kernels | None:
+        """The C kernels where they apply: eager, plain float32 CPU tensors, contiguous,
+        degree ≤ 16, no chunk or compiled-kernel setting; else None (the PyTorch kernels)."""
+        c0, theta = self.c0, self.theta
+        if not (
+            self.native_kernel
+            and self.chunk_elements is None
+            and not self.compiled_kernel
+            and self.degree <= _FLOAT32_MAX_DEGREE
+            and x.dtype == c0.dtype == theta.dtype == torch.float32
+            and x.device.type == c0.device.type == theta.device.type == "cpu"
+            and x.is_contiguous()
+            and c0.is_contiguous()
+            and theta.is_contiguous()
+            and not torch.compiler.is_compiling()
+            and _plain_dispatch(x)
+        ):
+            return None
+        return native.kernels()
+
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         out: Tensor
+        lib = self._native(x)
+        if lib is not None:
+            out, _ = _NATIVE_APPLY_DIRECT(
+                x,
+                self.c0,
+                self.theta,
+                self._conversion(),
+                lib,
+                self.lower,
+                self.upper,
+                self.delta,
+                self.feature_dim,
+            )
+            return out
         out, _ = _apply(
             x,
             self.c0,
