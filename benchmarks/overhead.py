@@ -722,6 +722,8 @@ class ActResult:
     compiled_ms: list[float] | None = None  # torch.compile'd Bernstein (None: compile failed)
     compile_note: str = ""
     kernel_ms: list[float] | None = None  # Bernstein.compiled_kernel (shared compiled kernels)
+    pytorch_ms: list[float] | None = None  # native_kernel=False: the PyTorch eager kernels
+    eager_path: str = ""  # which kernels the default eager module ran (native.status())
 
     @property
     def ratio(self) -> float:
@@ -737,6 +739,10 @@ class ActResult:
     @property
     def kernel_ratio(self) -> float | None:
         return self._vs_gelu(self.kernel_ms)
+
+    @property
+    def pytorch_ratio(self) -> float | None:
+        return self._vs_gelu(self.pytorch_ms)
 
 
 @dataclass
@@ -803,14 +809,19 @@ def bench_kernel_net(repeats: int, device: torch.device) -> KernelNet | str:
 
 def bench_bernstein(repeats: int, device: torch.device) -> list[ActResult] | str:
     try:
+        from neurodiag.activations import native
         from neurodiag.activations.bernstein import Bernstein
     except Exception as exc:
         return f"n/a ({type(exc).__name__}: {exc})"
     results = []
     for shape in ((256, 100), (64, 128, 32, 32)):
-        modules = {
+        default = Bernstein(9, num_features=shape[1]).to(device)
+        pytorch = Bernstein(9, num_features=shape[1]).to(device)
+        pytorch.native_kernel = False
+        modules: dict[str, nn.Module] = {
             "gelu": nn.GELU().to(device),
-            "bernstein": Bernstein(9, num_features=shape[1]).to(device),
+            "bernstein": default,
+            "pytorch": pytorch,
         }
         note = ""
         kernel = Bernstein(9, num_features=shape[1]).to(device)
@@ -826,6 +837,9 @@ def bench_bernstein(repeats: int, device: torch.device) -> list[ActResult] | str
             note = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
         result = _bench_activations(shape, modules, repeats, device)
         result.compile_note = note
+        x = _activation_inputs(shape, device)[0]
+        native_used = default._native(x) is not None
+        result.eager_path = native.status() if native_used else "PyTorch kernels"
         results.append(result)
     return results
 
@@ -868,6 +882,7 @@ def _bench_activations(
         [1e3 * t / inner for t in times["bernstein"]],
         [1e3 * t / inner for t in times["compiled"]] if "compiled" in times else None,
         kernel_ms=[1e3 * t / inner for t in times["kernel"]] if "kernel" in times else None,
+        pytorch_ms=[1e3 * t / inner for t in times["pytorch"]] if "pytorch" in times else None,
     )
 
 
@@ -1109,6 +1124,14 @@ def print_table(
                     f"bernstein {statistics.median(a.bernstein_ms):8.3f}  ratio {a.ratio:5.2f}x "
                     f"{verdict(a.ratio, BERNSTEIN_TARGET)}<={BERNSTEIN_TARGET:.1f}"
                 )
+                if a.eager_path:
+                    print(f"  {'':<18} {'':<14} eager: {a.eager_path}")
+                if a.pytorch_ms and a.pytorch_ratio is not None:
+                    print(
+                        f"  {'':<18} {'':<14} PyTorch-kernel bernstein   "
+                        f"{statistics.median(a.pytorch_ms):8.3f}  ratio {a.pytorch_ratio:5.2f}x "
+                        "(native_kernel=False)"
+                    )
                 if a.compiled_ms and a.compiled_ratio is not None:
                     print(
                         f"  {'':<18} {'':<14} torch.compile'd bernstein "
@@ -1244,6 +1267,9 @@ def to_json(
                 "compile_note": a.compile_note,
                 "kernel_ms": a.kernel_ms,
                 "kernel_ratio": a.kernel_ratio,
+                "pytorch_ms": a.pytorch_ms,
+                "pytorch_ratio": a.pytorch_ratio,
+                "eager_path": a.eager_path,
             }
             for a in acts
         ],

@@ -20,12 +20,16 @@ are saved) and gets the coefficient gradients from the power sums Σ g·u^j, map
 the same integer matrix. Outside [l, u], σ continues linearly with its boundary slope:
 σ = P(±1) + e·slope with e the overshoot, never ∞ − ∞, and full relative precision far out.
 
-Eagerly on CPU, large inputs are processed in cache-sized chunks with buffers reused across
-calls (a fresh buffer over 128 KB costs page faults each time); elsewhere, and under
-``torch.compile``, each op runs once over the whole tensor. ``Bernstein.compiled_kernel``
-runs the same kernels compiled once per input shape, shared by all layers. Figures against
-GELU: ``benchmarks/overhead.py --models d`` (measured on 2 CPU threads: 9.9× GELU at (256, 100),
-where per-op dispatch dominates, and 2.6× at (64, 128, 32, 32); a compiled module 3.5× and 1.4×).
+Eagerly on CPU in float32 (the common case), both passes run as native kernels: one C call
+each way (native.py builds bernstein_kernel.c on first use), the coefficient table and the
+parameter gradients included, split over the intra-op threads on large inputs. Elsewhere (other
+dtypes and devices, strided inputs, a missing C compiler) the PyTorch kernels below run: large
+CPU inputs in cache-sized chunks with buffers reused across calls (a fresh buffer over 128 KB
+costs page faults each time); off CPU, and under ``torch.compile``, each op once over the whole
+tensor. ``Bernstein.compiled_kernel`` runs those kernels compiled once per input shape, shared
+by all layers. Figures against GELU: ``benchmarks/overhead.py --models d`` (measured on 2 CPU
+threads: native 2.1× GELU at (256, 100) and 1.35× at (64, 128, 32, 32); the PyTorch kernels
+5.7× and 2.3×, where per-op dispatch dominates on the small shape).
 """
 
 from __future__ import annotations
@@ -910,8 +914,11 @@ class Bernstein(nn.Module):
     ``num_features`` entries along ``feature_dim`` gets its own (dim 1 for (N, F) and
     channel-first (N, C, ...) inputs, ``feature_dim=-1`` for (N, T, F); a 1-D input is one
     sample of features). New modules start as the monotone least-squares fit to ReLU, see
-    :meth:`init_from`. ``chunk_elements`` (attribute; None = 64K per intra-op thread, 0 = one
-    unchunked pass) sets how many elements the eager CPU path processes per cache-sized block;
+    :meth:`init_from`. ``native_kernel`` (attribute, default True) runs eager float32 CPU calls
+    through the C kernels of :mod:`neurodiag.activations.native` (setting ``chunk_elements`` or
+    ``compiled_kernel`` selects the PyTorch kernels instead). ``chunk_elements`` (attribute;
+    None = 64K per intra-op thread, 0 = one unchunked pass) sets how many elements the eager
+    CPU PyTorch path processes per cache-sized block;
     off CPU (default) and under torch.compile everything is one pass. ``compiled_kernel = True``
     (attribute, or :func:`use_compiled_kernels` on a whole model) runs the elementwise work
     through torch.compile'd kernels shared by every Bernstein layer of the same input shape:
