@@ -8,6 +8,7 @@ try:  # these import torch: seconds, during which the user may press Ctrl-C
     from neurodiag.config import ScanConfig
     from neurodiag.errors import NeurodiagError
     from neurodiag.monitor import Monitor
+    from neurodiag.plots import plot_scan  # also puts the scan figure into HTML reports
     from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
     from neurodiag.scan import ScanInterrupted, scan
     from neurodiag.swap import swap_activations
@@ -31,6 +32,7 @@ __all__ = [
     "ScanInterrupted",
     "SiteNeurons",
     "__version__",
+    "plot_scan",
     "scan",
     "swap_activations",
 ]

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neurodiag.compare.render import COMPARE_FIGURES
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.model import Report
+from neurodiag.report.render_html import FIGURES
 
 # dead % is a multiple of 100/neurons, so 0.1 % is below any real value up to 1000 neurons
 DEAD_FLOOR = 0.1
@@ -151,6 +153,15 @@ def plot_comparison(comparison: Comparison | Mapping[str, Any], path: str | Path
     One legend for all panels, outside them (δ̄ lines are dashed in their variant's colour);
     colours and markers cycle independently, so twenty variants still differ.
     """
+    return _save(_comparison_figure(comparison), path)
+
+
+def comparison_png(comparison: Comparison | Mapping[str, Any]) -> bytes:
+    """The figure of :func:`plot_comparison` as PNG bytes (for the HTML report)."""
+    return _png(_comparison_figure(comparison))
+
+
+def _comparison_figure(comparison: Comparison | Mapping[str, Any]) -> Figure:
     doc = comparison.to_dict() if hasattr(comparison, "to_dict") else comparison
     panels = comparison_panels(doc)
     figure = _figure(4, rows=2)
@@ -189,7 +200,7 @@ def plot_comparison(comparison: Comparison | Mapping[str, Any], path: str | Path
         title="variant (dashed: δ̄)",
     )
     figure.suptitle(f"neurodiag compare (seed {doc['seed']}, {doc['epochs']} epochs)")
-    return _save(figure, path)
+    return figure
 
 
 def _log_panel(title: str, xlabel: str, ylabel: str, series: list[Series], metric: str) -> Panel:
@@ -249,6 +260,30 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
 
 def plot_scan(report: Report, path: str | Path) -> Path:
     """Two panels of one scan: dead % by depth and MAG by depth."""
+    return _save(_scan_figure(report), path)
+
+
+def scan_png(report: Report) -> bytes:
+    """The figure of :func:`plot_scan` as PNG bytes (for the HTML report)."""
+    return _png(_scan_figure(report))
+
+
+FIGURES.append(("dead % and MAG by depth", scan_png))
+COMPARE_FIGURES.append(("the paper's five figures", comparison_png))
+
+
+def _png(figure: Figure) -> bytes:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _scan_figure(report: Report) -> Figure:
     figure = _figure(2)
     dead_ax, mag_ax = figure.axes
     dead = [float(r["dead_pct"]) for r in report.rows]
@@ -259,7 +294,7 @@ def plot_scan(report: Report, path: str | Path) -> Path:
     _axes(dead_ax, "dead neurons by depth", "site index", "dead %", dead_floor, legend=False)
     _axes(mag_ax, "MAG by depth", "site index", "mean |∂L/∂a|", mag_floor, legend=False)
     figure.suptitle(f"neurodiag scan of {report.header.model} ({report.header.dead_window} window)")
-    return _save(figure, path)
+    return figure
 
 
 def _figure(panels: int, rows: int = 1) -> Figure:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from neurodiag.cli import app
@@ -195,3 +196,44 @@ def test_check_gates_on_max_inactive_pct(model_file: Path, tmp_path: Path) -> No
     assert code == 1 and "inactive_pct" in out, err
     code, _, err = _invoke("check", str(model_file), "--max-inactive-pct", "140")
     assert code == 2 and "--max-inactive-pct" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "panels"),
+    [
+        ("scan", ["Model and data", "Metrics", "Output", "Examples"]),
+        ("check", ["Model and data", "Metrics", "Output", "Thresholds", "Baseline", "Examples"]),
+        ("compare", ["Variants", "Training", "Model and data", "Metrics", "Output", "Examples"]),
+    ],
+)
+def test_help_has_panels_examples_and_readable_metavars(command: str, panels: list[str]) -> None:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+    assert result.exit_code == 0
+    text = result.stdout
+    for panel in panels:
+        assert panel in text, panel
+    assert "<list[str]>" not in text and "<path>" not in text and "the loss ." not in text
+    assert max(cell_len(line) for line in text.splitlines()) <= 80  # cells: δ̄ is 2 code points
+
+
+def test_shell_completion_is_offered() -> None:
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
+    assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
+
+
+def test_progress_names_what_runs_and_the_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from neurodiag.cli.common import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    with progress_bar(10, True, "comparing") as advance:
+        assert advance is not None
+        advance(3, 10, "bern9 · epoch 1 · train")
+    out = err.getvalue()
+    assert "comparing bern9 · epoch 1 · train" in out and "3/10" in out and "eta" in out

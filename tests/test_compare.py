@@ -466,3 +466,19 @@ def test_train_window_measures_the_epochs_training_batches() -> None:
     off = compare(model, data, ["gelu"], epochs=1, train_window=False)
     assert off.variants[0].train_window is None
     assert math.isnan(off.summary_frame()["train_max_dead_pct"][0])
+
+
+def test_html_page_and_notebook_views() -> None:
+    """--format html: one self-contained page with the figures inline and a sortable summary;
+    in a notebook the summary table, and a one-line repr."""
+    from neurodiag.compare.render import render_comparison
+
+    result = compare(deep_relu_mlp(depth=3), small_data(1), ["bern9"], epochs=1)
+    page = render_comparison(result, "html")
+    assert page.startswith("<!DOCTYPE html>") and 'id="sites"' in page and "<script>" in page
+    assert page.count("<tr ") == 2 and ">bern9<" in page and ">baseline<" in page
+    assert "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page
+    fragment = result._repr_html_()
+    assert "<script" not in fragment and fragment.count("<tr ") == 2
+    assert repr(result).startswith("<Comparison of 2 variants (baseline, bern9): seed 0, 1 epochs")

@@ -31,6 +31,7 @@ from neurodiag.report import (
     register_renderer,
     render,
     render_table,
+    severity,
     to_csv,
     to_json,
     to_markdown,
@@ -41,7 +42,7 @@ from tests.fixtures.reports import report_row, sample_header
 
 Golden = Callable[[str, str], None]
 
-BUILTIN_FORMATS = ("table", "csv", "json", "markdown")
+BUILTIN_FORMATS = ("table", "csv", "json", "markdown", "html")
 
 
 _row = report_row
@@ -112,12 +113,19 @@ def restore_renderers() -> Iterator[None]:
 
 
 def test_table_golden(report: Report, golden: Golden) -> None:
-    golden(to_table(report, width=120, color=False), "txt")
+    """160 columns: the verdict, the facts, every column at its natural width."""
+    golden(to_table(report, width=160, color=False), "txt")
 
 
 def test_table_partial_narrow_golden(partial_report: Report, golden: Golden) -> None:
-    """PARTIAL banner, notes, minutes, seed none; at 80 columns site names fold."""
+    """PARTIAL banner, notes, minutes, seed none; at 80 columns the compact columns."""
     golden(to_table(partial_report, width=80, color=False), "txt")
+
+
+def test_table_only_flagged_and_top_golden(report: Report, golden: Golden) -> None:
+    """--top 3 at 80 columns: flagged rows first, a line saying what is left out; the verdict
+    still counts every site."""
+    golden(to_table(report.shown(top=3), width=80, color=False), "txt")
 
 
 def test_csv_golden(report: Report, golden: Golden) -> None:
@@ -145,7 +153,7 @@ def test_render_dispatches_to_the_registered_renderer(report: Report, fmt: str) 
 
 
 def test_unknown_format_lists_valid_names(report: Report) -> None:
-    expected = "unknown format 'yaml'; choose one of: table, csv, json, markdown"
+    expected = "unknown format 'yaml'; choose one of: table, csv, json, markdown, html"
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$") as info:
         render(report, "yaml")
     assert isinstance(info.value, NeurodiagError)  # so the CLI prints one line, exit code 2
@@ -168,7 +176,7 @@ def test_register_renderer_refuses_silent_override(report: Report) -> None:
 def test_registered_renderer_is_listed_and_used(report: Report) -> None:
     register_renderer("count", lambda report, **_: str(len(report.rows)))
     assert render(report, "count") == "5"
-    with pytest.raises(ValueError, match=r"choose one of: table, csv, json, markdown, count$"):
+    with pytest.raises(ValueError, match=r"choose one of: table, csv, json, markdown, html, count$"):
         render(report, "nope")
 
 
@@ -182,26 +190,29 @@ def test_register_renderer_rejects_blank_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "unhealthy"),
+    ("changes", "level"),
     [
-        ({}, False),
-        ({"dead_pct": 0.1}, True),
-        ({"nonfinite": 1}, True),
-        ({"delta_bar": 0.01, "bound_ok": True}, False),
-        ({"delta_bar": 0.01, "bound_ok": False}, True),
-        ({"delta_bar": 0.01, "bound_ok": np.bool_(False)}, True),
-        ({"bound_ok": math.nan}, False),  # what to_frame gives a non-Bernstein site
-        ({"dormant_pct": 90.0, "grad_dormant_pct": 90.0}, False),  # dormant is not dead
-        ({"dead_pct": math.nan}, False),
-        ({"dead_pct": np.float32(12.5)}, True),
-        ({"role": "gate", "dead_pct": 50.0}, False),  # a gate saturating is its job
-        ({"role": "gate", "nonfinite": 1}, True),  # NaN/Inf flags a gate too
-        ({"role": "gate", "bound_ok": False}, False),
+        ({}, None),
+        ({"dead_pct": 0.1}, "warning"),  # a few dead units: shown apart, not an error
+        ({"dead_pct": 9.99}, "warning"),
+        ({"dead_pct": 10.0}, "error"),  # ERROR_DEAD_PCT
+        ({"nonfinite": 1}, "error"),
+        ({"delta_bar": 0.01, "bound_ok": True}, None),
+        ({"delta_bar": 0.01, "bound_ok": False}, "error"),
+        ({"delta_bar": 0.01, "bound_ok": np.bool_(False)}, "error"),
+        ({"bound_ok": math.nan}, None),  # what to_frame gives a non-Bernstein site
+        ({"dormant_pct": 90.0, "grad_dormant_pct": 90.0}, None),  # dormant is not dead
+        ({"dead_pct": math.nan}, None),
+        ({"dead_pct": np.float32(12.5)}, "error"),
+        ({"role": "gate", "dead_pct": 50.0}, None),  # a gate saturating is its job
+        ({"role": "gate", "nonfinite": 1}, "error"),  # NaN/Inf flags a gate too
+        ({"role": "gate", "bound_ok": False}, None),
     ],
 )
-def test_is_unhealthy(changes: dict[str, Any], unhealthy: bool) -> None:
+def test_severity(changes: dict[str, Any], level: str | None) -> None:
     row = _row("a.relu", "relu", "module", 8) | changes
-    assert is_unhealthy(row) is unhealthy
+    assert severity(row) == level
+    assert is_unhealthy(row) is (level == "error")
 
 
 def test_is_unhealthy_on_the_fixture(report: Report) -> None:
@@ -260,10 +271,10 @@ def test_table_header_block(report: Report, partial_report: Report) -> None:
 def test_table_never_drops_a_column(report: Report, width: int) -> None:
     """Rich crops a too-wide table; here lines overflow instead, so ``nonfinite`` survives."""
     text = to_table(report, width=width)
-    assert "finite" in text
-    decoder = [line for line in text.splitlines() if line.startswith("! decoder")]
-    assert decoder and decoder[0].endswith(" 17")
-    assert "…" not in text
+    rows = text.split("\n─", 1)[1].splitlines()[1 : 1 + len(ROWS)]  # under the heading rule
+    # one line per site, nothing folded, the last column (the NaN/Inf count) always there
+    assert all(line.split()[-1].isdigit() for line in rows)
+    assert rows[3].startswith("! deco") and rows[3].endswith(" 17")
 
 
 def test_table_fits_the_width_when_it_can(report: Report) -> None:
@@ -427,7 +438,8 @@ def test_markdown_one_pipe_row_per_site(report: Report) -> None:
 
 def test_markdown_escapes_pipes(report: Report) -> None:
     row = _row("weird|name", "relu", "module", 4)
-    lines = [line for line in to_markdown(Report(HEADER, [row])).splitlines() if "weird" in line]
+    text = to_markdown(Report(HEADER, [row]))
+    lines = [line for line in text.splitlines() if line.startswith("|") and "weird" in line]
     assert len(_pipe_cells(lines[0])) == len(COLUMNS)
     assert _pipe_cells(lines[0])[0] == "weird\\|name"
 

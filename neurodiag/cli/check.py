@@ -36,6 +36,9 @@ from neurodiag.check.config import ThresholdConfig
 from neurodiag.check.render_text import render_check_table, write_step_summary
 from neurodiag.check.thresholds import DEFAULTS, SPECS, ThresholdSpec
 from neurodiag.cli.common import (
+    BASELINE_PANEL,
+    OUTPUT_PANEL,
+    THRESHOLDS_PANEL,
     BatchSizeOpt,
     DataOpt,
     DeadWindow,
@@ -95,6 +98,8 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
+        rich_help_panel=THRESHOLDS_PANEL,
+        metavar="FILE",
         help="YAML thresholds file (thresholds/activations/sites); the tool.neurodiag "
         "table of the nearest pyproject.toml is read too.",
     ),
@@ -103,27 +108,50 @@ BaselineOpt = Annotated[
     Path | None,
     typer.Option(
         "--baseline",
+        rich_help_panel=BASELINE_PANEL,
+        metavar="FILE",
         help="Saved scan JSON: fail only on regressions against it (thresholds are not used).",
     ),
 ]
 ToleranceOpt = Annotated[
     float,
     typer.Option(
-        "--tolerance", min=0.0, help="Baseline: allowed worsening of the % columns, in points."
+        "--tolerance",
+        min=0.0,
+        rich_help_panel=BASELINE_PANEL,
+        metavar="POINTS",
+        help="Baseline: allowed worsening of the % columns, in points.",
     ),
 ]
 MagFactorOpt = Annotated[
     float,
-    typer.Option("--mag-factor", min=1.0, help="Baseline: allowed shrink factor of MAG."),
+    typer.Option(
+        "--mag-factor",
+        min=1.0,
+        rich_help_panel=BASELINE_PANEL,
+        metavar="FACTOR",
+        help="Baseline: allowed shrink factor of MAG.",
+    ),
 ]
 UpdateBaselineOpt = Annotated[
     bool,
-    typer.Option("--update-baseline", help="Write this scan to the --baseline FILE and exit 0."),
+    typer.Option(
+        "--update-baseline",
+        rich_help_panel=BASELINE_PANEL,
+        help="Write this scan to the --baseline FILE and exit 0.",
+    ),
 ]
-CheckFormatOpt = Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")]
+CheckFormatOpt = Annotated[
+    CheckFormat, typer.Option("--format", "-f", rich_help_panel=OUTPUT_PANEL, help="Output format.")
+]
 JunitOpt = Annotated[
     Path | None,
-    typer.Option("--junit-xml", help="Also write JUnit XML to FILE (whatever --format is)."),
+    typer.Option(
+        "--junit-xml",
+        rich_help_panel=OUTPUT_PANEL,
+        metavar="FILE",
+        help="Also write JUnit XML to FILE (whatever --format is).",
+    ),
 ]
 
 
@@ -139,7 +167,7 @@ def _threshold_option(spec: ThresholdSpec) -> inspect.Parameter:
         callback=None if spec.integer else in_range(100.0 if spec.percent else None),
         help=f"Fail if a site's {spec.metric} is {side} this{unit}{suffix}.",
         show_default=False,
-        rich_help_panel="Thresholds",
+        rich_help_panel=THRESHOLDS_PANEL,
     )
     kind: Any = int | None if spec.integer else float | None
     return inspect.Parameter(
@@ -187,7 +215,12 @@ def emit_check(result: CheckResult, fmt: CheckFormat, output: Path | None) -> No
     print_or_write(render_check(result, fmt.value), output)
 
 
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/bold]\n\n"
+    "neurodiag check sample_models/plain_mlp.py --data sklearn:digits --max-dead-pct 20\n\n"
+    "neurodiag check model.py --config ci.yaml --format github --junit-xml report.xml\n\n"
+    "neurodiag check model.py --baseline base.json --update-baseline   (first run)"
+)
 @with_threshold_flags
 def check(
     model: Annotated[
@@ -217,7 +250,11 @@ def check(
     flag_gates: FlagGatesOpt = False,
     allow_empty: Annotated[
         bool,
-        typer.Option("--allow-empty", help="Pass a check that found no activation site (exit 0)."),
+        typer.Option(
+            "--allow-empty",
+            rich_help_panel=THRESHOLDS_PANEL,
+            help="Pass a check that found no activation site (exit 0).",
+        ),
     ] = False,
     config: ConfigOpt = None,
     baseline: BaselineOpt = None,

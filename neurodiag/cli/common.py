@@ -14,7 +14,14 @@ from typing import Annotated, Any, TypeVar
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from neurodiag import __version__
 from neurodiag.errors import NeurodiagError
@@ -24,9 +31,18 @@ app = typer.Typer(
     name="neurodiag",
     help="Dead neurons and gradient flow at every activation site of a PyTorch model.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
+
+#: --help groups the options into these panels.
+MODEL_PANEL = "Model and data"
+METRICS_PANEL = "Metrics"
+OUTPUT_PANEL = "Output"
+THRESHOLDS_PANEL = "Thresholds"
+BASELINE_PANEL = "Baseline"
+TRAINING_PANEL = "Training"
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -39,6 +55,7 @@ class OutputFormat(str, Enum):
     csv = "csv"
     json = "json"
     markdown = "markdown"
+    html = "html"
 
 
 class Device(str, Enum):
@@ -198,25 +215,39 @@ def parse_feature_dims(items: list[str]) -> dict[str, int]:
 def progress_bar(
     total: int | None, enabled: bool, label: str = "scanning"
 ) -> Iterator[Callable[..., None] | None]:
-    """A Rich progress bar on stderr, only on a TTY; ``advance(done, total=None)``."""
+    """A Rich progress bar on stderr, only on a TTY, with elapsed and remaining time;
+    ``advance(done, total=None, what=None)`` (``what``: e.g. the variant and epoch running)."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
     console = Console(stderr=True)
     with Progress(
-        TextColumn(f"[bold]{label}"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("scan", total=total)
+        task = progress.add_task(label, total=total)
 
-        def advance(done: int, total: int | None = None) -> None:
-            progress.update(task, completed=done, total=total)
+        def advance(done: int, total: int | None = None, what: str | None = None) -> None:
+            description = f"{label} {what}" if what else label
+            progress.update(task, completed=done, total=total, description=description)
 
         yield advance
+
+
+def piped_width() -> int | None:
+    """The table width for stdout that is not a terminal: ``$COLUMNS`` when set (a pipe into
+    ``less`` or a CI log that sets it), else natural width (a file never wraps)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return None
+    return columns if columns > 0 else None
 
 
 def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
@@ -228,7 +259,8 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
     if output is None and fmt is OutputFormat.table and sys.stdout.isatty():
         render_table(report, Console(highlight=False))
         return
-    print_or_write(render(report, fmt.value), output)
+    width = piped_width() if output is None else None
+    print_or_write(render(report, fmt.value, width=width), output)
 
 
 def interrupted_code(terminated: bool) -> int:
@@ -287,36 +319,81 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help="Data spec: a YAML file, file.pt/.npz/.npy/.csv/.parquet, sklearn:NAME, "
-        "mnist1d:train|test, "
-        "loaders.py:fn. Omitted: the model file's make_data() or synthetic batches. "
-        "A loaders.py (given here or as a YAML 'source:') is Python and is executed; "
-        "tensor files are read with weights_only=True, YAML with safe_load.",
+        rich_help_panel=MODEL_PANEL,
+        metavar="SPEC",
+        help="A YAML file, .pt/.npz/.npy/.csv/.parquet, sklearn:NAME, mnist1d:train|test or "
+        "loaders.py:fn (Python: executed). Default: the model file's make_data(), else "
+        "synthetic batches.",
     ),
 ]
 WeightsOpt = Annotated[
-    Path | None, typer.Option("--weights", "-w", help="State dict or checkpoint (weights_only).")
+    Path | None,
+    typer.Option(
+        "--weights",
+        "-w",
+        rich_help_panel=MODEL_PANEL,
+        metavar="CKPT",
+        help="State dict or checkpoint (weights_only).",
+    ),
 ]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run the scan.")]
+DeviceOpt = Annotated[
+    Device, typer.Option("--device", rich_help_panel=MODEL_PANEL, help="Where to run the scan.")
+]
 SeedOpt = Annotated[
     int | None,
-    typer.Option("--seed", help="Seed for data order, synthetic data and the loss [default: 0]."),
+    typer.Option(
+        "--seed",
+        rich_help_panel=MODEL_PANEL,
+        metavar="N",
+        help="Seed for data order, synthetic data and the loss (default 0).",
+    ),
 ]
 BatchSizeOpt = Annotated[
-    int | None, typer.Option("--batch-size", min=1, help="Batch size (overrides the YAML).")
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        rich_help_panel=MODEL_PANEL,
+        metavar="N",
+        help="Batch size (overrides the YAML).",
+    ),
 ]
 NumBatchesOpt = Annotated[
-    int | None, typer.Option("--max-batches", "--num-batches", min=1, help="Stop after N batches.")
+    int | None,
+    typer.Option(
+        "--max-batches",
+        "--num-batches",
+        min=1,
+        rich_help_panel=MODEL_PANEL,
+        metavar="N",
+        help="Stop after N batches.",
+    ),
 ]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--timeout", min=0.0, help="Stop after SECONDS; the report is marked partial."),
+    typer.Option(
+        "--timeout",
+        min=0.0,
+        rich_help_panel=MODEL_PANEL,
+        metavar="SECONDS",
+        help="Stop after SECONDS; the report is marked partial.",
+    ),
 ]
 InputShapeOpt = Annotated[
     str | None,
-    typer.Option("--input-shape", help="Synthetic input shape without batch dim, e.g. 3,32,32."),
+    typer.Option(
+        "--input-shape",
+        rich_help_panel=MODEL_PANEL,
+        metavar="SHAPE",
+        help="Synthetic input shape without batch dim, e.g. 3,32,32.",
+    ),
 ]
-TargetOpt = Annotated[str | None, typer.Option("--target", help="CSV/Parquet target column.")]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target", rich_help_panel=MODEL_PANEL, metavar="COLUMN", help="CSV/Parquet target column."
+    ),
+]
 
 
 def in_range(upper: float | None = None) -> Callable[[float | None], float | None]:
@@ -341,41 +418,117 @@ reject_nan = in_range()
 
 EpsOpt = Annotated[
     float,
-    typer.Option("--eps", callback=reject_nan, help="Dead if |σ'(z)| ≤ eps everywhere."),
+    typer.Option(
+        "--eps",
+        callback=reject_nan,
+        rich_help_panel=METRICS_PANEL,
+        metavar="EPS",
+        help="Dead if |σ'(z)| ≤ eps everywhere.",
+    ),
 ]
 TauOpt = Annotated[
     float,
-    typer.Option("--tau", callback=reject_nan, help="Dormant if normalised score ≤ tau."),
+    typer.Option(
+        "--tau",
+        callback=reject_nan,
+        rich_help_panel=METRICS_PANEL,
+        metavar="TAU",
+        help="Dormant if normalised score ≤ tau.",
+    ),
 ]
 DeadWindowOpt = Annotated[
     DeadWindow,
-    typer.Option("--dead-window", help="scan: dead over the whole scan; batch: per-batch average."),
+    typer.Option(
+        "--dead-window",
+        rich_help_panel=METRICS_PANEL,
+        help="scan: dead over the whole scan; batch: per-batch average.",
+    ),
 ]
-ModeOpt = Annotated[Mode, typer.Option("--mode", help="Model behaviour during the scan.")]
-IncludeOpt = Annotated[list[str], typer.Option("--include", help="Only sites matching glob.")]
-ExcludeOpt = Annotated[list[str], typer.Option("--exclude", help="Skip sites matching glob.")]
+ModeOpt = Annotated[
+    Mode,
+    typer.Option("--mode", rich_help_panel=METRICS_PANEL, help="Model behaviour during the scan."),
+]
+IncludeOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--include", rich_help_panel=METRICS_PANEL, metavar="GLOB", help="Only sites matching glob."
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--exclude", rich_help_panel=METRICS_PANEL, metavar="GLOB", help="Skip sites matching glob."
+    ),
+]
 FeatureDimOpt = Annotated[
-    list[str], typer.Option("--feature-dim", help="Neuron dim per site: 'GLOB=DIM'.")
+    list[str],
+    typer.Option(
+        "--feature-dim",
+        rich_help_panel=METRICS_PANEL,
+        metavar="GLOB=DIM",
+        help="Neuron dim per site: 'GLOB=DIM'.",
+    ),
 ]
 FlagGatesOpt = Annotated[
     bool,
     typer.Option(
         "--flag-gates",
+        rich_help_panel=METRICS_PANEL,
         help="Judge gates (a sigmoid scaling a feature map, role 'gate') like activations; "
         "by default only NaN/Inf flags them.",
     ),
 ]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE.")]
-PlotOpt = Annotated[
-    Path | None, typer.Option("--plot", help="PNG of dead % and MAG by depth (matplotlib).")
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option("--format", "-f", rich_help_panel=OUTPUT_PANEL, help="Output format."),
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar (TTY).")]
+OnlyFlaggedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--only-flagged",
+        rich_help_panel=OUTPUT_PANEL,
+        help="List only sites with errors or warnings (table, Markdown; CSV/JSON keep all).",
+    ),
+]
+TopOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--top",
+        min=1,
+        metavar="N",
+        rich_help_panel=OUTPUT_PANEL,
+        help="List only the N worst sites (table, Markdown; CSV/JSON keep all).",
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", rich_help_panel=OUTPUT_PANEL, metavar="FILE", help="Write to FILE."
+    ),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        rich_help_panel=OUTPUT_PANEL,
+        metavar="FILE.png",
+        help="PNG of dead % and MAG by depth (matplotlib).",
+    ),
+]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", rich_help_panel=OUTPUT_PANEL, help="Show tracebacks.")
+]
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress", rich_help_panel=OUTPUT_PANEL, help="Progress bar (TTY)."
+    ),
+]
 ForwardOnlyOpt = Annotated[
     bool,
     typer.Option(
         "--forward-only",
+        rich_help_panel=METRICS_PANEL,
         help="Skip the backward: dead %, dormant %, min |σ'| and forward NaN/Inf counts only "
         "(the gradient columns stay empty); about half the time of a full scan.",
     ),

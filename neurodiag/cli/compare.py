@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from neurodiag.cli.common import (
+    OUTPUT_PANEL,
+    TRAINING_PANEL,
     BatchSizeOpt,
     DataOpt,
     DeadWindow,
@@ -62,7 +64,13 @@ class Init(str, Enum):
     torch = "torch"
 
 
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/bold]\n\n"
+    "neurodiag compare sample_models/plain_mlp.py --data sklearn:digits -a bern9:bn -a gelu "
+    "--epochs 5 --plot compare.png\n\n"
+    "neurodiag compare model.py -a bern9 -a lrelu0.01 --epochs 0   (scan each variant only)\n\n"
+    "python scripts/reproduce_paper.py   (the paper's variants on digits and MNIST-1D)"
+)
 def compare(
     model: Annotated[
         str,
@@ -77,6 +85,8 @@ def compare(
         typer.Option(
             "--activation",
             "-a",
+            rich_help_panel="Variants",
+            metavar="SPEC",
             help="Activation spec to compare with the model as it is: relu, lrelu0.01, gelu, "
             "selu, elu, silu, tanh, sigmoid, nrelu0.1, golu, bern9, bern15, "
             "bern9:delta=0.01:range=-5,5; ':bn' on any of them adds a BatchNorm in front "
@@ -92,25 +102,60 @@ def compare(
     input_shape: InputShapeOpt = None,
     target: TargetOpt = None,
     epochs: Annotated[
-        int, typer.Option("--epochs", min=0, help="Training epochs (0: scan only).")
+        int,
+        typer.Option(
+            "--epochs",
+            min=0,
+            rich_help_panel=TRAINING_PANEL,
+            metavar="N",
+            help="Training epochs (0: scan only).",
+        ),
     ] = 0,
     steps: Annotated[
-        int | None, typer.Option("--steps", min=1, help="Stop after this many optimizer steps.")
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            rich_help_panel=TRAINING_PANEL,
+            metavar="N",
+            help="Stop after this many optimizer steps.",
+        ),
     ] = None,
     optimizer: Annotated[
-        Optimizer, typer.Option("--optimizer", help="Optimizer.")
+        Optimizer, typer.Option("--optimizer", rich_help_panel=TRAINING_PANEL, help="Optimizer.")
     ] = Optimizer.adam,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")] = 1e-3,
+    lr: Annotated[
+        float,
+        typer.Option(
+            "--lr", min=0.0, rich_help_panel=TRAINING_PANEL, metavar="LR", help="Learning rate."
+        ),
+    ] = 1e-3,
     weight_decay: Annotated[
-        float, typer.Option("--weight-decay", min=0.0, help="Weight decay of the optimizer.")
+        float,
+        typer.Option(
+            "--weight-decay",
+            min=0.0,
+            rich_help_panel=TRAINING_PANEL,
+            metavar="WD",
+            help="Weight decay of the optimizer.",
+        ),
     ] = 0.0,
     momentum: Annotated[
-        float, typer.Option("--momentum", min=0.0, max=0.999, help="SGD momentum.")
+        float,
+        typer.Option(
+            "--momentum",
+            min=0.0,
+            max=0.999,
+            rich_help_panel=TRAINING_PANEL,
+            metavar="M",
+            help="SGD momentum.",
+        ),
     ] = 0.0,
     schedule: Annotated[
         Schedule,
         typer.Option(
             "--schedule",
+            rich_help_panel=TRAINING_PANEL,
             help="Learning-rate schedule over all steps: constant, cosine (to 0) or step "
             "(x0.1 at 50 % and 75 %).",
         ),
@@ -119,6 +164,7 @@ def compare(
         Init,
         typer.Option(
             "--init",
+            rich_help_panel=TRAINING_PANEL,
             help="Re-initialise Linear/Conv weights before the variants are made: model (as "
             "built), he (Kaiming-normal, zero bias), xavier (Xavier-normal, zero bias), torch "
             "(PyTorch's default reset_parameters).",
@@ -128,6 +174,7 @@ def compare(
         bool,
         typer.Option(
             "--train-window/--no-train-window",
+            rich_help_panel=TRAINING_PANEL,
             help="Also measure dead % over each epoch's training batches (the last epoch: the "
             "paper's Fig. 3 window) with neurodiag.Monitor.",
         ),
@@ -138,6 +185,8 @@ def compare(
             "--holdout",
             min=0.0,
             max=0.9,
+            rich_help_panel=TRAINING_PANEL,
+            metavar="FRACTION",
             help="Fraction of samples held out for accuracy when training (0: none).",
         ),
     ] = 0.2,
@@ -145,6 +194,7 @@ def compare(
         bool,
         typer.Option(
             "--compiled-kernels",
+            rich_help_panel=TRAINING_PANEL,
             help="Run Bernstein activations through torch.compile'd kernels shared by all "
             "layers of a shape (seconds to compile; eager if compiling fails).",
         ),
@@ -154,7 +204,10 @@ def compare(
     dead_window: DeadWindowOpt = DeadWindow.scan,
     mode: ModeOpt = Mode.eval,
     per_site: Annotated[
-        bool, typer.Option("--per-site", help="Also every variant's sites.")
+        bool,
+        typer.Option(
+            "--per-site", rich_help_panel=OUTPUT_PANEL, help="Also every variant's sites."
+        ),
     ] = False,
     fmt: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
@@ -162,6 +215,8 @@ def compare(
         Path | None,
         typer.Option(
             "--plot",
+            rich_help_panel=OUTPUT_PANEL,
+            metavar="FILE.png",
             help="PNG of the paper's five figures: min |σ'| by epoch (first, middle, last site) "
             "and by depth with δ̄, dead % by depth over the last epoch, first-site MAG, loss "
             "and accuracy by epoch.",
@@ -224,7 +279,13 @@ def compare(
                     tau=tau,
                     dead_window=dead_window.value,
                     mode=mode.value,
-                    on_step=(lambda p: advance(p.done, p.total)) if advance else None,
+                    on_step=(
+                        lambda p: advance(
+                            p.done, p.total, f"{p.variant} · epoch {p.epoch} · {p.phase}"
+                        )
+                    )
+                    if advance
+                    else None,
                 )
         except CompareInterrupted as stop:  # Ctrl-C / SIGTERM: show the variants that finished
             done = len(stop.comparison.variants)

@@ -25,6 +25,7 @@ from neurodiag.cli.common import (
     Mode,
     ModeOpt,
     NumBatchesOpt,
+    OnlyFlaggedOpt,
     OutputFormat,
     OutputOpt,
     PlotOpt,
@@ -33,6 +34,7 @@ from neurodiag.cli.common import (
     TargetOpt,
     TauOpt,
     TimeoutOpt,
+    TopOpt,
     WeightsOpt,
     app,
     emit,
@@ -46,7 +48,13 @@ from neurodiag.cli.common import (
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 
 
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/bold]\n\n"
+    "neurodiag scan sample_models/plain_mlp.py --data sklearn:digits\n\n"
+    "neurodiag scan model.py:build --weights ckpt.pt --data data.yaml --top 10\n\n"
+    "neurodiag scan model.py --input-shape 3,32,32 -f html -o report.html\n\n"
+    "README: 'Reading a report' (severity), 'Data specs', 'Metrics'."
+)
 def scan(
     model: Annotated[
         str,
@@ -74,6 +82,8 @@ def scan(
     feature_dim: FeatureDimOpt = [],  # noqa: B006
     flag_gates: FlagGatesOpt = False,
     fmt: FormatOpt = OutputFormat.table,
+    only_flagged: OnlyFlaggedOpt = False,
+    top: TopOpt = None,
     output: OutputOpt = None,
     debug: DebugOpt = False,
     progress: ProgressOpt = True,
@@ -112,10 +122,10 @@ def scan(
                 progress=progress,
             )
         except ScanInterrupted as stop:
-            emit(stop.report, fmt, output)
+            emit(stop.report.shown(only_flagged=only_flagged, top=top), fmt, output)
             what = stopped_by(stop.terminated)
             raise exit_with(
                 f"{what}; the report is partial", interrupted_code(stop.terminated)
             ) from None
-        emit(report, fmt, output)
+        emit(report.shown(only_flagged=only_flagged, top=top), fmt, output)
         save_scan_plot(report, plot)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -17,9 +18,14 @@ from rich.table import Table
 
 from neurodiag.compare.summary import Comparison
 from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing
+from neurodiag.report.render_html import CONTROLS, escape, html_page, png_img
 from neurodiag.report.render_markdown import pipe_table
 
-COMPARE_FORMATS = ("table", "csv", "json", "markdown")
+COMPARE_FORMATS = ("table", "csv", "json", "markdown", "html")
+
+#: Figures drawn into the HTML page: (alt text, fn(comparison) -> PNG bytes); ``neurodiag.plots``
+#: registers the paper's five figures (matplotlib is optional).
+COMPARE_FIGURES: list[tuple[str, Callable[[Comparison], bytes]]] = []
 
 _SUMMARY_HEADINGS = {
     "variant": "variant",
@@ -79,12 +85,7 @@ def compare_table(comparison: Comparison, per_site: bool = False, width: int | N
     """Rich text: settings line, the summary table, and optionally every variant's sites."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width or 10_000, color_system=None, force_terminal=False)
-    settings = comparison.settings
-    console.print(
-        f"compare  seed {comparison.seed} · epochs {comparison.epochs} · "
-        f"optimizer {settings.get('optimizer')} · lr {settings.get('lr')} · "
-        f"time {fmt_duration(comparison.wall_time_s)}" + _training_facts(settings)
-    )
+    console.print(_settings_line(comparison))
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
     frame = comparison.summary_frame()
     for column in frame.columns:
@@ -136,6 +137,51 @@ def markdown_rows(frame: pd.DataFrame, per_site: bool = False) -> str:
     return pipe_table(columns, rows, align)
 
 
+def _settings_line(comparison: Comparison) -> str:
+    settings = comparison.settings
+    return (
+        f"compare  seed {comparison.seed} · epochs {comparison.epochs} · "
+        f"optimizer {settings.get('optimizer')} · lr {settings.get('lr')} · "
+        f"time {fmt_duration(comparison.wall_time_s)}" + _training_facts(settings)
+    )
+
+
+def comparison_fragment(comparison: Comparison, *, figures: bool = False) -> str:
+    """The settings line and the summary table as HTML (a notebook's view of a comparison)."""
+    frame = comparison.summary_frame()
+    heads = "".join(f"<th>{escape(_SUMMARY_HEADINGS.get(c, c))}</th>" for c in frame.columns)
+    rows = []
+    for record in frame.to_dict("records"):
+        broken = record.get("bound_ok") is False or (record.get("max_dead_pct") or 0) >= 10.0
+        cells = "".join(
+            f'<td data-v="{escape("" if is_missing(record[c]) else record[c])}">'
+            f"{escape(_cell(str(c), record[c]))}</td>"
+            for c in frame.columns
+        )
+        rows.append(f'<tr class="{"error" if broken else ""}">{cells}</tr>')
+    table = (
+        f'<table id="sites"><thead><tr>{heads}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+    pictures = ""
+    if figures:
+        for alt, draw in COMPARE_FIGURES:
+            try:
+                pictures += png_img(alt, draw(comparison))
+            except Exception as error:  # matplotlib missing, say: the table stands alone
+                pictures += f"<p><em>{escape(alt)}: not drawn ({escape(error)})</em></p>"
+    controls = CONTROLS if figures else ""
+    return (
+        f"<div class='neurodiag-compare'><p>{escape(_settings_line(comparison))}</p>"
+        f"{pictures}{controls}{table}</div>"
+    )
+
+
+def compare_html(comparison: Comparison) -> str:
+    """One self-contained page: settings, the paper's figures inline, the sortable summary."""
+    body = comparison_fragment(comparison, figures=True)
+    return html_page("neurodiag compare", body)
+
+
 def render_comparison(comparison: Comparison, fmt: str, *, per_site: bool = False) -> str:
     if fmt == "table":
         return compare_table(comparison, per_site)
@@ -145,4 +191,6 @@ def render_comparison(comparison: Comparison, fmt: str, *, per_site: bool = Fals
         return compare_json(comparison)
     if fmt == "markdown":
         return compare_markdown(comparison, per_site)
+    if fmt == "html":
+        return compare_html(comparison)
     raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(COMPARE_FORMATS)}")

@@ -139,6 +139,19 @@ class Comparison:
         frame: pd.DataFrame = pd.concat(frames, ignore_index=True)[["variant", *COLUMNS]]
         return frame
 
+    def __repr__(self) -> str:
+        names = ", ".join(v.name for v in self.variants)
+        return (
+            f"<Comparison of {len(self.variants)} variants ({names}): seed {self.seed}, "
+            f"{self.epochs} epochs, {self.wall_time_s:.1f} s>"
+        )
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the settings line and the summary table."""
+        from neurodiag.compare.render import comparison_fragment
+
+        return comparison_fragment(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN -> None): variants with history, sites and summary, plus settings."""
         return {

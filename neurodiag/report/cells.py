@@ -89,6 +89,18 @@ def fmt_cell(column: str, value: Any) -> str:
     return str(value)
 
 
+def shorten_middle(text: str, width: int) -> str:
+    """``features.denseblock4.denselayer16.relu2`` -> ``features.de…layer16.relu2``: the
+    start and the leaf name both stay readable (a fold would split the leaf over two lines)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = (width - 1) * 2 // 5
+    tail = width - 1 - head
+    return f"{text[:head]}…{text[len(text) - tail :]}"
+
+
 def header_facts(header: ScanHeader) -> list[tuple[str, str]]:
     """The run facts as labelled lines; long specs get a line each, the short ones share two."""
     seed = "none" if header.seed is None else str(header.seed)

@@ -6,7 +6,7 @@ Measuring and displaying are kept apart: a Report holds numbers only; renderers 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -82,6 +82,17 @@ class SiteNeurons:
         return f"SiteNeurons({neurons} neurons: {', '.join(self._values)})"
 
 
+@dataclass(frozen=True)
+class ReportView:
+    """Which rows the human formats (table, Markdown, HTML) list; the verdict above them and
+    the machine formats (CSV, JSON, ``to_frame``) always cover every site."""
+
+    #: only errors and warnings (README "Reading a report")
+    only_flagged: bool = False
+    #: at most this many rows, the worst first
+    top: int | None = None
+
+
 @dataclass
 class Report:
     """What ``neurodiag.scan`` returns: ``header``, ``rows`` (one dict per site, keys = COLUMNS)."""
@@ -89,6 +100,7 @@ class Report:
     header: ScanHeader
     rows: list[dict[str, Any]]
     neurons: dict[str, SiteNeurons] = field(default_factory=dict)
+    view: ReportView = field(default_factory=ReportView)
 
     def __post_init__(self) -> None:
         # rows of reports and baselines written before these columns existed
@@ -101,6 +113,28 @@ class Report:
         frame = pd.DataFrame(self.rows, columns=list(COLUMNS))
         typed: pd.DataFrame = frame.astype({c.name: c.dtype for c in COLUMN_SPECS})
         return typed
+
+    def shown(self, *, only_flagged: bool = False, top: int | None = None) -> Report:
+        """The same report with a row selection for the human formats (``--only-flagged``,
+        ``--top N``); the rows themselves are shared, not copied."""
+        if top is not None and top < 1:
+            raise ValueError(f"top must be a positive number of rows, got {top}")
+        return replace(self, view=ReportView(only_flagged=only_flagged, top=top))
+
+    def __repr__(self) -> str:
+        from neurodiag.report.verdict import verdict
+        from neurodiag.report.verdict_text import verdict_line
+
+        v = verdict(self.rows, self.header.flag_gates)
+        worst = next(iter(v.worst), None)
+        tail = f"; worst {worst[0]} {worst[2][0][0]} {worst[2][0][1]:.3g}" if worst else ""
+        return f"<Report of {self.header.model!r}: {verdict_line(v)[1]}{tail}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the verdict, the facts and the table, flagged rows first."""
+        from neurodiag.report.render_html import report_fragment
+
+        return report_fragment(self)
 
     @property
     def sites(self) -> list[str]:

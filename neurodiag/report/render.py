@@ -11,6 +11,7 @@ from typing import Protocol
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.model import Report
 from neurodiag.report.render_data import to_csv, to_json
+from neurodiag.report.render_html import to_html
 from neurodiag.report.render_markdown import to_markdown
 from neurodiag.report.render_table import to_table
 
@@ -31,6 +32,7 @@ RENDERERS: dict[str, Renderer] = {
     "csv": to_csv,
     "json": to_json,
     "markdown": to_markdown,
+    "html": to_html,
 }
 
 
