@@ -525,7 +525,7 @@ def test_done_criterion_half_dead_site_fails_at_30_passes_at_60(model_file: str)
     assert "OK: 2 sites checked, no violations" in out
 
 
-@pytest.mark.parametrize("fmt", ["table", "json", "junit", "github", "markdown", "csv"])
+@pytest.mark.parametrize("fmt", ["table", "json", "junit", "github", "markdown", "csv", "html"])
 def test_every_format_from_the_cli_parses(model_file: str, fmt: str) -> None:
     code, out, err = _check(model_file, "--max-dead-pct", "30", "-f", fmt)
     assert code == 1, err
@@ -545,6 +545,9 @@ def test_every_format_from_the_cli_parses(model_file: str, fmt: str) -> None:
     elif fmt == "csv":
         frame = pd.read_csv(io.StringIO(out), dtype={"site": str})
         assert frame.loc[0, ["site", "metric", "value"]].tolist() == ["1", "dead_pct", 50.0]
+    elif fmt == "html":
+        assert out.startswith("<!DOCTYPE html>") and 'class="verdict error">FAIL' in out
+        assert "<td>dead_pct</td><td>50.0</td>" in out and 'id="sites"' in out  # + the scan
     else:
         assert "50.0" in out and "dead_pct" in out
 

@@ -176,7 +176,9 @@ def test_register_renderer_refuses_silent_override(report: Report) -> None:
 def test_registered_renderer_is_listed_and_used(report: Report) -> None:
     register_renderer("count", lambda report, **_: str(len(report.rows)))
     assert render(report, "count") == "5"
-    with pytest.raises(ValueError, match=r"choose one of: table, csv, json, markdown, html, count$"):
+    with pytest.raises(
+        ValueError, match=r"choose one of: table, csv, json, markdown, html, count$"
+    ):
         render(report, "nope")
 
 

@@ -273,6 +273,15 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert float(pixels[..., :3].std()) > 0.05  # not one flat colour
     red = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.95) & (pixels[..., 2] < 0.95)
     assert int(red.sum()) > 1000  # the error banner is drawn
+    # the script ran: it counted the rows into the controls line
+    dom = subprocess.run(
+        [str(CHROMIUM), *flags[:-2], "--dump-dom", page.as_uri()],
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "121 of 121 rows" in dom
 
 
 def test_severity_threshold_is_documented() -> None:

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from neurodiag.check.evaluation import CheckResult
 from neurodiag.check.render_data import to_check_csv, to_check_json, to_check_junit
+from neurodiag.check.render_html import to_check_html
 from neurodiag.check.render_text import to_check_github, to_check_markdown, to_check_table
 from neurodiag.report.render import UnknownFormatError
 
@@ -30,6 +31,7 @@ CHECK_RENDERERS: dict[str, CheckRenderer] = {
     "github": to_check_github,
     "markdown": to_check_markdown,
     "csv": to_check_csv,
+    "html": to_check_html,
 }
 
 

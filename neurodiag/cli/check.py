@@ -91,6 +91,7 @@ class CheckFormat(str, Enum):
     github = "github"
     markdown = "markdown"
     csv = "csv"
+    html = "html"
 
 
 ConfigOpt = Annotated[

@@ -48,13 +48,12 @@ order={col:col,up:order.col===col?!order.up:true};
 rows.sort((a,b)=>{const x=key(a.cells[col]),y=key(b.cells[col]);
 if(x===y)return 0;if(x===null)return 1;if(y===null)return -1;
 return (x<y?-1:1)*(order.up?1:-1)});rows.forEach(r=>body.appendChild(r))};
-function filter(){const q=document.getElementById('q').value.toLowerCase();
-const only=document.getElementById('flagged').checked;let shown=0;
-rows.forEach(r=>{const ok=(!q||r.textContent.toLowerCase().includes(q))&&
-(!only||r.className);r.hidden=!ok;shown+=ok});
-document.getElementById('count').textContent=shown+' of '+rows.length+' sites'}
-document.getElementById('q').oninput=filter;document.getElementById('flagged').onchange=filter;
-filter();
+const q=document.getElementById('q'),flagged=document.getElementById('flagged');
+function filter(){const text=q.value.toLowerCase();let shown=0;
+rows.forEach(r=>{const ok=(!text||r.textContent.toLowerCase().includes(text))&&
+(!flagged.checked||r.className);r.hidden=!ok;shown+=ok});
+document.getElementById('count').textContent=shown+' of '+rows.length+' rows'}
+if(q){q.oninput=filter;flagged.onchange=filter;filter()}
 """
 
 
