@@ -13,8 +13,8 @@ try:  # these import torch: seconds, during which the user may press Ctrl-C
     from neurodiag.scan import ScanInterrupted, scan
     from neurodiag.swap import swap_activations
 except KeyboardInterrupt:
-    # the console script: a clean exit 130 (README "Exit codes"), not a traceback from
-    # inside torch's import; a program importing neurodiag gets its KeyboardInterrupt
+    # the console script: a clean exit 130 (docs/scan.md "Errors and exit codes"), not a
+    # traceback from inside torch's import; a program importing neurodiag gets its KeyboardInterrupt
     if os.path.basename(sys.argv[0]) in ("neurodiag", "neurodiag.exe"):
         raise SystemExit(130) from None
     raise

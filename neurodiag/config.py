@@ -14,7 +14,7 @@ from typing import Any
 
 from neurodiag.errors import NeurodiagError
 
-#: ε: a neuron is dead when |σ'(z)| ≤ ε at every finite position (README "Metrics").
+#: ε: a neuron is dead when |σ'(z)| ≤ ε at every finite position (docs/metrics.md).
 DEFAULT_EPS = 1e-3
 #: τ: a neuron is τ-dormant when its normalised score s_i ≤ τ (Sokar et al. 2023).
 DEFAULT_TAU = 0.1

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the paper's comparison on two offline datasets and refresh the README from it.
+"""Reproduce the paper's comparison on two offline datasets and refresh docs/reproduction.md.
 
     python scripts/reproduce_paper.py                 # digits and MNIST-1D (~20 min on 2 cores)
     python scripts/reproduce_paper.py --datasets digits
@@ -9,9 +9,9 @@ output) on the paper's 50×100 plain MLP with the paper's baselines (ReLU, ReLU_
 SELU_BN, GELU, LReLU 0.005/0.01/0.05) and Bernstein layers (degree 9 and 15 × δ 0.005/0.01/0.05
 × the default range / [−5, 5], each behind batch normalisation as the paper's layer is), and
 writes ``docs/reproduction/<dataset>/``: ``comparison.json`` (the full result), ``table.md`` (the
-summary table), ``figures.png`` (the paper's five figures) and ``command.txt``. The README's
+summary table), ``figures.png`` (the paper's five figures) and ``command.txt``. The page's
 block between ``<!-- reproduction:<dataset>:start -->`` and ``...:end -->`` is replaced by the
-command and the table; ``tests/test_reproduction.py`` checks that README, ``table.md`` and
+command and the table; ``tests/test_reproduction.py`` checks that the page, ``table.md`` and
 ``comparison.json`` agree, so the published numbers are always the script's own.
 Nothing is tuned towards the paper's numbers.
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reproduction"
+#: The page whose reproduction blocks this script rewrites.
+PAGE = ROOT / "docs" / "reproduction.md"
 
 BASELINES = ["relu:res", "selu", "selu:bn", "gelu", "lrelu0.005", "lrelu0.01", "lrelu0.05"]
 #: the paper's Bern_{n,δ} (default range = range=auto: ±3 std of the normalised input, [-3, 3])
@@ -100,7 +102,7 @@ def replace_block(text: str, dataset: str, block: str) -> str:
     start, end = f"<!-- reproduction:{dataset}:start -->", f"<!-- reproduction:{dataset}:end -->"
     head, sep, rest = text.partition(start)
     if not sep or end not in rest:
-        raise SystemExit(f"README.md has no {start} ... {end} block")
+        raise SystemExit(f"{PAGE.name} has no {start} ... {end} block")
     return f"{head}{start}\n{block}{end}{rest.partition(end)[2]}"
 
 
@@ -110,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme-only",
         action="store_true",
-        help="no training: table.md, figures.png and the README again from comparison.json",
+        help="no training: table.md, figures.png and docs/reproduction.md again, from "
+        "comparison.json",
     )
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
+    readme = PAGE
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         out = OUT / dataset
         out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def brute_force(
 ) -> dict[str, dict[str, object]]:
     """Per-site and per-neuron numbers from the full tensors, over the finite entries only.
 
-    Written from the definitions in README "Metrics", independently of neurodiag: a forward
+    Written from the definitions in docs/metrics.md, independently of neurodiag: a forward
     entry counts when z and a are finite, a gradient entry when ∂L/∂a is.
     """
     ref_model = copy.deepcopy(model).eval()

@@ -264,7 +264,7 @@ def emit(report: Report, fmt: OutputFormat, output: Path | None) -> None:
 
 
 def interrupted_code(terminated: bool) -> int:
-    """130 after Ctrl-C, 143 after SIGTERM (README "Exit codes")."""
+    """130 after Ctrl-C, 143 after SIGTERM (docs/scan.md "Errors and exit codes")."""
     return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 

@@ -1,8 +1,8 @@
-"""The README's column and threshold tables, generated from the statistics' declarations.
+"""The docs' column and threshold tables, generated from the statistics' declarations.
 
-``python -m neurodiag.report.docs README.md`` rewrites the blocks between the
-``<!-- generated:NAME -->`` / ``<!-- /generated:NAME -->`` markers; tests/test_readme.py fails
-when the README and the declarations disagree.
+``python -m neurodiag.report.docs`` rewrites, in docs/metrics.md and docs/ci.md, the blocks
+between the ``<!-- generated:NAME -->`` / ``<!-- /generated:NAME -->`` markers;
+tests/test_readme.py fails when the pages and the declarations disagree.
 """
 
 from __future__ import annotations
@@ -55,5 +55,5 @@ def rewrite(text: str) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover - a maintainer's command
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
+    for path in [Path(p) for p in sys.argv[1:]] or [Path("docs/metrics.md"), Path("docs/ci.md")]:
+        path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")

@@ -16,7 +16,7 @@ from neurodiag.stats.registry import all_columns
 from neurodiag.stats.statistic import Column
 
 #: Per-site columns, in the order every renderer shows them: declared by the statistics
-#: (``neurodiag.stats.registry``), see README "Metrics".
+#: (``neurodiag.stats.registry``), see docs/metrics.md.
 COLUMN_SPECS: tuple[Column, ...] = all_columns()
 COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMN_SPECS)
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMN_SPECS}

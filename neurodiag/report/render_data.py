@@ -26,7 +26,7 @@ def to_csv(report: Report, *, width: int | None = None, color: bool = False) -> 
     ``width`` and ``color`` are part of the common renderer signature and do not apply.
     """
     frame = report.to_frame()
-    if report.header.partial:  # the only run fact a CSV must not lose (README "Output")
+    if report.header.partial:  # the only run fact a CSV must not lose (docs/scan.md "Output")
         frame["partial"] = True
     return str(frame.to_csv(index=False, lineterminator="\n"))
 

@@ -100,7 +100,8 @@ IDENTITY_COLUMNS: tuple[Column, ...] = (
         "feature_dim",
         "Int64",  # absent in reports written before 0.2
         "count",
-        "the dim that indexes neurons, from the layer feeding the site (README: Neuron axis)",
+        "the dim that indexes neurons, from the layer feeding the site (docs/metrics.md: "
+        "Neuron axis)",
         table=False,
     ),
 )
