@@ -12,6 +12,7 @@ try:  # these import torch: seconds, during which the user may press Ctrl-C
     from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
     from neurodiag.scan import ScanInterrupted, scan
     from neurodiag.swap import swap_activations
+    from neurodiag.treat import recycle
 except KeyboardInterrupt:
     # the console script: a clean exit 130 (docs/scan.md "Errors and exit codes"), not a
     # traceback from inside torch's import; a program importing neurodiag gets its KeyboardInterrupt
@@ -33,6 +34,7 @@ __all__ = [
     "SiteNeurons",
     "__version__",
     "plot_scan",
+    "recycle",
     "scan",
     "swap_activations",
 ]

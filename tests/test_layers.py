@@ -19,7 +19,18 @@ LAYERS: dict[str, int] = {
     "stats": 3,
     "report": 4,
     **dict.fromkeys(
-        ("scan", "monitor", "swap", "check", "compare", "plots", "testing", "integrations"), 5
+        (
+            "scan",
+            "monitor",
+            "swap",
+            "check",
+            "compare",
+            "plots",
+            "testing",
+            "integrations",
+            "treat",
+        ),
+        5,
     ),
     **dict.fromkeys(("cli", "_entry", "__main__", "__init__"), 6),
 }

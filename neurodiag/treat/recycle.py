@@ -1,0 +1,322 @@
+"""``recycle``: ReDo (Sokar et al., 2023) on a user's model, from a neurodiag report.
+
+For each dead (or τ-dormant) neuron of a site, the incoming weights of the layer producing it
+are re-initialised as that layer's own ``reset_parameters`` would draw them, and the outgoing
+weights of the layer reading it are zeroed, so the network computes exactly what it computed
+before (the recycled units contribute 0) while the units can learn again.
+
+Topology is read from one forward of an example batch, by tensor identity between module
+calls, never guessed from names or registration order. Covered:
+
+- ``Linear → act → Linear`` (transformer MLPs ``fc1 → act → fc2`` included), with ``Dropout``
+  or ``Identity`` between the activation and its reader;
+- ``Conv → [BatchNorm] → act → Conv`` per channel (groups = 1); a BatchNorm in front of the
+  activation gets its affine and running statistics reset for the recycled channels;
+- gated MLPs (``act_fn(gate_proj(x)) * up_proj(x) → down_proj``, the Hugging Face naming):
+  gate and up rows re-initialised, down columns zeroed.
+
+Anything else (an output read by several layers, a concatenation, a flatten into a Linear,
+functional sites, a module called more than once per forward) is named in ``untreated`` with
+the reason, and left alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from neurodiag.batch import map_tensors, split_batch
+from neurodiag.errors import NeurodiagError
+from neurodiag.model_state import model_device, preserved
+from neurodiag.report.model import Report
+
+_PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_PASS_THROUGH = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
+#: Optimiser state entries shaped like their parameter (Adam, AdamW, SGD momentum, RMSprop...).
+_MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg")
+
+
+@dataclass(frozen=True)
+class TreatedSite:
+    site: str
+    #: the layers whose rows were re-initialised, and the one whose columns were zeroed
+    producers: tuple[str, ...]
+    consumer: str
+    neurons: tuple[int, ...]
+    width: int
+
+
+@dataclass
+class RecycleResult:
+    """What ``recycle`` did: the (copied or given) model, the treated sites, the others."""
+
+    model: nn.Module
+    treated: list[TreatedSite] = field(default_factory=list)
+    untreated: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def recycled(self) -> int:
+        return sum(len(t.neurons) for t in self.treated)
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    inputs: tuple[int, ...]
+    output: int | None
+
+
+def _trace(model: nn.Module, batch: Any) -> list[_Call]:
+    """Every leaf module call of one forward, in order, with the ids of its tensors."""
+    calls: list[_Call] = []
+    keep: list[Tensor] = []  # ids stay unique while the tensors live
+    names = {module: name for name, module in model.named_modules()}
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        ins = tuple(id(a) for a in args if isinstance(a, Tensor))
+        keep.extend(a for a in args if isinstance(a, Tensor))
+        out = output if isinstance(output, Tensor) else None
+        if out is not None:
+            keep.append(out)
+        calls.append(_Call(names[module], module, ins, None if out is None else id(out)))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad(), preserved(model):
+            model.eval()
+            try:
+                split = split_batch(batch)
+            except (TypeError, ValueError) as exc:
+                raise NeurodiagError(f"bad example batch: {exc}") from exc
+            device = model_device(model)
+            move = lambda t: t.to(device)  # noqa: E731
+            model(*map_tensors(split.args, move), **map_tensors(split.kwargs, move))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _producer(calls: list[_Call], index: int) -> tuple[_Call | None, _Call | None, str]:
+    """(layer, norm in between or None, reason if none) feeding the call at ``index``."""
+    wanted = calls[index].inputs[:1]
+    norm = None
+    for call in reversed(calls[:index]):
+        if call.output is None or call.output not in wanted:
+            continue
+        if isinstance(call.module, _NORMS) and norm is None:
+            norm, wanted = call, call.inputs[:1]
+            continue
+        if isinstance(call.module, _PRODUCERS) and getattr(call.module, "groups", 1) == 1:
+            return call, norm, ""
+        return None, None, f"fed by {type(call.module).__name__} {call.name!r}"
+    return None, None, "no Linear/Conv feeding it was seen"
+
+
+def _consumer(calls: list[_Call], index: int) -> tuple[_Call | None, str]:
+    """The one Linear/Conv reading the output of the call at ``index`` (through Dropout)."""
+    wanted = calls[index].output
+    start = index
+    while True:
+        readers = [
+            (i, c)
+            for i, c in enumerate(calls)
+            if i > start
+            and wanted in c.inputs
+            and not (isinstance(c.module, _PASS_THROUGH) and c.output == wanted)  # eval dropout
+        ]
+        if len(readers) != 1:
+            what = "no module" if not readers else f"{len(readers)} modules"
+            return None, f"its output is read by {what} (an add, a concatenation?)"
+        i, reader = readers[0]
+        if isinstance(reader.module, _PASS_THROUGH):
+            wanted, start = reader.output, i
+            continue
+        if isinstance(reader.module, _PRODUCERS) and getattr(reader.module, "groups", 1) == 1:
+            return reader, ""
+        return None, f"read by {type(reader.module).__name__} {reader.name!r}"
+
+
+def _fresh(layer: nn.Module) -> nn.Module:
+    """A copy of ``layer`` re-drawn by its own ``reset_parameters``, without touching the
+    caller's RNG."""
+    new = copy.deepcopy(layer).cpu()  # the CPU RNG, forked: no device RNG is touched
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(torch.initial_seed() % (2**31) + id(layer) % 9973)
+        new.reset_parameters()  # type: ignore[operator]
+    return new
+
+
+def _weight(layer: nn.Module) -> Tensor:
+    weight = layer.weight
+    assert isinstance(weight, Tensor)
+    return weight
+
+
+def _reset_rows(layer: nn.Module, rows: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    fresh = _fresh(layer)
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            param = getattr(layer, name, None)
+            if param is not None:
+                param[rows] = getattr(fresh, name)[rows.cpu()].to(param)
+                _reset_moments(optimizer, param, (rows,))
+
+
+def _zero_columns(layer: nn.Module, cols: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    weight = _weight(layer)
+    with torch.no_grad():
+        weight[:, cols] = 0.0
+    _reset_moments(optimizer, weight, (slice(None), cols))
+
+
+def _reset_norm(norm: nn.Module, rows: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    with torch.no_grad():
+        for name, value in (("weight", 1.0), ("bias", 0.0)):
+            param = getattr(norm, name, None)
+            if param is not None:
+                param[rows] = value
+                _reset_moments(optimizer, param, (rows,))
+        for name, value in (("running_mean", 0.0), ("running_var", 1.0)):
+            buffer = getattr(norm, name, None)
+            if buffer is not None:
+                buffer[rows] = value
+
+
+def _reset_moments(optimizer: torch.optim.Optimizer | None, param: Tensor, index: Any) -> None:
+    if optimizer is None:
+        return
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    with torch.no_grad():
+        for key in _MOMENT_KEYS:
+            moment = state.get(key)
+            if isinstance(moment, Tensor) and moment.shape == param.shape:
+                moment[index] = 0.0
+
+
+def _neurons(report: Report, site: str, tau: float | None) -> Tensor | None:
+    neurons = report.neurons.get(site)
+    if neurons is None:
+        return None
+    chosen = neurons.dead.clone()
+    if tau is not None:
+        score = neurons.dormant_score
+        chosen |= score.nan_to_num(nan=0.0) <= tau
+    return chosen.nonzero().flatten()
+
+
+def _gated(model: nn.Module, name: str) -> tuple[list[nn.Linear], nn.Linear] | None:
+    """(gate_proj and up_proj, down_proj) when ``name`` is the act_fn of a gated MLP."""
+    parent_name, _, leaf = name.rpartition(".")
+    if leaf != "act_fn":
+        return None
+    parent = model.get_submodule(parent_name) if parent_name else model
+    gate, up, down = (getattr(parent, a, None) for a in ("gate_proj", "up_proj", "down_proj"))
+    if isinstance(gate, nn.Linear) and isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
+        return [gate, up], down
+    return None
+
+
+def recycle(
+    model: nn.Module,
+    report: Report,
+    example: Any,
+    *,
+    method: str = "redo",
+    tau: float | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    in_place: bool = False,
+    sites: Sequence[str] | None = None,
+) -> RecycleResult:
+    """ReDo: recycle the dead (and, with ``tau``, the τ-dormant) neurons that ``report`` found.
+
+    ``example`` is one batch (as the scan's data yields them) for the topology forward. Works
+    on a deep copy unless ``in_place``; ``optimizer`` (needs ``in_place``) gets the moments of
+    the touched rows and columns zeroed. ``sites`` restricts the treatment to those names.
+    """
+    if method != "redo":
+        raise NeurodiagError(f"unknown recycling method {method!r}; the one method is 'redo'")
+    if optimizer is not None and not in_place:
+        raise NeurodiagError(
+            "an optimizer holds the model's own parameters: pass in_place=True with it"
+        )
+    if tau is not None and not tau >= 0:
+        raise NeurodiagError(f"tau must be a number >= 0, got {tau!r}")
+    target = model if in_place else copy.deepcopy(model)
+    result = RecycleResult(target)
+    calls = _trace(target, example)
+    index_of: dict[str, list[int]] = {}
+    for i, call in enumerate(calls):
+        index_of.setdefault(call.name, []).append(i)
+    for row in report.rows:
+        site = str(row["site"])
+        if sites is not None and site not in sites:
+            continue
+        chosen = _neurons(report, site, tau)
+        if chosen is None or not len(chosen):
+            continue
+        result.treated.append(_treat_one(target, calls, index_of, site, chosen, optimizer, result))
+    result.treated = [t for t in result.treated if t.neurons]
+    return result
+
+
+def _treat_one(
+    model: nn.Module,
+    calls: list[_Call],
+    index_of: dict[str, list[int]],
+    site: str,
+    chosen: Tensor,
+    optimizer: torch.optim.Optimizer | None,
+    result: RecycleResult,
+) -> TreatedSite:
+    untreated = TreatedSite(site, (), "", (), 0)
+    if ":" in site:
+        result.untreated.append((site, "a functional call: no module to recycle"))
+        return untreated
+    name = site.split("#", 1)[0]
+    if len(index_of.get(name, [])) != 1:
+        seen = len(index_of.get(name, []))
+        result.untreated.append((site, f"the module ran {seen} times in one forward"))
+        return untreated
+    gated = _gated(model, name)
+    if gated is not None:
+        gate_and_up, down = gated
+        rows = chosen.to(down.weight.device)
+        for layer in gate_and_up:
+            _reset_rows(layer, rows, optimizer)
+        _zero_columns(down, rows, optimizer)
+        parent = name.rpartition(".")[0]
+        return TreatedSite(
+            site,
+            (f"{parent}.gate_proj", f"{parent}.up_proj"),
+            f"{parent}.down_proj",
+            tuple(int(i) for i in chosen),
+            gate_and_up[0].out_features,
+        )
+    index = index_of[name][0]
+    producer, norm, why = _producer(calls, index)
+    if producer is None:
+        result.untreated.append((site, why))
+        return untreated
+    consumer, why = _consumer(calls, index)
+    if consumer is None:
+        result.untreated.append((site, why))
+        return untreated
+    rows = chosen.to(_weight(producer.module).device)
+    _reset_rows(producer.module, rows, optimizer)
+    if norm is not None:
+        _reset_norm(norm.module, rows, optimizer)
+    _zero_columns(consumer.module, rows, optimizer)
+    names = (producer.name,) + ((norm.name,) if norm is not None else ())
+    width = int(_weight(producer.module).shape[0])
+    return TreatedSite(site, names, consumer.name, tuple(int(i) for i in chosen), width)

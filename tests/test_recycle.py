@@ -1,0 +1,193 @@
+"""neurodiag.recycle (ReDo): outputs preserved per covered topology, the forced-dead site comes
+back alive on a re-scan, optimiser moments reset, unsupported topologies named, the original
+model untouched."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import neurodiag
+from neurodiag.errors import NeurodiagError
+
+
+def _batches(shape: tuple[int, ...], n: int = 3, seed: int = 0) -> list[Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(16, *shape, generator=gen) for _ in range(n)]
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 16), nn.ReLU(),
+        nn.Linear(16, 3),
+    )  # fmt: skip
+    with torch.no_grad():
+        model[0].bias[:16] = -100.0  # half of site "1" dead by construction
+    return model
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    )  # fmt: skip
+    with torch.no_grad():
+        model[1].bias[:4] = -100.0  # BatchNorm shifts half of site "2" below 0
+    return model
+
+
+class _Block(nn.Module):
+    """A transformer MLP with its residual: x + fc2(act(fc1(ln(x))))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(8)
+        self.fc1, self.act, self.fc2 = nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc2(self.act(self.fc1(self.ln(x))))
+
+
+class _Gated(nn.Module):
+    """Hugging Face's gated MLP (Llama, Mistral, Qwen): down(act(gate(x)) * up(x))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj = nn.Linear(8, 24), nn.Linear(8, 24)
+        self.down_proj, self.act_fn = nn.Linear(24, 8), nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _transformer() -> nn.Module:
+    torch.manual_seed(2)
+    model = nn.Sequential(_Block(), _Gated())
+    with torch.no_grad():
+        model[0].fc1.bias[:16] = -100.0
+        model[1].gate_proj.bias[:12] = -100.0
+    return model
+
+
+def _outputs(model: nn.Module, batches: list[Tensor]) -> list[Tensor]:
+    model.eval()
+    with torch.no_grad():
+        return [model(x) for x in batches]
+
+
+@pytest.mark.parametrize(
+    ("build", "shape", "site"),
+    [(_mlp, (8,), "1"), (_cnn, (3, 6, 6), "2"), (_transformer, (5, 8), "0.act")],
+    ids=["mlp", "cnn", "transformer"],
+)
+def test_redo_keeps_outputs_and_revives_the_dead_site(
+    build: object, shape: tuple[int, ...], site: str
+) -> None:
+    model = build()  # type: ignore[operator]
+    batches = _batches(shape)
+    before = neurodiag.scan(model, batches, max_batches=3)
+    assert before.row(site)["dead_pct"] == 50.0
+    original = copy.deepcopy(model.state_dict())
+    result = neurodiag.recycle(model, before, batches[0])
+    # the user's model is untouched: recycle works on a copy
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in original.items())
+    treated = {t.site: t for t in result.treated}
+    assert site in treated and len(treated[site].neurons) >= treated[site].width // 2
+    for a, b in zip(_outputs(model, batches), _outputs(result.model, batches), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # ReDo: the function is unchanged
+    after = neurodiag.scan(result.model, batches, max_batches=3)
+    assert after.row(site)["dead_pct"] < 5.0
+
+
+def test_gated_mlp_rows_and_columns() -> None:
+    model = _transformer()
+    batches = _batches((5, 8))
+    report = neurodiag.scan(model, batches, max_batches=3)
+    result = neurodiag.recycle(model, report, batches[0])
+    gated = next(t for t in result.treated if t.site == "1.act_fn")
+    assert gated.producers == ("1.gate_proj", "1.up_proj") and gated.consumer == "1.down_proj"
+    down = result.model[1].down_proj.weight  # type: ignore[index]
+    assert bool((down[:, list(gated.neurons)] == 0).all())
+    after = neurodiag.scan(result.model, batches, max_batches=3)
+    assert after.row("1.act_fn")["dead_pct"] < 5.0
+
+
+def test_optimizer_moments_of_recycled_rows_are_reset() -> None:
+    model = _mlp()
+    batches = _batches((8,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for x in batches:  # build up Adam state
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+    with pytest.raises(NeurodiagError, match="in_place=True"):
+        neurodiag.recycle(model, neurodiag.scan(model, batches), batches[0], optimizer=opt)
+    report = neurodiag.scan(model, batches)
+    result = neurodiag.recycle(model, report, batches[0], optimizer=opt, in_place=True)
+    assert result.model is model
+    rows = list(next(t for t in result.treated if t.site == "1").neurons)
+    first, second = model[0], model[3]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert bool((opt.state[first.weight][key][rows] == 0).all())
+        assert bool((opt.state[first.bias][key][rows] == 0).all())
+        assert bool((opt.state[second.weight][key][:, rows] == 0).all())
+    alive = [i for i in range(32) if i not in rows]
+    assert bool((opt.state[second.weight]["exp_avg"][:, alive] != 0).any())
+
+
+def test_unsupported_topologies_are_named_not_guessed() -> None:
+    """A ReLU before Flatten → Linear, a ReLU whose output feeds a residual add and a functional
+    call are reported with why; nothing of them is changed."""
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act, self.out = nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.act(self.fc(x))
+            return self.out(h + x) + torch.nn.functional.relu(x).sum()
+
+    torch.manual_seed(3)
+    model = Residual()
+    with torch.no_grad():
+        model.fc.bias[:4] = -100.0
+    batches = _batches((8,))
+    report = neurodiag.scan(model, batches)
+    result = neurodiag.recycle(model, report, batches[0])
+    reasons = dict(result.untreated)
+    assert "act" in reasons and "read by" in reasons["act"]
+    assert not result.treated
+    cnn = _cnn()
+    with torch.no_grad():
+        cnn[3].bias[:] = -100.0  # site "4" (before Flatten → Linear) dead too
+    cnn_batches = _batches((3, 6, 6))
+    result = neurodiag.recycle(cnn, neurodiag.scan(cnn, cnn_batches), cnn_batches[0])
+    assert "4" in dict(result.untreated) and "2" in {t.site for t in result.treated}
+
+
+def test_tau_also_recycles_dormant_units_and_bad_arguments_fail() -> None:
+    model = _mlp()
+    batches = _batches((8,))
+    report = neurodiag.scan(model, batches)
+    dead_only = neurodiag.recycle(model, report, batches[0])
+    with_dormant = neurodiag.recycle(model, report, batches[0], tau=0.5)
+    assert with_dormant.recycled > dead_only.recycled
+    with pytest.raises(NeurodiagError, match="method"):
+        neurodiag.recycle(model, report, batches[0], method="reset")
+    with pytest.raises(NeurodiagError, match="tau"):
+        neurodiag.recycle(model, report, batches[0], tau=-1.0)
+
+
+def test_rng_is_left_alone() -> None:
+    model = _mlp()
+    batches = _batches((8,))
+    report = neurodiag.scan(model, batches)
+    state = torch.random.get_rng_state()
+    neurodiag.recycle(model, report, batches[0])
+    assert torch.equal(state, torch.random.get_rng_state())
