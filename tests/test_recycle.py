@@ -5,12 +5,15 @@ model untouched."""
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 import neurodiag
+import neurodiag.treat
 from neurodiag.errors import NeurodiagError
 
 
@@ -191,3 +194,74 @@ def test_rng_is_left_alone() -> None:
     state = torch.random.get_rng_state()
     neurodiag.recycle(model, report, batches[0])
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+TREATABLE = """
+import torch
+from torch import nn
+
+def build_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                          nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].bias[:16] = -100.0  # half of site "1" dead by construction
+    return model
+"""
+
+
+def test_treat_command_shows_before_and_after_and_writes_a_loadable_state_dict(
+    tmp_path: Path,
+) -> None:
+    """The issue's done-when, as a new user runs it: outputs change < 1e-5, the site re-scans
+    under 5 % dead, and the state_dict loads with weights_only=True."""
+    from typer.testing import CliRunner
+
+    from neurodiag.cli import app
+
+    model_file = tmp_path / "mlp.py"
+    model_file.write_text(TREATABLE)
+    target = tmp_path / "treated.pt"
+    result = CliRunner().invoke(
+        app,
+        ["treat", str(model_file), "--input-shape", "8", "--max-batches", "3", "-o", str(target)],
+        env={"COLUMNS": "120"},
+    )
+    assert result.exit_code == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("1 "))
+    _, neurons, before, after, recycled, *_ = row.split()
+    assert (neurons, before, recycled) == ("32", "50.0", "16") and float(after) < 5.0
+    change = re.search(r"largest output change on the 3 scanned batches: (\S+);", result.stdout)
+    assert change and float(change.group(1)) < 1e-5
+    state = torch.load(target, weights_only=True)
+    assert bool((state["2.weight"][:, :16] == 0).all())  # the recycled units' outgoing weights
+    bad = CliRunner().invoke(app, ["treat", str(model_file), "-o", str(target), "--method", "x"])
+    assert bad.exit_code == 2 and "redo" in bad.stderr
+
+
+def test_recycler_during_training_ends_with_fewer_dead_units() -> None:
+    """The done-when: the same short training with and without a Recycler on the Monitor;
+    with it, the forced-dead half of site "1" is recycled and is alive over the last epoch's
+    training steps (the Monitor's last window, measured before its exit recycles again)."""
+    batches = _batches((8,), n=8, seed=5)
+    targets = [torch.randn(16, 3, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+
+    def train(recycling: bool) -> tuple[float, int]:
+        model = _mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        recycler = neurodiag.treat.Recycler(model, batches[0], opt) if recycling else None
+        listeners = [recycler] if recycler is not None else []
+        with neurodiag.Monitor(model, every=8, on_window=listeners) as monitor:
+            for _ in range(3):  # epochs
+                for x, y in zip(batches, targets, strict=True):
+                    opt.zero_grad()
+                    nn.functional.mse_loss(model(x), y).backward()
+                    opt.step()
+        assert [w.step_end for w in monitor.history] == [8, 16, 24]  # the last closes on exit
+        last_epoch = monitor.history[-1].report
+        return last_epoch.row("1")["dead_pct"], 0 if recycler is None else recycler.recycled
+
+    dead_without, _ = train(False)
+    dead_with, recycled = train(True)
+    assert dead_without >= 50.0 and recycled >= 16
+    assert dead_with < 5.0 < dead_without

@@ -225,6 +225,13 @@ def _plan_table(c0: Tensor, incs: Tensor, conversion: Tensor, dtype: torch.dtype
     return table.to(dtype).unsqueeze(-1)
 
 
+def _layer_scalars(n: int, lower: float, upper: float, delta: float) -> tuple[float, float, float]:
+    """(scale, shift, slope floor): u = x·scale + shift, and dσ/du ≥ δ̄·(u−l)/2 = n·δ/2 (u
+    units), the clamp of the slope."""
+    half_width = 0.5 * (upper - lower)
+    return 1.0 / half_width, -0.5 * (lower + upper) / half_width, 0.5 * n * delta
+
+
 class _Plan:
     """Per-call scalars and the rows of the (2n+3, F, 1) table, each broadcasting on (a, F, b)."""
 
@@ -240,11 +247,7 @@ class _Plan:
         n = degree
         self.n = n
         self.dtype = dtype
-        half_width = 0.5 * (upper - lower)
-        self.scale = 1.0 / half_width  # u = x·scale + shift
-        self.shift_value = -0.5 * (lower + upper) / half_width
-        # dσ/du ≥ δ̄·(u−l)/2 = n·δ/2 (u units): the clamp of the slope.
-        self.min_slope_u = 0.5 * n * delta
+        self.scale, self.shift_value, self.min_slope_u = _layer_scalars(n, lower, upper, delta)
         # Eagerly, 0-d CPU tensors let one fused op take a scalar operand; Dynamo would only
         # trace through their cache, and Inductor fuses the plain arithmetic anyway.
         self.fused = not torch.compiler.is_compiling()
@@ -582,7 +585,7 @@ class _NativeFunction(torch.autograd.Function):
             conversion.data_ptr(),
             table.data_ptr(),
         )
-        scale, shift, _ = _native_scalars(n, lower, upper, delta)
+        scale, shift, _ = _layer_scalars(n, lower, upper, delta)
         a, f, b = _layout(x, feature_dim)
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         parts = _native_parts(a, x.numel())
@@ -625,7 +628,7 @@ class _NativeFunction(torch.autograd.Function):
         need_x, need_c0, need_theta = ctx.needs_input_grad[:3]
         rows, n = theta.shape
         ld = table.shape[1]
-        scale, shift, min_slope = _native_scalars(n, lower, upper, delta)
+        scale, shift, min_slope = _layer_scalars(n, lower, upper, delta)
         a, f, b = _layout(x, feature_dim)
         g = g.to(torch.float32).contiguous()
         grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
@@ -678,13 +681,6 @@ _NATIVE_APPLY_DIRECT = torch._C._FunctionBase.__dict__["apply"].__get__(None, _N
 # Elements per thread below which the native kernels run on the calling thread only.
 _NATIVE_PER_THREAD = 1 << 17
 _NATIVE_POOL: list[ThreadPoolExecutor] = []
-
-
-@functools.lru_cache(maxsize=256)
-def _native_scalars(n: int, lower: float, upper: float, delta: float) -> tuple[float, float, float]:
-    """(scale, shift, slope floor in u units) as :class:`_Plan` computes them."""
-    half_width = 0.5 * (upper - lower)
-    return 1.0 / half_width, -0.5 * (lower + upper) / half_width, 0.5 * n * delta
 
 
 def _native_parts(a: int, numel: int) -> list[tuple[int, int]]:

@@ -1,5 +1,23 @@
 """Treating what a scan found: ``recycle`` (ReDo) dead and dormant units in place of a copy."""
 
-from neurodiag.treat.recycle import RecycleResult, TreatedSite, recycle
+from neurodiag.treat.during_training import Recycler
+from neurodiag.treat.recycle import (
+    Link,
+    RecycleResult,
+    TreatedSite,
+    before_after,
+    output_change,
+    recycle,
+    topology,
+)
 
-__all__ = ["RecycleResult", "TreatedSite", "recycle"]
+__all__ = [
+    "Link",
+    "RecycleResult",
+    "Recycler",
+    "TreatedSite",
+    "before_after",
+    "output_change",
+    "recycle",
+    "topology",
+]

@@ -227,22 +227,71 @@ def _gated(model: nn.Module, name: str) -> tuple[list[nn.Linear], nn.Linear] | N
     return None
 
 
+@dataclass(frozen=True)
+class Link:
+    """Who feeds and who reads one activation module: names in the model."""
+
+    producers: tuple[str, ...]  # the Linear/Conv (two for a gated MLP) whose rows are redrawn
+    norm: str | None  # a BatchNorm between producer and activation
+    consumer: str  # the Linear/Conv whose columns are zeroed
+
+
+#: activation module name -> its Link, or why it cannot be treated
+Topology = dict[str, "Link | str"]
+
+
+def topology(model: nn.Module, example: Any) -> Topology:
+    """The Link of every activation-like leaf module, from one forward of ``example`` (no
+    grad, the model's modes and buffers restored). Computed once, it serves every later
+    ``recycle`` of the same model (``Recycler`` does that during training)."""
+    calls = _trace(model, example)
+    index_of: dict[str, list[int]] = {}
+    for i, call in enumerate(calls):
+        index_of.setdefault(call.name, []).append(i)
+    links: Topology = {}
+    for name, indices in index_of.items():
+        if len(indices) != 1:
+            links[name] = f"the module ran {len(indices)} times in one forward"
+            continue
+        gated = _gated(model, name)
+        if gated is not None:
+            parent = name.rpartition(".")[0]
+            prefix = f"{parent}." if parent else ""
+            links[name] = Link(
+                (f"{prefix}gate_proj", f"{prefix}up_proj"), None, f"{prefix}down_proj"
+            )
+            continue
+        producer, norm, why = _producer(calls, indices[0])
+        if producer is None:
+            links[name] = why
+            continue
+        consumer, why = _consumer(calls, indices[0])
+        links[name] = (
+            why
+            if consumer is None
+            else Link((producer.name,), None if norm is None else norm.name, consumer.name)
+        )
+    return links
+
+
 def recycle(
     model: nn.Module,
     report: Report,
-    example: Any,
+    example: Any = None,
     *,
     method: str = "redo",
     tau: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     in_place: bool = False,
     sites: Sequence[str] | None = None,
+    links: Topology | None = None,
 ) -> RecycleResult:
     """ReDo: recycle the dead (and, with ``tau``, the τ-dormant) neurons that ``report`` found.
 
-    ``example`` is one batch (as the scan's data yields them) for the topology forward. Works
-    on a deep copy unless ``in_place``; ``optimizer`` (needs ``in_place``) gets the moments of
-    the touched rows and columns zeroed. ``sites`` restricts the treatment to those names.
+    ``example`` is one batch (as the scan's data yields them) for the topology forward, or
+    ``links`` a ``topology()`` computed before. Works on a deep copy unless ``in_place``;
+    ``optimizer`` (needs ``in_place``) gets the moments of the touched rows and columns zeroed.
+    ``sites`` restricts the treatment to those names.
     """
     if method != "redo":
         raise NeurodiagError(f"unknown recycling method {method!r}; the one method is 'redo'")
@@ -252,12 +301,12 @@ def recycle(
         )
     if tau is not None and not tau >= 0:
         raise NeurodiagError(f"tau must be a number >= 0, got {tau!r}")
+    if links is None and example is None:
+        raise NeurodiagError("recycle needs an example batch (or links=topology(model, batch))")
     target = model if in_place else copy.deepcopy(model)
     result = RecycleResult(target)
-    calls = _trace(target, example)
-    index_of: dict[str, list[int]] = {}
-    for i, call in enumerate(calls):
-        index_of.setdefault(call.name, []).append(i)
+    if links is None:
+        links = topology(target, example)
     for row in report.rows:
         site = str(row["site"])
         if sites is not None and site not in sites:
@@ -265,58 +314,78 @@ def recycle(
         chosen = _neurons(report, site, tau)
         if chosen is None or not len(chosen):
             continue
-        result.treated.append(_treat_one(target, calls, index_of, site, chosen, optimizer, result))
-    result.treated = [t for t in result.treated if t.neurons]
+        if ":" in site:
+            result.untreated.append((site, "a functional call: no module to recycle"))
+            continue
+        link = links.get(site.split("#", 1)[0], "not seen in the topology forward")
+        if isinstance(link, str):
+            result.untreated.append((site, link))
+            continue
+        result.treated.append(_apply(target, link, site, chosen, optimizer))
     return result
 
 
-def _treat_one(
-    model: nn.Module,
-    calls: list[_Call],
-    index_of: dict[str, list[int]],
-    site: str,
-    chosen: Tensor,
-    optimizer: torch.optim.Optimizer | None,
-    result: RecycleResult,
+def _apply(
+    model: nn.Module, link: Link, site: str, chosen: Tensor, optimizer: torch.optim.Optimizer | None
 ) -> TreatedSite:
-    untreated = TreatedSite(site, (), "", (), 0)
-    if ":" in site:
-        result.untreated.append((site, "a functional call: no module to recycle"))
-        return untreated
-    name = site.split("#", 1)[0]
-    if len(index_of.get(name, [])) != 1:
-        seen = len(index_of.get(name, []))
-        result.untreated.append((site, f"the module ran {seen} times in one forward"))
-        return untreated
-    gated = _gated(model, name)
-    if gated is not None:
-        gate_and_up, down = gated
-        rows = chosen.to(down.weight.device)
-        for layer in gate_and_up:
-            _reset_rows(layer, rows, optimizer)
-        _zero_columns(down, rows, optimizer)
-        parent = name.rpartition(".")[0]
-        return TreatedSite(
-            site,
-            (f"{parent}.gate_proj", f"{parent}.up_proj"),
-            f"{parent}.down_proj",
-            tuple(int(i) for i in chosen),
-            gate_and_up[0].out_features,
+    producers = [model.get_submodule(name) for name in link.producers]
+    rows = chosen.to(_weight(producers[0]).device)
+    for layer in producers:
+        _reset_rows(layer, rows, optimizer)
+    if link.norm is not None:
+        _reset_norm(model.get_submodule(link.norm), rows, optimizer)
+    _zero_columns(model.get_submodule(link.consumer), rows, optimizer)
+    names = link.producers + ((link.norm,) if link.norm is not None else ())
+    width = int(_weight(producers[0]).shape[0])
+    return TreatedSite(site, names, link.consumer, tuple(int(i) for i in chosen), width)
+
+
+def output_change(before: nn.Module, after: nn.Module, batches: Sequence[Any]) -> float:
+    """The largest absolute difference of the two models' outputs on ``batches`` (eval mode,
+    every tensor of the output): ~0 after ReDo. Both models' modes are restored."""
+    worst = 0.0
+    device = model_device(before)
+    move = lambda t: t.to(device)  # noqa: E731
+    with torch.no_grad(), preserved(before), preserved(after):
+        before.eval()
+        after.eval()
+        for batch in batches:
+            split = split_batch(batch)
+            args, kwargs = map_tensors(split.args, move), map_tensors(split.kwargs, move)
+            outs = [_tensors(m(*args, **kwargs)) for m in (before, after)]
+            for a, b in zip(*outs, strict=True):
+                if a.is_floating_point():
+                    worst = max(worst, float((a - b).abs().max()) if a.numel() else 0.0)
+    return worst
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, tuple | list):
+        return [t for v in value for t in _tensors(v)]
+    return [t for v in getattr(value, "values", lambda: [])() for t in _tensors(v)]
+
+
+def before_after(before: Report, after: Report, result: RecycleResult) -> list[dict[str, Any]]:
+    """One row per site: dead % before and after, units recycled, why a site was not treated."""
+    treated = {t.site: t for t in result.treated}
+    why = dict(result.untreated)
+    after_rows = {str(r["site"]): r for r in after.rows}
+    rows = []
+    for row in before.rows:
+        site = str(row["site"])
+        other = after_rows.get(site, {})
+        rows.append(
+            {
+                "site": site,
+                "neurons": row.get("neurons"),
+                "dead_pct_before": row.get("dead_pct"),
+                "dead_pct_after": other.get("dead_pct"),
+                "recycled": len(treated[site].neurons) if site in treated else 0,
+                "note": why.get(site, ""),
+            }
         )
-    index = index_of[name][0]
-    producer, norm, why = _producer(calls, index)
-    if producer is None:
-        result.untreated.append((site, why))
-        return untreated
-    consumer, why = _consumer(calls, index)
-    if consumer is None:
-        result.untreated.append((site, why))
-        return untreated
-    rows = chosen.to(_weight(producer.module).device)
-    _reset_rows(producer.module, rows, optimizer)
-    if norm is not None:
-        _reset_norm(norm.module, rows, optimizer)
-    _zero_columns(consumer.module, rows, optimizer)
-    names = (producer.name,) + ((norm.name,) if norm is not None else ())
-    width = int(_weight(producer.module).shape[0])
-    return TreatedSite(site, names, consumer.name, tuple(int(i) for i in chosen), width)
+    return rows

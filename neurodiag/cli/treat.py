@@ -1,0 +1,145 @@
+"""``neurodiag treat``: scan, recycle (ReDo) the dead units, re-scan on the same batches, show
+before and after, and write the treated state_dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from neurodiag.cli.common import (
+    METRICS_PANEL,
+    OUTPUT_PANEL,
+    BatchSizeOpt,
+    DataOpt,
+    DebugOpt,
+    Device,
+    DeviceOpt,
+    EpsOpt,
+    InputShapeOpt,
+    NumBatchesOpt,
+    SeedOpt,
+    TargetOpt,
+    TauOpt,
+    WeightsOpt,
+    app,
+    is_rank_zero,
+    user_errors,
+)
+from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
+from neurodiag.errors import NeurodiagError
+
+
+@app.command(
+    epilog="[bold]Examples[/bold]\n\n"
+    "neurodiag treat model.py --weights ckpt.pt --data data.yaml --output treated.pt\n\n"
+    "neurodiag treat model.py --data data.yaml --dormant-tau 0.1 --output treated.pt"
+)
+def treat(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="file.py, file.py:factory or package.module:attr (the file is executed).",
+            metavar="MODEL",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            rich_help_panel=OUTPUT_PANEL,
+            metavar="NEW.pt",
+            help="Write the treated state_dict here (loads with weights_only=True).",
+        ),
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            rich_help_panel=METRICS_PANEL,
+            metavar="METHOD",
+            help="redo: fresh incoming weights and zeroed outgoing ones for dead units.",
+        ),
+    ] = "redo",
+    dormant_tau: Annotated[
+        float | None,
+        typer.Option(
+            "--dormant-tau",
+            min=0.0,
+            rich_help_panel=METRICS_PANEL,
+            metavar="TAU",
+            help="Also recycle τ-dormant units (normalised score ≤ TAU), as ReDo does.",
+        ),
+    ] = None,
+    data: DataOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    max_batches: NumBatchesOpt = None,
+    input_shape: InputShapeOpt = None,
+    target: TargetOpt = None,
+    eps: EpsOpt = DEFAULT_EPS,
+    tau: TauOpt = DEFAULT_TAU,
+    debug: DebugOpt = False,
+) -> None:
+    """Recycle the dead units of MODEL (ReDo), prove it with a re-scan, write NEW.pt."""
+    import torch
+
+    from neurodiag.cli.runner import load_model_and_data
+    from neurodiag.config import ScanConfig
+    from neurodiag.scan import scan as run_scan
+    from neurodiag.treat import before_after, output_change, recycle
+
+    with user_errors(debug):
+        if method != "redo":
+            raise NeurodiagError(f"--method {method!r}: the one method so far is 'redo'")
+        loaded, source = load_model_and_data(
+            model,
+            data=data,
+            weights=weights,
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            input_shape=input_shape,
+            target=target,
+        )
+        batches = list(source.batches)
+        if not batches:
+            raise NeurodiagError("the data gave no batch to scan")
+        config = ScanConfig(eps=eps, tau=tau, seed=seed if seed is not None else 0)
+        names = {"model_name": loaded.name, "data_name": source.description}
+        loss_fn = loaded.hook("loss_fn")
+        before = run_scan(loaded.model, batches, config, loss_fn=loss_fn, **names)
+        result = recycle(loaded.model, before, batches[0], tau=dormant_tau)
+        after = run_scan(result.model, batches, config, loss_fn=loss_fn, **names)
+        change = output_change(loaded.model, result.model, batches)
+        torch.save(result.model.state_dict(), output)
+        if not is_rank_zero():
+            return
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+        for heading in ("site", "neurons", "dead % before", "dead % after", "recycled", "note"):
+            table.add_column(heading, justify="left" if heading in ("site", "note") else "right")
+        for row in before_after(before, after, result):
+            table.add_row(
+                row["site"],
+                f"{row['neurons']}",
+                f"{row['dead_pct_before']:.1f}",
+                "–" if row["dead_pct_after"] is None else f"{row['dead_pct_after']:.1f}",
+                f"{row['recycled']}",
+                row["note"],
+            )
+        console = Console(highlight=False)
+        console.print(table)
+        console.print(
+            f"recycled {result.recycled} units at {len(result.treated)} sites; largest output "
+            f"change on the {len(batches)} scanned batches: {change:.2e}; wrote {output}",
+            markup=False,
+        )
