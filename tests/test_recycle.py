@@ -5,6 +5,7 @@ model untouched."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -265,3 +266,33 @@ def test_recycler_during_training_ends_with_fewer_dead_units() -> None:
     dead_with, recycled = train(True)
     assert dead_without >= 50.0 and recycled >= 16
     assert dead_with < 5.0 < dead_without
+
+
+def test_the_measured_example_in_the_docs_is_the_scripts_saved_run() -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "recycling_example", root / "scripts" / "recycling_example.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    doc = json.loads(script.SAVED.read_text(encoding="utf-8"))
+    page = script.PAGE.read_text(encoding="utf-8")
+    assert script.replace_block(page, script.table(doc)) == page, (
+        "docs/treat.md is stale: python scripts/recycling_example.py --page-only"
+    )
+    # what the example shows: recycling ends the training with fewer dead units
+    assert doc["recycled"][-1]["mean_dead_pct"] < doc["plain"][-1]["mean_dead_pct"]
+
+
+def test_a_treatment_is_reproducible() -> None:
+    """The fresh rows come from the seed and the layer's name, never from the process."""
+    model = _mlp()
+    batches = _batches((8,))
+    report = neurodiag.scan(model, batches)
+    a, b = (neurodiag.recycle(model, report, batches[0]) for _ in range(2))
+    c = neurodiag.recycle(model, report, batches[0], seed=1)
+    weights = [r.model[0].weight for r in (a, b, c)]  # type: ignore[index]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])

@@ -58,6 +58,7 @@ class Recycler:
             tau=self.tau,
             optimizer=self.optimizer,
             in_place=True,
+            seed=window.index,
         )
         for treated in result.treated:
             self.history.append(

@@ -23,6 +23,7 @@ the reason, and left alone.
 from __future__ import annotations
 
 import copy
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,12 +146,12 @@ def _consumer(calls: list[_Call], index: int) -> tuple[_Call | None, str]:
         return None, f"read by {type(reader.module).__name__} {reader.name!r}"
 
 
-def _fresh(layer: nn.Module) -> nn.Module:
-    """A copy of ``layer`` re-drawn by its own ``reset_parameters``, without touching the
-    caller's RNG."""
+def _fresh(layer: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``layer`` re-drawn by its own ``reset_parameters`` from ``seed``, without
+    touching the caller's RNG."""
     new = copy.deepcopy(layer).cpu()  # the CPU RNG, forked: no device RNG is touched
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(torch.initial_seed() % (2**31) + id(layer) % 9973)
+        torch.manual_seed(seed)
         new.reset_parameters()  # type: ignore[operator]
     return new
 
@@ -161,8 +162,10 @@ def _weight(layer: nn.Module) -> Tensor:
     return weight
 
 
-def _reset_rows(layer: nn.Module, rows: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-    fresh = _fresh(layer)
+def _reset_rows(
+    layer: nn.Module, rows: Tensor, optimizer: torch.optim.Optimizer | None, seed: int
+) -> None:
+    fresh = _fresh(layer, seed)
     with torch.no_grad():
         for name in ("weight", "bias"):
             param = getattr(layer, name, None)
@@ -285,13 +288,15 @@ def recycle(
     in_place: bool = False,
     sites: Sequence[str] | None = None,
     links: Topology | None = None,
+    seed: int = 0,
 ) -> RecycleResult:
     """ReDo: recycle the dead (and, with ``tau``, the τ-dormant) neurons that ``report`` found.
 
     ``example`` is one batch (as the scan's data yields them) for the topology forward, or
     ``links`` a ``topology()`` computed before. Works on a deep copy unless ``in_place``;
     ``optimizer`` (needs ``in_place``) gets the moments of the touched rows and columns zeroed.
-    ``sites`` restricts the treatment to those names.
+    ``sites`` restricts the treatment to those names. The new rows are drawn from ``seed`` and
+    the layer's name, so a treatment is reproducible (``Recycler`` passes the window index).
     """
     if method != "redo":
         raise NeurodiagError(f"unknown recycling method {method!r}; the one method is 'redo'")
@@ -321,17 +326,22 @@ def recycle(
         if isinstance(link, str):
             result.untreated.append((site, link))
             continue
-        result.treated.append(_apply(target, link, site, chosen, optimizer))
+        result.treated.append(_apply(target, link, site, chosen, optimizer, seed))
     return result
 
 
 def _apply(
-    model: nn.Module, link: Link, site: str, chosen: Tensor, optimizer: torch.optim.Optimizer | None
+    model: nn.Module,
+    link: Link,
+    site: str,
+    chosen: Tensor,
+    optimizer: torch.optim.Optimizer | None,
+    seed: int,
 ) -> TreatedSite:
     producers = [model.get_submodule(name) for name in link.producers]
     rows = chosen.to(_weight(producers[0]).device)
-    for layer in producers:
-        _reset_rows(layer, rows, optimizer)
+    for name, layer in zip(link.producers, producers, strict=True):
+        _reset_rows(layer, rows, optimizer, zlib.crc32(f"{seed}:{name}".encode()))
     if link.norm is not None:
         _reset_norm(model.get_submodule(link.norm), rows, optimizer)
     _zero_columns(model.get_submodule(link.consumer), rows, optimizer)
