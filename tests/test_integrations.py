@@ -159,3 +159,21 @@ def test_soft_pause_keeps_hooks_inert_and_still_discovers_functional_sites() -> 
     for column in ("dead_pct", "dormant_pct", "grad_dormant_pct", "nonfinite"):
         assert list(got[column]) == list(expected[column]), column
     assert got["mag"].tolist() == pytest.approx(expected["mag"].tolist(), rel=1e-9)
+
+
+def test_huggingface_recycle_option_revives_dead_units(tmp_path: object) -> None:
+    """recycle=True on the Trainer callback: the topology comes from the first optimizer step,
+    the units killed before training are recycled when epoch 0's window closes (the optimizer's
+    moments of those rows reset) and epoch 1 measures them alive."""
+    from neurodiag.integrations.huggingface import NeurodiagTrainerCallback
+
+    callback = NeurodiagTrainerCallback(per_site=False, recycle=True)
+    trainer: Any = _hf_trainer(tmp_path, [callback])
+    dense = trainer.model.bert.encoder.layer[0].intermediate.dense
+    with torch.no_grad():
+        dense.bias[:10] = -100.0  # GELU(-100 + ...) = 0 with σ' = 0: half the units dead
+    trainer.train()
+    first, second = (w.report.row(SITES[0])["dead_pct"] for w in callback.history)
+    assert first == 50.0 and second < 5.0
+    assert callback.recycler is not None and callback.recycler.recycled >= 10
+    assert callback.recycler.to_frame()["site"].tolist()[0] == SITES[0]

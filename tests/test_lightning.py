@@ -165,3 +165,36 @@ def test_an_alert_stops_the_fit_when_asked() -> None:
         ("net.1", "dead_pct", 1, 50.0)
     ]
     assert any("neurodiag alert at net.1 (epoch 1" in str(w.message) for w in caught)
+
+
+def test_recycle_option_revives_units_killed_during_the_fit(tmp_path: Path) -> None:
+    """recycle=True: the topology comes from the first training step (the module has no
+    forward of its own, training_step calls self.net), and the units killed in epoch 1 are
+    recycled when its window closes: fresh incoming rows, zeroed outgoing columns."""
+
+    def fit(recycle: bool) -> tuple[NeurodiagCallback, Net]:
+        torch.manual_seed(0)
+        module = Net(die_at=1, lr=0.1)
+        callback = NeurodiagCallback(per_site=False, recycle=recycle)
+        trainer = pl.Trainer(
+            max_epochs=2,
+            callbacks=[callback],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, _loader())
+        return callback, module
+
+    plain, _ = fit(False)
+    treated, module = fit(True)
+    assert plain.recycler is None and treated.recycler is not None
+    # epoch 1 killed half the units in on_train_epoch_start: its window says so in both fits
+    assert plain.history[1].report.row("net.1")["dead_pct"] == 50.0
+    assert treated.history[1].report.row("net.1")["dead_pct"] == 50.0
+    # the Recycler treated them at the end of that window: fresh rows, zeroed columns
+    assert treated.recycler.recycled >= 4
+    assert bool((module.net[2].weight[:, :4] == 0).all())
+    assert bool((module.net[0].bias[:4] > -100.0).all())

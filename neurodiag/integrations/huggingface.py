@@ -53,6 +53,8 @@ class NeurodiagTrainerCallback(TrainingWatch, TrainerCallback):
             self.monitor.epoch = math.floor((state.epoch or 0.0) + 1e-9)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if "model" in kwargs:  # recycle=True: the first step's calls give the topology
+            self.begin_recycling_trace(kwargs["model"], kwargs.get("optimizer"))
         if self.monitor is not None:
             self._control = control
             self.monitor.begin_step()  # samples counted from the model's forward inputs
@@ -61,6 +63,7 @@ class NeurodiagTrainerCallback(TrainingWatch, TrainerCallback):
         if self.monitor is not None:
             self._control = control
             self.monitor.end_step()
+        self.end_recycling_trace()
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._control = control

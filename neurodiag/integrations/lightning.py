@@ -24,7 +24,9 @@ from neurodiag.monitor import Window
 class NeurodiagCallback(TrainingWatch, Callback):
     """``every``: a window every N training batches instead of per epoch; ``per_site``: log each
     site's ``metrics`` besides the summary; ``thresholds`` + ``stop_on_alert``: stop the fit the
-    first time a site breaks a limit. Other keywords go to ``neurodiag.Monitor``."""
+    first time a site breaks a limit; ``recycle=True``: ReDo on each window's dead units, in
+    place, with the first optimiser's moments reset (topology from the first training step).
+    Other keywords go to ``neurodiag.Monitor``."""
 
     def __init__(self, **options: Any) -> None:
         TrainingWatch.__init__(self, **options)
@@ -47,6 +49,8 @@ class NeurodiagCallback(TrainingWatch, Callback):
             self.monitor.epoch = int(trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        optimizers = list(getattr(trainer, "optimizers", []) or [])
+        self.begin_recycling_trace(pl_module, optimizers[0] if optimizers else None)
         if self.monitor is not None:
             self.monitor.begin_step(samples=batch_size_of(batch) or None)
 
@@ -55,6 +59,7 @@ class NeurodiagCallback(TrainingWatch, Callback):
     ) -> None:
         if self.monitor is not None:
             self.monitor.end_step()
+        self.end_recycling_trace()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.end_epoch()

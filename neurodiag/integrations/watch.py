@@ -18,12 +18,16 @@ from torch import nn
 from neurodiag.check.evaluation import ThresholdsLike
 from neurodiag.monitor import SITE_METRICS, Alert, Monitor, Window, history_frame, window_scalars
 from neurodiag.report.model import Report
+from neurodiag.treat.during_training import Recycler
 
 
 class TrainingWatch:
     """``every``: a window every N steps instead of per epoch; ``per_site``: scalars of each
     site's ``metrics`` besides the summary; ``thresholds`` + ``stop_on_alert``: ask the
-    framework to stop the first time a site breaks a limit. Other keywords go to the Monitor."""
+    framework to stop the first time a site breaks a limit; ``recycle`` (True, or a
+    ``neurodiag.treat.Recycler``): ReDo on what each window found dead, in place, with the
+    optimiser's moments reset (``recycler.history`` has the counts). Other keywords go to the
+    Monitor."""
 
     def __init__(
         self,
@@ -33,8 +37,13 @@ class TrainingWatch:
         metrics: Sequence[str] = SITE_METRICS,
         thresholds: ThresholdsLike = None,
         stop_on_alert: bool = False,
+        recycle: bool | Recycler = False,
         **monitor_options: Any,
     ) -> None:
+        self.recycler: Recycler | None = (
+            recycle if isinstance(recycle, Recycler) else Recycler() if recycle else None
+        )
+        self._trace: Any = None
         self.every = every
         self.per_site = per_site
         self.metrics = tuple(metrics)
@@ -58,6 +67,8 @@ class TrainingWatch:
 
         def on_window(window: Window) -> None:
             log(window_scalars(window, per_site=self.per_site, metrics=self.metrics), window)
+            if self.recycler is not None:
+                self.recycler(window)
 
         def on_alert(alert: Alert) -> None:
             warnings.warn(str(alert), RuntimeWarning, stacklevel=2)
@@ -76,6 +87,16 @@ class TrainingWatch:
         self.history = self.monitor.history  # the same lists: they grow as windows close
         self.alerts = self.monitor.alerts
         return self.monitor
+
+    def begin_recycling_trace(self, model: nn.Module, optimizer: Any = None) -> None:
+        """At the first training step: its module calls will give the Recycler's topology."""
+        if self.recycler is not None and not self.recycler.ready and self._trace is None:
+            self._trace = self.recycler.trace(model, optimizer).__enter__()
+
+    def end_recycling_trace(self) -> None:
+        trace, self._trace = self._trace, None
+        if trace is not None:
+            trace.__exit__(None, None, None)
 
     def end_epoch(self) -> None:
         """An epoch is a window unless windows are ``every`` N steps."""

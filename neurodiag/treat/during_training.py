@@ -21,18 +21,23 @@ import torch
 from torch import nn
 
 from neurodiag.monitor.window import Window
-from neurodiag.treat.recycle import recycle, topology
+from neurodiag.treat.recycle import Topology, TopologyTrace, recycle, topology
 
 HISTORY_COLUMNS = ("window", "step", "epoch", "site", "recycled")
 
 
 class Recycler:
-    """Recycles, in place, what every ``every_windows``-th Monitor window found dead."""
+    """Recycles, in place, what every ``every_windows``-th Monitor window found dead.
+
+    Made with ``model`` and ``example`` it is ready at once; made without (as the callbacks'
+    ``recycle=True`` makes it), ``prepare`` supplies them later, or ``trace(model)`` reads the
+    topology from a real training step (whatever it calls).
+    """
 
     def __init__(
         self,
-        model: nn.Module,
-        example: Any,
+        model: nn.Module | None = None,
+        example: Any = None,
         optimizer: torch.optim.Optimizer | None = None,
         *,
         tau: float | None = None,
@@ -40,16 +45,46 @@ class Recycler:
     ) -> None:
         if every_windows < 1:
             raise ValueError(f"every_windows must be >= 1, got {every_windows}")
-        self.model = model
+        self.model: nn.Module | None = None
         self.optimizer = optimizer
         self.tau = tau
         self.every_windows = every_windows
-        self.links = topology(model, example)
+        self.links: Topology | None = None
         #: one entry per treated site and window: the counts a training log wants
         self.history: list[dict[str, Any]] = []
+        if model is not None and example is not None:
+            self.prepare(model, example, optimizer)
+
+    @property
+    def ready(self) -> bool:
+        return self.links is not None
+
+    def prepare(
+        self, model: nn.Module, example: Any, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """The topology forward on ``example`` (no grad, modes restored), and the optimiser
+        whose moments are reset (kept if one was given before)."""
+        self.model = model
+        self.optimizer = optimizer if optimizer is not None else self.optimizer
+        self.links = topology(model, example)
+
+    def trace(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+    ) -> TopologyTrace:
+        """A context around one training step: its module calls give the topology."""
+        recycler = self
+
+        class _Trace(TopologyTrace):
+            def __exit__(self, *exc: object) -> None:
+                super().__exit__(*exc)
+                recycler.model = model
+                recycler.optimizer = optimizer if optimizer is not None else recycler.optimizer
+                recycler.links = self.links()
+
+        return _Trace(model)
 
     def __call__(self, window: Window) -> None:
-        if (window.index + 1) % self.every_windows:
+        if self.model is None or self.links is None or (window.index + 1) % self.every_windows:
             return
         result = recycle(
             self.model,

@@ -74,36 +74,53 @@ class _Call:
     output: int | None
 
 
-def _trace(model: nn.Module, batch: Any) -> list[_Call]:
-    """Every leaf module call of one forward, in order, with the ids of its tensors."""
-    calls: list[_Call] = []
-    keep: list[Tensor] = []  # ids stay unique while the tensors live
-    names = {module: name for name, module in model.named_modules()}
+class TopologyTrace:
+    """Records every leaf module call of whatever runs inside ``with`` (one forward, or one
+    training step of any style), in order, with the ids of its tensors; ``links()`` after it."""
 
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        ins = tuple(id(a) for a in args if isinstance(a, Tensor))
-        keep.extend(a for a in args if isinstance(a, Tensor))
-        out = output if isinstance(output, Tensor) else None
-        if out is not None:
-            keep.append(out)
-        calls.append(_Call(names[module], module, ins, None if out is None else id(out)))
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls: list[_Call] = []
+        self._keep: list[Tensor] = []  # ids stay unique while the tensors live
+        self._handles: list[Any] = []
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad(), preserved(model):
-            model.eval()
-            try:
-                split = split_batch(batch)
-            except (TypeError, ValueError) as exc:
-                raise NeurodiagError(f"bad example batch: {exc}") from exc
-            device = model_device(model)
-            move = lambda t: t.to(device)  # noqa: E731
-            model(*map_tensors(split.args, move), **map_tensors(split.kwargs, move))
-    finally:
-        for handle in handles:
+    def __enter__(self) -> TopologyTrace:
+        names = {module: name for name, module in self.model.named_modules()}
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            tensors = [a for a in args if isinstance(a, Tensor)]
+            out = output if isinstance(output, Tensor) else None
+            self._keep.extend([*tensors, *([out] if out is not None else [])])
+            ident = None if out is None else id(out)
+            self.calls.append(_Call(names[module], module, tuple(map(id, tensors)), ident))
+
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        self._handles = [m.register_forward_hook(hook) for m in leaves]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
             handle.remove()
-    return calls
+        self._handles = []
+
+    def links(self) -> Topology:
+        links = _links(self.model, self.calls)
+        self._keep = []
+        return links
+
+
+def _trace(model: nn.Module, batch: Any) -> list[_Call]:
+    """The calls of one no-grad eval forward of ``batch`` (modes and buffers restored)."""
+    try:
+        split = split_batch(batch)
+    except (TypeError, ValueError) as exc:
+        raise NeurodiagError(f"bad example batch: {exc}") from exc
+    device = model_device(model)
+    move = lambda t: t.to(device)  # noqa: E731
+    with TopologyTrace(model) as trace, torch.no_grad(), preserved(model):
+        model.eval()
+        model(*map_tensors(split.args, move), **map_tensors(split.kwargs, move))
+    return trace.calls
 
 
 def _producer(calls: list[_Call], index: int) -> tuple[_Call | None, _Call | None, str]:
@@ -247,7 +264,10 @@ def topology(model: nn.Module, example: Any) -> Topology:
     """The Link of every activation-like leaf module, from one forward of ``example`` (no
     grad, the model's modes and buffers restored). Computed once, it serves every later
     ``recycle`` of the same model (``Recycler`` does that during training)."""
-    calls = _trace(model, example)
+    return _links(model, _trace(model, example))
+
+
+def _links(model: nn.Module, calls: list[_Call]) -> Topology:
     index_of: dict[str, list[int]] = {}
     for i, call in enumerate(calls):
         index_of.setdefault(call.name, []).append(i)
