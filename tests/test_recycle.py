@@ -296,3 +296,26 @@ def test_a_treatment_is_reproducible() -> None:
     c = neurodiag.recycle(model, report, batches[0], seed=1)
     weights = [r.model[0].weight for r in (a, b, c)]  # type: ignore[index]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_treat_swap_replaces_the_failing_sites_and_says_how_to_rebuild(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from neurodiag.cli import app
+
+    model_file = tmp_path / "mlp.py"
+    model_file.write_text(TREATABLE)
+    target = tmp_path / "swapped.pt"
+    args = ["treat", str(model_file), "--input-shape", "8", "--max-batches", "3", "-o", str(target)]
+    result = CliRunner().invoke(app, [*args, "--method", "swap:bern9"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("1 "))
+    assert row.split()[2:4] == ["50.0", "0.0"]  # a Bernstein site cannot die
+    rebuild = json.loads(Path(f"{target}.swap.json").read_text())
+    assert rebuild == {"spec": "bern9", "sites": ["1"]}
+    namespace: dict[str, object] = {}
+    exec(TREATABLE, namespace)
+    fresh = namespace["build_model"]()  # type: ignore[operator]
+    x = torch.randn(4, 8)
+    rebuilt = neurodiag.swap_activations(fresh, rebuild["spec"], rebuild["sites"], example_batch=x)
+    rebuilt.load_state_dict(torch.load(target, weights_only=True))  # strict: every key fits

@@ -3,6 +3,7 @@ before and after, and write the treated state_dict."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,7 @@ from neurodiag.cli.common import (
     app,
     is_rank_zero,
     user_errors,
+    write_text,
 )
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
@@ -64,7 +66,9 @@ def treat(
             "--method",
             rich_help_panel=METRICS_PANEL,
             metavar="METHOD",
-            help="redo: fresh incoming weights and zeroed outgoing ones for dead units.",
+            help="redo: fresh incoming weights and zeroed outgoing ones for dead units; "
+            "swap:SPEC: the error sites' activation replaced by SPEC (e.g. swap:bern9), fitted "
+            "to the old one; NEW.pt.swap.json holds what rebuilds it.",
         ),
     ] = "redo",
     dormant_tau: Annotated[
@@ -95,11 +99,12 @@ def treat(
     from neurodiag.cli.runner import load_model_and_data
     from neurodiag.config import ScanConfig
     from neurodiag.scan import scan as run_scan
-    from neurodiag.treat import before_after, output_change, recycle
+    from neurodiag.treat import before_after, output_change, recycle, swap_failing
 
     with user_errors(debug):
-        if method != "redo":
-            raise NeurodiagError(f"--method {method!r}: the one method so far is 'redo'")
+        swap_spec = method.partition(":")[2] if method.startswith("swap:") else None
+        if method != "redo" and not swap_spec:
+            raise NeurodiagError(f"--method {method!r}: use redo or swap:SPEC (e.g. swap:bern9)")
         loaded, source = load_model_and_data(
             model,
             data=data,
@@ -118,7 +123,12 @@ def treat(
         names = {"model_name": loaded.name, "data_name": source.description}
         loss_fn = loaded.hook("loss_fn")
         before = run_scan(loaded.model, batches, config, loss_fn=loss_fn, **names)
-        result = recycle(loaded.model, before, batches[0], tau=dormant_tau)
+        if swap_spec:
+            result = swap_failing(loaded.model, before, swap_spec, batches[0])
+            rebuild = {"spec": swap_spec, "sites": [t.site for t in result.treated]}
+            write_text(Path(f"{output}.swap.json"), json.dumps(rebuild, indent=2) + "\n")
+        else:
+            result = recycle(loaded.model, before, batches[0], tau=dormant_tau)
         after = run_scan(result.model, batches, config, loss_fn=loss_fn, **names)
         change = output_change(loaded.model, result.model, batches)
         torch.save(result.model.state_dict(), output)
@@ -139,7 +149,8 @@ def treat(
         console = Console(highlight=False)
         console.print(table)
         console.print(
-            f"recycled {result.recycled} units at {len(result.treated)} sites; largest output "
+            f"{'swapped' if swap_spec else 'recycled'} {result.recycled} units at "
+            f"{len(result.treated)} sites; largest output "
             f"change on the {len(batches)} scanned batches: {change:.2e}; wrote {output}",
             markup=False,
         )

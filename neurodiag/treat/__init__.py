@@ -8,6 +8,7 @@ from neurodiag.treat.recycle import (
     before_after,
     output_change,
     recycle,
+    swap_failing,
     topology,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "before_after",
     "output_change",
     "recycle",
+    "swap_failing",
     "topology",
 ]

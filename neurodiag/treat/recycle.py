@@ -419,3 +419,28 @@ def before_after(before: Report, after: Report, result: RecycleResult) -> list[d
             }
         )
     return rows
+
+
+def swap_failing(model: nn.Module, report: Report, spec: str, example: Any) -> RecycleResult:
+    """The other treatment: the activation of every error site (see ``report.health``) swapped
+    for ``spec`` on a copy, fitted to the old activation (``swap_activations(init="fit")``), so
+    outputs change only as much as the fit differs. Counts every neuron of a swapped site."""
+    from neurodiag.report.health import severity
+    from neurodiag.swap import swap_with_report
+
+    failing = [
+        str(r["site"]) for r in report.rows if severity(r, report.header.flag_gates) == "error"
+    ]
+    result = RecycleResult(copy.deepcopy(model))
+    if not failing:
+        return result
+    swapped = swap_with_report(model, spec, failing, example_batch=example, init="fit")
+    result.model = swapped.model
+    widths = {str(r["site"]): int(r["neurons"]) for r in report.rows}
+    for site in swapped.swapped:
+        width = widths.get(site.site, site.num_features or 0)
+        result.treated.append(
+            TreatedSite(site.site, (), f"{site.old} -> {spec}", tuple(range(width)), width)
+        )
+    result.untreated.extend(swapped.not_swapped)
+    return result
