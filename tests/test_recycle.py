@@ -319,3 +319,40 @@ def test_treat_swap_replaces_the_failing_sites_and_says_how_to_rebuild(tmp_path:
     x = torch.randn(4, 8)
     rebuilt = neurodiag.swap_activations(fresh, rebuild["spec"], rebuild["sites"], example_batch=x)
     rebuilt.load_state_dict(torch.load(target, weights_only=True))  # strict: every key fits
+
+
+@pytest.mark.parametrize(
+    ("sample", "layer", "site", "shape"),
+    [
+        ("plain_mlp.py", "0.bias", "1", (64,)),
+        ("small_cnn.py", "features.0.1.bias", "features.0.2", (3, 32, 32)),
+    ],
+)
+def test_treat_on_the_sample_models_with_a_forced_dead_site(
+    tmp_path: Path, sample: str, layer: str, site: str, shape: tuple[int, ...]
+) -> None:
+    """The issue's done-when on the shipped samples: a checkpoint with half of a site forced
+    dead; treat changes the outputs by < 1e-5 and the re-scan shows that site < 5 % dead."""
+    from typer.testing import CliRunner
+
+    from neurodiag.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+    namespace: dict[str, object] = {}
+    exec((root / "sample_models" / sample).read_text(), namespace)
+    torch.manual_seed(0)
+    model = namespace["build_model"]()  # type: ignore[operator]
+    state = model.state_dict()
+    half = state[layer].shape[0] // 2
+    state[layer][:half] = -100.0
+    ckpt = tmp_path / "dead.pt"
+    torch.save(state, ckpt)
+    args = ["treat", str(root / "sample_models" / sample), "--weights", str(ckpt)]
+    args += ["--input-shape", ",".join(map(str, shape)), "--max-batches", "2"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "t.pt")], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith(site + " "))
+    _, _, before, after, recycled, *_ = row.split()
+    assert float(before) >= 50.0 and float(after) < 5.0 and int(recycled) >= half
+    change = re.search(r"largest output change on the 2 scanned batches: (\S+);", result.stdout)
+    assert change and float(change.group(1)) < 1e-5

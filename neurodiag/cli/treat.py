@@ -34,6 +34,7 @@ from neurodiag.cli.common import (
 )
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
+from neurodiag.report.verdict_text import plural
 
 
 @app.command(
@@ -149,8 +150,8 @@ def treat(
         console = Console(highlight=False)
         console.print(table)
         console.print(
-            f"{'swapped' if swap_spec else 'recycled'} {result.recycled} units at "
-            f"{len(result.treated)} sites; largest output "
+            f"{'swapped' if swap_spec else 'recycled'} {plural(result.recycled, 'unit')} at "
+            f"{plural(len(result.treated), 'site')}; largest output "
             f"change on the {len(batches)} scanned batches: {change:.2e}; wrote {output}",
             markup=False,
         )

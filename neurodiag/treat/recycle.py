@@ -8,8 +8,9 @@ before (the recycled units contribute 0) while the units can learn again.
 Topology is read from one forward of an example batch, by tensor identity between module
 calls, never guessed from names or registration order. Covered:
 
-- ``Linear → act → Linear`` (transformer MLPs ``fc1 → act → fc2`` included), with ``Dropout``
-  or ``Identity`` between the activation and its reader;
+- ``Linear → act → Linear`` (transformer MLPs ``fc1 → act → fc2`` included), with ``Dropout``,
+  ``Identity`` or per-channel pooling (``MaxPool``/``AvgPool``) between the activation and its
+  reader;
 - ``Conv → [BatchNorm] → act → Conv`` per channel (groups = 1); a BatchNorm in front of the
   activation gets its affine and running statistics reset for the recycled channels;
 - gated MLPs (``act_fn(gate_proj(x)) * up_proj(x) → down_proj``, the Hugging Face naming):
@@ -38,7 +39,12 @@ from neurodiag.report.model import Report
 
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_PASS_THROUGH = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
+#: Modules that keep each channel (or feature) where it is, so the reader behind them still
+#: reads the recycled units' own columns: dropout, identity, per-channel pooling.
+_PASS_THROUGH = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+)  # fmt: skip
 #: Optimiser state entries shaped like their parameter (Adam, AdamW, SGD momentum, RMSprop...).
 _MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg")
 
