@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from neurodiag.monitor.window import Window
-from neurodiag.treat.recycle import Topology, TopologyTrace, recycle, topology
+from neurodiag.treat.recycle import recycle
+from neurodiag.treat.topology import Topology, TopologyTrace, topology
 
 HISTORY_COLUMNS = ("window", "step", "epoch", "site", "recycled")
 
