@@ -298,3 +298,16 @@ def test_report_view_is_not_shared_between_copies() -> None:
     assert report.view.only_flagged is False and shown.view.only_flagged is True
     assert shown.rows is report.rows
     assert dataclasses.replace(shown).view == shown.view
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 12, 24, 38])
+def test_shorten_middle_keeps_both_ends_at_exactly_the_width(width: int) -> None:
+    from neurodiag.report.cells import shorten_middle
+
+    name = "features.denseblock4.denselayer16.relu2"  # 39 characters
+    short = shorten_middle(name, width)
+    assert len(short) == width and (width == 1 or "…" in short)
+    head, _, tail = short.partition("…")
+    assert name.startswith(head) and name.endswith(tail)
+    assert len(tail) >= len(head)  # the leaf name is what a reader looks for
+    assert shorten_middle(name, 39) == name and shorten_middle(name, 80) == name
