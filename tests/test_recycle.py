@@ -238,6 +238,13 @@ def test_treat_command_shows_before_and_after_and_writes_a_loadable_state_dict(
     assert bool((state["2.weight"][:, :16] == 0).all())  # the recycled units' outgoing weights
     bad = CliRunner().invoke(app, ["treat", str(model_file), "-o", str(target), "--method", "x"])
     assert bad.exit_code == 2 and "redo" in bad.stderr
+    nowhere = tmp_path / "no" / "such" / "dir" / "t.pt"
+    unwritable = CliRunner().invoke(
+        app,
+        ["treat", str(model_file), "--input-shape", "8", "--max-batches", "1", "-o", str(nowhere)],
+    )
+    assert unwritable.exit_code == 2 and unwritable.stderr.count("\n") == 1
+    assert "does not exist" in unwritable.stderr
 
 
 def test_recycler_during_training_ends_with_fewer_dead_units() -> None:

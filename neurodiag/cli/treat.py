@@ -106,6 +106,8 @@ def treat(
         swap_spec = method.partition(":")[2] if method.startswith("swap:") else None
         if method != "redo" and not swap_spec:
             raise NeurodiagError(f"--method {method!r}: use redo or swap:SPEC (e.g. swap:bern9)")
+        if not output.parent.is_dir():  # before minutes of scanning, not after
+            raise NeurodiagError(f"--output {output}: the folder {output.parent} does not exist")
         loaded, source = load_model_and_data(
             model,
             data=data,
@@ -132,7 +134,10 @@ def treat(
             result = recycle(loaded.model, before, batches[0], tau=dormant_tau)
         after = run_scan(result.model, batches, config, loss_fn=loss_fn, **names)
         change = output_change(loaded.model, result.model, batches)
-        torch.save(result.model.state_dict(), output)
+        try:
+            torch.save(result.model.state_dict(), output)
+        except (OSError, RuntimeError) as exc:  # torch.save raises RuntimeError for some paths
+            raise NeurodiagError(f"cannot write {output}: {exc}") from exc
         if not is_rank_zero():
             return
         table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
