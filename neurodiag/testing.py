@@ -21,9 +21,9 @@ from torch import nn
 
 from neurodiag.check.config import load_thresholds
 from neurodiag.check.evaluation import CheckResult, evaluate
-from neurodiag.check.summary import plural
 from neurodiag.check.thresholds import THRESHOLD_KEYS
 from neurodiag.config import OPTION_NAMES
+from neurodiag.report.verdict_text import plural
 from neurodiag.scan import scan
 
 #: Keywords passed through to ``neurodiag.scan`` (its ``ScanConfig`` options and the rest).

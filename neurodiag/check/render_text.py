@@ -18,9 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from neurodiag.check.evaluation import CheckResult, Violation
-from neurodiag.check.summary import headline, plural, requirement, summary_facts
+from neurodiag.check.summary import headline, requirement, summary_facts
 from neurodiag.check.text import fmt_value
 from neurodiag.loading.pyfile import split_file_spec
+from neurodiag.report.verdict_text import plural
 
 FAIL_STYLE = "bold red"
 OK_STYLE = "bold green"

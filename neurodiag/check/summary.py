@@ -10,10 +10,7 @@ from neurodiag.check.evaluation import CheckResult, Violation
 from neurodiag.check.text import fmt_limit
 from neurodiag.check.thresholds import SPECS
 from neurodiag.report.cells import PARTIAL_WARNING, header_facts
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+from neurodiag.report.verdict_text import plural
 
 
 def headline(result: CheckResult) -> str:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from neurodiag.compare.summary import Comparison
 from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing
+from neurodiag.report.health import ERROR_DEAD_PCT
 from neurodiag.report.render_html import CONTROLS, escape, html_page, png_img
 from neurodiag.report.render_markdown import pipe_table
 
@@ -152,7 +153,9 @@ def comparison_fragment(comparison: Comparison, *, figures: bool = False) -> str
     heads = "".join(f"<th>{escape(_SUMMARY_HEADINGS.get(c, c))}</th>" for c in frame.columns)
     rows = []
     for record in frame.to_dict("records"):
-        broken = record.get("bound_ok") is False or (record.get("max_dead_pct") or 0) >= 10.0
+        # the scan's error rule (report.health) applied to the variant's worst site
+        dead = record.get("max_dead_pct")
+        broken = record.get("bound_ok") is False or (dead or 0.0) >= ERROR_DEAD_PCT
         cells = "".join(
             f'<td data-v="{escape("" if is_missing(record[c]) else record[c])}">'
             f"{escape(_cell(str(c), record[c]))}</td>"
