@@ -13,12 +13,17 @@ integer matrices, float64), and evaluates that by Horner's rule: one fused multi
 degree, where the Bernstein recurrences needed three. Centred on [−1, 1] the monomial basis is
 well conditioned for the degrees used here: measured float32 error of σ relative to its range
 ≤ 1e-6 up to degree 16 (random and trained coefficients), so higher degrees are evaluated in
-float64. The slope is Horner's rule on the derivative's coefficients, then clamped to ≥ δ̄: the
-exact slope is ≥ δ̄, so the clamp only removes rounding, and the computed slope keeps the
-guarantee exactly. The backward pass recomputes from x (only x and the tiny coefficient table
-are saved) and gets the coefficient gradients from the power sums Σ g·u^j, mapped back through
-the same integer matrix. Outside [l, u], σ continues linearly with its boundary slope:
-σ = P(±1) + e·slope with e the overshoot, never ∞ − ∞, and full relative precision far out.
+float64. The slope is Horner's rule on the derivative's coefficients, never clamped: ∂L/∂x is
+the slope of the polynomial forward evaluates, so a layer whose coefficients break the monotone
+parameterisation (a subclass, a bug) passes its true, smaller slope on, and
+:meth:`Bernstein.derivative` (what a scan measures) evaluates that slope from a float64 table, so
+min |σ'| is the layer's real slope to ~1e-8 relative, and the δ̄ check can fail. (In float32 the
+monomial table's rounding moves the training slope by up to ~3e-3 of δ̄ at degree 16 with extreme
+coefficients, 1.5e-4 at degree 9: measured, see docs/metrics.md.) The backward pass recomputes
+from x (only x and the tiny coefficient table are saved) and gets the coefficient gradients
+from the power sums Σ g·u^j, mapped back through the same integer matrix. Outside [l, u], σ
+continues linearly with its boundary slope: σ = P(±1) + e·slope with e the overshoot, never
+∞ − ∞, and full relative precision far out.
 
 Eagerly on CPU in float32 (the common case), both passes run as native kernels: one C call
 each way (native.py builds bernstein_kernel.c on first use), the coefficient table and the
@@ -225,11 +230,10 @@ def _plan_table(c0: Tensor, incs: Tensor, conversion: Tensor, dtype: torch.dtype
     return table.to(dtype).unsqueeze(-1)
 
 
-def _layer_scalars(n: int, lower: float, upper: float, delta: float) -> tuple[float, float, float]:
-    """(scale, shift, slope floor): u = x·scale + shift, and dσ/du ≥ δ̄·(u−l)/2 = n·δ/2 (u
-    units), the clamp of the slope."""
+def _layer_scalars(lower: float, upper: float) -> tuple[float, float]:
+    """(scale, shift): u = x·scale + shift maps [l, u] onto [−1, 1]."""
     half_width = 0.5 * (upper - lower)
-    return 1.0 / half_width, -0.5 * (lower + upper) / half_width, 0.5 * n * delta
+    return 1.0 / half_width, -0.5 * (lower + upper) / half_width
 
 
 class _Plan:
@@ -241,13 +245,12 @@ class _Plan:
         degree: int,
         lower: float,
         upper: float,
-        delta: float,
         dtype: torch.dtype,
     ) -> None:
         n = degree
         self.n = n
         self.dtype = dtype
-        self.scale, self.shift_value, self.min_slope_u = _layer_scalars(n, lower, upper, delta)
+        self.scale, self.shift_value = _layer_scalars(lower, upper)
         # Eagerly, 0-d CPU tensors let one fused op take a scalar operand; Dynamo would only
         # trace through their cache, and Inductor fuses the plain arithmetic anyway.
         self.fused = not torch.compiler.is_compiling()
@@ -303,9 +306,8 @@ def _value(plan: _Plan, x: Tensor) -> Tensor:
 
 
 def _slope_u(plan: _Plan, u: Tensor) -> Tensor:
-    """dσ/du at the clamped u (the boundary slope outside), clamped to ≥ n·δ/2: the exact
-    slope is ≥ that, so the clamp only removes rounding and the guarantee holds as computed."""
-    return _horner(plan.d, u).clamp(min=plan.min_slope_u)
+    """dσ/du at the clamped u (the boundary slope outside), as computed: never clamped."""
+    return _horner(plan.d, u)
 
 
 def _moments(plan: _Plan, g: Tensor, z: Tensor, u: Tensor) -> Tensor:
@@ -377,7 +379,6 @@ def _backward_into(
     _coords_into(plan, x, z, u)
     if grad_x is not None:
         _horner_into(plan.d, u, acc)
-        acc.clamp_(min=plan.min_slope_u)
         # 0 + scale·g·slope in one op
         torch.addcmul(plan.zero, g, acc, value=plan.scale, out=grad_x)
     if mom is None:
@@ -399,7 +400,7 @@ def _derivative_into(plan: _Plan, x: Tensor, out: Tensor, buf: Tensor) -> None:
     z, u = buf[0], buf[1]
     _coords_into(plan, x, z, u)
     _horner_into(plan.d, u, out)
-    out.clamp_(min=plan.min_slope_u).mul_(plan.scale)
+    out.mul_(plan.scale)
 
 
 def _grads_from_moments(mom: Tensor, conversion: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
@@ -452,7 +453,7 @@ class _BernsteinFunction(torch.autograd.Function):
         n = incs.shape[1]
         dtype = _compute_dtype(x.dtype, n, x.device)
         table = _plan_table(c0, incs, conversion, dtype)
-        plan = _Plan(table, n, lower, upper, delta, dtype)
+        plan = _Plan(table, n, lower, upper, dtype)
         shape = _layout(x, feature_dim)
         x3 = _as3d(x, shape)
         if chunk < 0:
@@ -470,12 +471,12 @@ class _BernsteinFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-        x, c0, incs, conversion, lower, upper, delta, feature_dim, chunk = inputs
+        x, c0, incs, conversion, lower, upper, _, feature_dim, chunk = inputs
         table = output[1]
         ctx.mark_non_differentiable(table)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, c0, incs, conversion, table)
-        ctx.args = (lower, upper, delta, feature_dim, chunk)
+        ctx.args = (lower, upper, feature_dim, chunk)
 
     @staticmethod
     @once_differentiable
@@ -484,10 +485,10 @@ class _BernsteinFunction(torch.autograd.Function):
         if g is None:  # only the table was used downstream: it has no gradient
             return nothing
         x, c0, incs, conversion, table = ctx.saved_tensors
-        lower, upper, delta, feature_dim, chunk = ctx.args
+        lower, upper, feature_dim, chunk = ctx.args
         need_x, need_c0, need_incs = ctx.needs_input_grad[:3]
         need_c = need_c0 or need_incs
-        plan = _Plan(table, incs.shape[1], lower, upper, delta, table.dtype)
+        plan = _Plan(table, incs.shape[1], lower, upper, table.dtype)
         shape = _layout(x, feature_dim)
         x3 = _as3d(x, shape)
         g3 = _as3d(g, shape)
@@ -585,7 +586,7 @@ class _NativeFunction(torch.autograd.Function):
             conversion.data_ptr(),
             table.data_ptr(),
         )
-        scale, shift, _ = _layer_scalars(n, lower, upper, delta)
+        scale, shift = _layer_scalars(lower, upper)
         a, f, b = _layout(x, feature_dim)
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         parts = _native_parts(a, x.numel())
@@ -611,11 +612,11 @@ class _NativeFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-        x, _, theta, conversion, lib, lower, upper, delta, feature_dim = inputs
+        x, _, theta, conversion, lib, lower, upper, _, feature_dim = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, theta, conversion, output[1])
-        ctx.args = (lib, lower, upper, delta, feature_dim)
+        ctx.args = (lib, lower, upper, feature_dim)
 
     @staticmethod
     @once_differentiable
@@ -624,11 +625,11 @@ class _NativeFunction(torch.autograd.Function):
         if g is None:
             return nothing
         x, theta, conversion, table = ctx.saved_tensors
-        lib, lower, upper, delta, feature_dim = ctx.args
+        lib, lower, upper, feature_dim = ctx.args
         need_x, need_c0, need_theta = ctx.needs_input_grad[:3]
         rows, n = theta.shape
         ld = table.shape[1]
-        scale, shift, min_slope = _layer_scalars(n, lower, upper, delta)
+        scale, shift = _layer_scalars(lower, upper)
         a, f, b = _layout(x, feature_dim)
         g = g.to(torch.float32).contiguous()
         grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
@@ -655,7 +656,6 @@ class _NativeFunction(torch.autograd.Function):
                 n,
                 scale,
                 shift,
-                min_slope,
             )
 
         _native_map(run, len(parts))
@@ -735,12 +735,12 @@ def _derivative(plan: _Plan, x3: Tensor) -> Tensor:
 
 
 def _kernel_plan(table: Tensor, scalars: Tensor) -> _Plan:
-    """A :class:`_Plan` whose scale, shift and slope floor are the rows of ``scalars``."""
+    """A :class:`_Plan` whose scale and shift are the rows of ``scalars``."""
     n = (table.shape[0] - 3) // 2
     plan = _Plan.__new__(_Plan)
     plan.n, plan.dtype, plan.fused = n, table.dtype, False
     plan.set_rows(table)
-    plan.scale, plan.shift_value, plan.min_slope_u = scalars.unbind(0)  # type: ignore[assignment]
+    plan.scale, plan.shift_value = scalars.unbind(0)  # type: ignore[assignment]
     return plan
 
 
@@ -789,16 +789,14 @@ _COMPILED = _Compiled()
 
 
 @functools.lru_cache(maxsize=256)
-def _kernel_scalars(
-    scale: float, shift: float, min_slope_u: float, dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    """(3, 1, 1) tensor of a layer's scale, shift and slope floor, made once per layer setting
-    (no host-to-device copy per call)."""
-    return torch.tensor([scale, shift, min_slope_u], dtype=dtype, device=device).view(3, 1, 1)
+def _kernel_scalars(scale: float, shift: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(2, 1, 1) tensor of a layer's scale and shift, made once per layer setting (no
+    host-to-device copy per call)."""
+    return torch.tensor([scale, shift], dtype=dtype, device=device).view(2, 1, 1)
 
 
 def _scalars(plan: _Plan, device: torch.device) -> Tensor:
-    return _kernel_scalars(plan.scale, plan.shift_value, plan.min_slope_u, plan.dtype, device)
+    return _kernel_scalars(plan.scale, plan.shift_value, plan.dtype, device)
 
 
 def _finite(value: object, name: str) -> float:
@@ -1037,10 +1035,12 @@ class Bernstein(nn.Module):
 
     def _native(self, x: Tensor) -> native.Kernels | None:
         """The C kernels where they apply: eager, plain float32 CPU tensors, contiguous,
-        degree ≤ 16, no chunk or compiled-kernel setting; else None (the PyTorch kernels)."""
+        degree ≤ 16, no chunk or compiled-kernel setting, ``increments`` not redefined by a
+        subclass (the C table derives them from θ); else None (the PyTorch kernels)."""
         c0, theta = self.c0, self.theta
         if not (
             self.native_kernel
+            and type(self).increments is Bernstein.increments  # C derives them from θ
             and self.chunk_elements is None
             and not self.compiled_kernel
             and self.degree <= _FLOAT32_MAX_DEGREE
@@ -1087,27 +1087,33 @@ class Bernstein(nn.Module):
 
     @torch.no_grad()
     def derivative(self, x: Tensor) -> Tensor:
-        """Exact elementwise σ'(x) (the boundary slope outside [l, u]), same shape as x.
+        """Elementwise σ'(x) (the boundary slope outside [l, u]), same shape as x: what a scan
+        measures as min |σ'| and checks against δ̄.
 
+        Never clamped: it is the slope of the polynomial this layer's coefficients define, so
+        coefficients that break the monotone parameterisation show their true slope. Evaluated
+        from a float64 table (float32 on MPS), so it is that slope to ~1e-8 relative whatever
+        the degree (the float32 monomial table moves it by up to ~3e-3 of δ̄; docs/metrics.md).
         The dtype is x's, except float32 for half-precision x: rounding to bf16 could otherwise
         make σ' look smaller than δ̄.
         """
         self._check(x)
-        dtype = _compute_dtype(x.dtype, self.degree, x.device)
+        dtype = _table_dtype(x.device)
+        out_dtype = _compute_dtype(x.dtype, self.degree, x.device)
         table = _plan_table(self.c0, self.increments, self._conversion(), dtype)
-        plan = _Plan(table, self.degree, self.lower, self.upper, self.delta, dtype)
+        plan = _Plan(table, self.degree, self.lower, self.upper, dtype)
         shape = _layout(x, self.feature_dim)
         x3 = _as3d(x, shape)
         chunk = self._chunk(x)
         if chunk <= 0:
-            return _derivative(plan, x3).view(x.shape)
+            return _derivative(plan, x3).to(out_dtype).view(x.shape)
         out = torch.empty(x.shape, dtype=plan.dtype, device=x.device)
         out3 = out.view(shape)
         xs = _split(x3, chunk)
         scratch = _Scratch(2, xs[0].numel(), plan.dtype, x.device)
         for xc, oc in zip(xs, _split(out3, chunk)):
             _derivative_into(plan, xc, oc, scratch.get(xc.shape))
-        return out
+        return out.to(out_dtype)
 
     @torch.no_grad()
     def init_from(self, fn: Callable[[Tensor], Tensor]) -> Bernstein:

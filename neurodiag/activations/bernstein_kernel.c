@@ -126,7 +126,7 @@ static inline void add_into(double *col, vf v) {
  * cs = 1 each element adds into its own column; with cs = 0 all add into column 0. */
 static inline __attribute__((always_inline)) void backward_run(const float *x, const float *g, float *gx, double *mom, long ms,
                          long len, const float *tab, long ld, long cs, int n, float scale,
-                         float shift, float min_slope) {
+                         float shift) {
     const int rows = n + 3;
     vd part[MAX_ROWS];
     for (int j = 0; j < rows; j++) part[j] = (vd){0};
@@ -140,7 +140,6 @@ static inline __attribute__((always_inline)) void backward_run(const float *x, c
             vf acc = coef(d, ld, n - 1, i, cs);
             if (n == 1) acc = acc + 0.0f * u; /* NaN where u is NaN, as the PyTorch kernels */
             for (int j = n - 2; j >= 0; j--) acc = acc * u + coef(d, ld, j, i, cs);
-            acc = sel(acc < min_slope, splat(min_slope), acc);
             store(gx + i, (gg * acc) * scale, m);
         }
         if (!mom) continue;
@@ -165,24 +164,21 @@ static inline __attribute__((always_inline)) void backward_run(const float *x, c
 
 /* mom: (n+3, ld) doubles laid out as the table, zeroed by the caller; n + 3 <= MAX_ROWS. */
 void bern_backward(const float *x, const float *g, float *gx, double *mom, long A, long F,
-                   long B, const float *tab, long ld, int n, float scale, float shift,
-                   float min_slope) {
+                   long B, const float *tab, long ld, int n, float scale, float shift) {
     for (long a = 0; a < A; a++) {
         if (B == 1) {
             long off = a * F;
             float *gxo = gx ? gx + off : 0;
             if (ld == 1)
-                backward_run(x + off, g + off, gxo, mom, ld, F, tab, ld, 0, n, scale, shift,
-                             min_slope);
+                backward_run(x + off, g + off, gxo, mom, ld, F, tab, ld, 0, n, scale, shift);
             else
-                backward_run(x + off, g + off, gxo, mom, ld, F, tab, ld, 1, n, scale, shift,
-                             min_slope);
+                backward_run(x + off, g + off, gxo, mom, ld, F, tab, ld, 1, n, scale, shift);
             continue;
         }
         for (long f = 0; f < F; f++) {
             long off = (a * F + f) * B, c = ld == 1 ? 0 : f;
             backward_run(x + off, g + off, gx ? gx + off : 0, mom ? mom + c : 0, ld, B, tab + c,
-                         ld, 0, n, scale, shift, min_slope);
+                         ld, 0, n, scale, shift);
         }
     }
 }

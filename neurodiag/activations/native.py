@@ -53,7 +53,7 @@ class Kernels:
         self.value = lib.bern_value
         self.value.argtypes = [p, p, i64, i64, i64, p, i64, i32, f32, f32]
         self.backward = lib.bern_backward
-        self.backward.argtypes = [p, p, p, p, i64, i64, i64, p, i64, i32, f32, f32, f32]
+        self.backward.argtypes = [p, p, p, p, i64, i64, i64, p, i64, i32, f32, f32]
         self.grads = lib.bern_grads
         self.grads.argtypes = [p, p, i64, i64, i32, p, p, p]
         for fn in (self.table, self.value, self.backward, self.grads):

@@ -167,8 +167,18 @@ def _bernstein_types() -> tuple[type[nn.Module], ...]:
 
 
 def _bernstein_derivative(z: Tensor | None, a: Tensor | None, module: nn.Module) -> Tensor:
+    """The layer's own σ' when its forward is Bernstein's; autograd of a redefined forward
+    otherwise, so min |σ'| is always the slope of what forward computes."""
     assert z is not None
-    return module.derivative(z)  # type: ignore[operator, no-any-return]
+    from neurodiag.activations.bernstein import Bernstein
+
+    if type(module).forward is Bernstein.forward:
+        return module.derivative(z)  # type: ignore[operator, no-any-return]
+    with torch.enable_grad():
+        leaf = z.detach().requires_grad_(True)
+        out = module.forward(leaf)  # no hooks: this is the measurement, not a call
+        (grad,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
+    return grad.detach()
 
 
 def _bernstein_delta_bar(module: nn.Module) -> float:
