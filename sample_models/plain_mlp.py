@@ -40,3 +40,13 @@ def build_model(
 def build_mnist1d_model() -> nn.Sequential:
     """The 50×100 plain MLP for MNIST-1D (40 features): ``plain_mlp.py:build_mnist1d_model``."""
     return build_model(in_features=40)
+
+
+def build_mnist_model() -> nn.Sequential:
+    """The 50×100 plain MLP for MNIST (784 pixels, 10 classes): ``build_mnist_model``."""
+    return build_model(in_features=784)
+
+
+def build_higgs_model() -> nn.Sequential:
+    """The 50×100 plain MLP for HIGGS (28 features, 2 classes): ``build_higgs_model``."""
+    return build_model(in_features=28, num_classes=2)
