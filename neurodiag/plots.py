@@ -147,11 +147,63 @@ def comparison_panels(comparison: Comparison | Mapping[str, Any]) -> list[Panel]
     return panels
 
 
-def plot_comparison(comparison: Comparison | Mapping[str, Any], path: str | Path) -> Path:
-    """The paper's five figures (``comparison_panels``) in one PNG of eight panels.
+@dataclass(frozen=True)
+class BarPanel:
+    """Grouped bars: one group per variant, one bar per criterion (``criteria_panel``)."""
 
-    One legend for all panels, outside them (δ̄ lines are dashed in their variant's colour);
-    colours and markers cycle independently, so twenty variants still differ.
+    title: str
+    ylabel: str
+    groups: tuple[str, ...]  # variant names, left to right
+    bars: tuple[tuple[str, tuple[float, ...]], ...]  # (criterion label, value per variant)
+    marked: tuple[str, ...] = ()  # variants with the bounded criteria at 0 by construction
+    note: str = ""
+
+
+#: The criteria drawn side by side: (summary key, legend label); the max over the sites.
+CRITERIA_BARS: tuple[tuple[str, str], ...] = (
+    ("max_dead_pct", "dead |σ'| ≤ ε (scan)"),
+    ("train_max_dead_pct", "dead, per batch (last epoch's training batches)"),
+    ("max_zero_output_pct", "zero-output a = 0 (scan)"),
+    ("max_dormant_pct", "τ-dormant (scan)"),
+)
+
+
+def criteria_panel(comparison: Comparison | Mapping[str, Any]) -> BarPanel:
+    """The dead criteria side by side per variant: max over the sites of dead % (scan), the
+    per-batch dead % of the last epoch's training batches, zero-output % and τ-dormant %.
+
+    Variants whose dead, per-batch dead and zero-output are 0 by construction (the JSON's
+    ``criteria``) are marked; a value not measured (no training window) is NaN, no bar.
+    """
+    doc = comparison.to_dict() if hasattr(comparison, "to_dict") else comparison
+    variants: list[Mapping[str, Any]] = list(doc["variants"])
+    names = tuple(str(v["name"]) for v in variants)
+    bars = tuple(
+        (label, tuple(_column([v["summary"] for v in variants], key)))
+        for key, label in CRITERIA_BARS
+    )
+    criteria: Mapping[str, Any] = doc.get("criteria") or {}
+    zero = (criteria.get("dead") or {}).get("zero_by_construction") or {}
+    marked = tuple(name for name in names if name in zero)
+    note = "* 0 by construction for dead, per-batch dead and zero-output (|σ'| > ε everywhere)"
+    return BarPanel(
+        "Dead criteria side by side (max over the sites)",
+        "% of neurons",
+        names,
+        bars,
+        marked,
+        note if marked else "",
+    )
+
+
+def plot_comparison(comparison: Comparison | Mapping[str, Any], path: str | Path) -> Path:
+    """The paper's five figures (``comparison_panels``) in one PNG of eight panels, and below
+    them the dead criteria side by side per variant (``criteria_panel``, grouped bars).
+
+    One legend for all line panels, outside them (δ̄ lines are dashed in their variant's
+    colour); colours and markers cycle independently, so twenty variants still differ. The
+    bars have one colour and hatch per criterion and their own legend; exact zeros show as a
+    short tick, and variants at 0 by construction are starred.
     """
     return _save(_comparison_figure(comparison), path)
 
@@ -164,11 +216,13 @@ def comparison_png(comparison: Comparison | Mapping[str, Any]) -> bytes:
 def _comparison_figure(comparison: Comparison | Mapping[str, Any]) -> Figure:
     doc = comparison.to_dict() if hasattr(comparison, "to_dict") else comparison
     panels = comparison_panels(doc)
-    figure = _figure(4, rows=2)
+    figure = _figure(4, rows=2, extra_row=True)
+    bar_ax = figure.axes[-1]
+    _draw_bars(bar_ax, criteria_panel(doc))
     names = [str(v["name"]) for v in doc["variants"]]
     colors = dict(zip(names, _colors(len(names)), strict=True))
     handles: dict[str, Any] = {}
-    for ax, panel in zip(figure.axes, panels, strict=False):
+    for ax, panel in zip(figure.axes[:-1], panels, strict=False):
         for series in panel.series:
             base = series.label.removesuffix(" δ̄")
             i = names.index(base)
@@ -190,7 +244,7 @@ def _comparison_figure(comparison: Comparison | Mapping[str, Any]) -> Figure:
             )
             handles.setdefault(base, line)
         _decorate(ax, panel)
-    for ax in figure.axes[len(panels) :]:
+    for ax in figure.axes[len(panels) : -1]:
         ax.set_visible(False)
     figure.legend(
         list(handles.values()),
@@ -297,16 +351,69 @@ def _scan_figure(report: Report) -> Figure:
     return figure
 
 
-def _figure(panels: int, rows: int = 1) -> Figure:
+def _figure(panels: int, rows: int = 1, *, extra_row: bool = False) -> Figure:
+    """``rows`` × ``panels`` axes; ``extra_row``: then one more axis spanning the width (last)."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise NeurodiagError("install matplotlib: pip install 'neurodiag[plot]'") from None
+    height = 4.2 * rows + (4.6 if extra_row else 0.0)
     figure = Figure(
-        figsize=(5.0 * panels + (3.0 if rows > 1 else 0.0), 4.2 * rows), layout="constrained"
+        figsize=(5.0 * panels + (3.0 if rows > 1 else 0.0), height), layout="constrained"
     )
-    figure.subplots(rows, panels)
+    if not extra_row:
+        figure.subplots(rows, panels)
+        return figure
+    grid = figure.add_gridspec(rows + 1, panels, height_ratios=[1.0] * rows + [1.1])
+    for r in range(rows):
+        for c in range(panels):
+            figure.add_subplot(grid[r, c])
+    figure.add_subplot(grid[rows, :])
     return figure
+
+
+#: Hatches of the criteria bars (with their colours, so the groups read in grey print too).
+HATCHES = ("", "//", "..", "xx", "\\\\", "oo")
+
+
+def _draw_bars(ax: Axes, panel: BarPanel) -> None:
+    """Grouped bars, one group per variant; exact zeros get a short tick so they show."""
+    from matplotlib import colormaps
+
+    count = max(len(panel.bars), 1)
+    width = 0.8 / count
+    cmap = colormaps["Set2"]
+    top = max((v for _, values in panel.bars for v in values if math.isfinite(v)), default=0.0)
+    for j, (label, values) in enumerate(panel.bars):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(panel.groups))]
+        color = cmap(j % cmap.N)
+        heights = [v if math.isfinite(v) else 0.0 for v in values]
+        ax.bar(
+            xs,
+            heights,
+            width * 0.92,
+            color=color,
+            hatch=HATCHES[j % len(HATCHES)],
+            edgecolor="0.25",
+            linewidth=0.6,
+            label=label,
+        )
+        zeros = [x for x, v in zip(xs, values, strict=True) if v == 0]
+        ax.plot(zeros, [0.0] * len(zeros), "_", color="0.25", markersize=max(3.0, 40 * width))
+        missing = [x for x, v in zip(xs, values, strict=True) if not math.isfinite(v)]
+        for x in missing:
+            ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize="xx-small", rotation=90)
+    labels = [f"{name} *" if name in panel.marked else name for name in panel.groups]
+    ax.set_xticks(range(len(panel.groups)), labels, rotation=30 if len(labels) > 6 else 0)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right" if len(labels) > 6 else "center")
+    ax.set_xlim(-0.6, len(panel.groups) - 0.4)
+    ax.set_ylim(0, max(top * 1.15, 1.0))
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title + (f"; {panel.note}" if panel.note else ""), fontsize="medium")
+    ax.grid(axis="y", color="0.9")
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize="small", title="criterion")
 
 
 def check_plot_path(path: str | Path) -> None:
@@ -372,4 +479,13 @@ def _axes(
         ax.legend(fontsize="small")
 
 
-__all__ = ["FLOORS", "Panel", "Series", "comparison_panels", "plot_comparison", "plot_scan"]
+__all__ = [
+    "FLOORS",
+    "BarPanel",
+    "Panel",
+    "Series",
+    "comparison_panels",
+    "criteria_panel",
+    "plot_comparison",
+    "plot_scan",
+]

@@ -449,8 +449,9 @@ def test_optimizer_settings_and_schedule_reach_the_training_steps(
 
 
 def test_train_window_measures_the_epochs_training_batches() -> None:
-    """lr ~0: the weights do not move, so each epoch's training window equals a scan of that
-    epoch's batches (train mode); epoch 0 has none, and the summary shows the last window."""
+    """lr ~0: the weights do not move, so each epoch's training window equals a per-batch
+    (``dead_window="batch"``) scan of that epoch's batches (train mode); epoch 0 has none, and
+    the summary shows the last window."""
     model = deep_relu_mlp(depth=4)
     data = small_data(4)
     result = compare(model, data, ["gelu"], epochs=2, lr=1e-30, optimizer="sgd", batch_size=8)
@@ -458,7 +459,11 @@ def test_train_window_measures_the_epochs_training_batches() -> None:
     assert math.isnan(baseline.history[0]["train_max_dead_pct"])
     window = baseline.train_window
     assert window is not None and window.header.batches == 8 and window.header.samples == 64
-    expected = neurodiag.scan(model, EpochBatches(data, 8, 0).epoch(2), mode="train")
+    expected = neurodiag.scan(
+        model, EpochBatches(data, 8, 0).epoch(2), mode="train", dead_window="batch"
+    )
+    assert window.header.dead_window == "batch"
+    assert result.variants[0].report.header.dead_window == "scan"  # the scans keep theirs
     assert [r["dead_pct"] for r in window.rows] == [r["dead_pct"] for r in expected.rows]
     summary = result.summary_frame().set_index("variant")
     assert summary.loc["baseline", "train_max_dead_pct"] == max(r["dead_pct"] for r in window.rows)

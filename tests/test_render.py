@@ -381,7 +381,9 @@ def test_csv_has_no_header_facts_and_empty_cells_for_missing(report: Report) -> 
     lines = to_csv(report).splitlines()
     assert lines[0] == ",".join(COLUMNS)
     assert len(lines) == 1 + len(ROWS)
-    assert lines[4] == "decoder.act#1,silu,Silu,module,activation,128,1,0.0,3.125,,,0.0031,,,0.0,17"
+    assert (
+        lines[4] == "decoder.act#1,silu,Silu,module,activation,128,1,0.0,,3.125,,,0.0031,,,0.0,17"
+    )
 
 
 # --- JSON ---------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def brute_force(
         result[site] = {
             "neurons": d.shape[1],
             "dead_pct": 100.0 * float(dead.double().mean()),
+            "zero_output_pct": 100.0 * float((~ok | (a == 0)).all(0).double().mean()),
             "dormant_pct": 100.0 * float((act_score <= TAU).double().mean()),
             "grad_dormant_pct": 100.0 * float((grad_score <= TAU).double().mean()),
             "mag": float(_masked(g, g_ok, 0).sum() / g_ok.sum()),
@@ -94,7 +95,9 @@ def assert_matches(report: neurodiag.Report, expected: dict[str, dict[str, objec
     for site, want in expected.items():
         got = report.row(site)
         assert got["neurons"] == want["neurons"], site
-        for column in ("dead_pct", "dormant_pct", "grad_dormant_pct", "inactive_pct"):
+        for column in (
+            "dead_pct", "zero_output_pct", "dormant_pct", "grad_dormant_pct", "inactive_pct"
+        ):  # fmt: skip
             assert got[column] == pytest.approx(want[column], abs=1e-9), (site, column)
         assert got["mag"] == pytest.approx(want["mag"], rel=1e-9), site
         assert got["min_abs_deriv"] == pytest.approx(want["min_abs_deriv"], rel=1e-9, abs=1e-12)

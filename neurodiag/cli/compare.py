@@ -179,6 +179,17 @@ def compare(
             "paper's Fig. 3 window) with neurodiag.Monitor.",
         ),
     ] = True,
+    scan_batches: Annotated[
+        int | None,
+        typer.Option(
+            "--scan-batches",
+            min=1,
+            rich_help_panel=TRAINING_PANEL,
+            metavar="N",
+            help="Scan each variant after each epoch on the first N training batches only "
+            "(default: all of them); the training window still sees every step.",
+        ),
+    ] = None,
     holdout: Annotated[
         float,
         typer.Option(
@@ -275,6 +286,7 @@ def compare(
                     eval_data=held_out,
                     loss_fn=loaded.hook("loss_fn"),
                     compiled_kernels=compiled_kernels,
+                    scan_batches=scan_batches,
                     eps=eps,
                     tau=tau,
                     dead_window=dead_window.value,

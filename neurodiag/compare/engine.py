@@ -47,6 +47,7 @@ from neurodiag.errors import NeurodiagError, Terminated
 from neurodiag.loss import UserLoss
 from neurodiag.model_state import model_device
 from neurodiag.monitor import Monitor, Window
+from neurodiag.monitor.window import summarize_rows
 from neurodiag.report.model import Report
 from neurodiag.scan import ScanInterrupted, scan
 
@@ -95,9 +96,11 @@ def compare(
     loss: cross-entropy for class ids, MSE for float targets) for ``epochs`` passes over
     ``data``, stopping after ``steps`` optimizer steps in total if given. ``init`` (model, he,
     xavier, torch) re-initialises the Linear/Conv weights of a copy first, the same for all.
-    ``train_window`` also measures every training step (``neurodiag.Monitor``): each epoch's
-    training batches are one window (``train_*_dead_pct`` in the history; the last one is the
-    paper's Fig. 3 window, ``VariantResult.train_window``), beside the post-epoch scan.
+    ``train_window`` also measures every training step (``neurodiag.Monitor``, always with
+    ``dead_window="batch"``): each epoch's training batches are one window whose dead % is the
+    per-batch dead % averaged over its batches (``train_*_dead_pct`` in the history; the last
+    one is the paper's Fig. 3 window, ``VariantResult.train_window``), beside the post-epoch
+    scan (which keeps ``config.dead_window``).
     ``batch_size`` re-batches and reshuffles the samples each epoch; without it the batches are
     used as given, in order. ``compiled_kernels`` runs every Bernstein activation of the
     variants through the shared torch.compile'd kernels (``Bernstein.compiled_kernel``): a few
@@ -219,7 +222,10 @@ def _run(variant: Variant, ctx: _Context, progress: _Progress, config: ScanConfi
             )
             schedule = make_schedule(training.schedule, opt, sum(ctx.plan))
             if training.train_window:
-                monitor = Monitor(variant.model, steps="manual", config=config).__enter__()
+                # the paper's Fig. 3 window: the per-batch dead % averaged over the epoch's
+                # training batches, whatever window the post-epoch scans use
+                window_config = config.with_options(dead_window="batch")
+                monitor = Monitor(variant.model, steps="manual", config=window_config).__enter__()
                 monitor.pause()  # hooks only while training steps run
         try:
             history: list[dict[str, Any]] = []
@@ -293,6 +299,9 @@ def _record(
     entry["accuracy"] = accuracy
     entry.update(site_summary(report))
     entry.update(train_window_summary(window.report if window is not None else None))
+    # the first site's MAG over the epoch's training steps: the paper's Fig. 4
+    trained = summarize_rows(window.report.rows if window is not None else [])
+    entry["train_first_site_mag"] = trained["first_site_mag"]
     # per site, in forward order: what the figures draw by epoch (first, middle, last site)
     entry["site_min_abs_deriv"] = [float(r["min_abs_deriv"]) for r in report.rows]
     history.append(entry)

@@ -15,6 +15,7 @@ import pandas as pd
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from neurodiag.compare.summary import Comparison
 from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing
@@ -31,10 +32,14 @@ COMPARE_FIGURES: list[tuple[str, Callable[[Comparison], bytes]]] = []
 _SUMMARY_HEADINGS = {
     "variant": "variant",
     "activation": "activation",
-    "mean_dead_pct": "mean dead %",
-    "max_dead_pct": "max dead %",
-    "train_mean_dead_pct": "train mean dead %",
-    "train_max_dead_pct": "train max dead %",
+    "mean_dead_pct": "mean dead %\n(scan)",
+    "max_dead_pct": "max dead %\n(scan)",
+    "train_mean_dead_pct": "train mean dead %\n(per batch)",
+    "train_max_dead_pct": "train max dead %\n(per batch)",
+    "mean_zero_output_pct": "mean zero-out %\n(scan)",
+    "max_zero_output_pct": "max zero-out %\n(scan)",
+    "mean_dormant_pct": "mean τ-dormant %\n(scan)",
+    "max_dormant_pct": "max τ-dormant %\n(scan)",
     "first_site_mag": "first-site MAG",
     "min_abs_deriv": "min |σ'|",
     "delta_bar": "δ̄",
@@ -43,12 +48,62 @@ _SUMMARY_HEADINGS = {
     "accuracy": "accuracy",
     "time_s": "time",
 }
+#: Summary columns left out of the terminal table to keep it narrow (CSV, JSON, Markdown and
+#: HTML have them): the other criteria show their max over sites only.
+_NOT_IN_TERMINAL = frozenset({"mean_zero_output_pct", "mean_dormant_pct"})
+#: Summary columns added after comparisons were first saved (see ``markdown_rows``).
+_LATER_COLUMNS = frozenset(
+    {"mean_zero_output_pct", "max_zero_output_pct", "mean_dormant_pct", "max_dormant_pct"}
+)
+_PERCENT_COLUMNS = frozenset(
+    {
+        "mean_dead_pct",
+        "max_dead_pct",
+        "train_mean_dead_pct",
+        "train_max_dead_pct",
+        "mean_zero_output_pct",
+        "max_zero_output_pct",
+        "mean_dormant_pct",
+        "max_dormant_pct",
+    }
+)
+
+
+def _heading(column: str, *, one_line: bool = False) -> str:
+    text = _SUMMARY_HEADINGS.get(column, column)
+    return text.replace("\n", " ") if one_line else text
+
+
+def criteria_lines(comparison: Comparison) -> list[str]:
+    """The criteria legend: one line per criterion (definition, window), then which variants
+    have which at 0 by construction and why."""
+    criteria = comparison.criteria()
+    lines = [
+        f"{entry['label']}: {entry['definition']}; window: {entry['window']}"
+        for entry in criteria.values()
+    ]
+    zero_keys = [key for key, entry in criteria.items() if entry["zero_when"]]
+    labels = ", ".join(criteria[key]["label"] for key in zero_keys)
+    reasons: dict[str, str] = {}
+    for key in zero_keys:
+        reasons.update(criteria[key]["zero_by_construction"])
+    free = [e["label"] for e in criteria.values() if e["can_be_nonzero_for_every_activation"]]
+    if reasons:
+        shown = "; ".join(f"{name} ({why.split(': ', 1)[-1]})" for name, why in reasons.items())
+        lines.append(f"0 by construction ({labels}): {shown}")
+    else:
+        lines.append(f"0 by construction ({labels}): no variant (needs every site's |σ'| > ε)")
+    lines.append(
+        f"{' and '.join(free)} can be non-zero for every activation (a non-zero Bernstein "
+        "figure, such as the paper's < 5 %, needs one of these)"
+    )
+    return lines
 
 
 def _cell(column: str, value: Any) -> str:
     if column in ("variant", "activation"):
         return str(value)
-    if column in ("mean_dead_pct", "max_dead_pct", "train_mean_dead_pct", "train_max_dead_pct"):
+    if column in _PERCENT_COLUMNS:
         return "–" if is_missing(value) else fmt_cell("dead_pct", value)
     if column == "time_s":
         return fmt_duration(float(value))
@@ -89,11 +144,14 @@ def compare_table(comparison: Comparison, per_site: bool = False, width: int | N
     console.print(_settings_line(comparison))
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
     frame = comparison.summary_frame()
-    for column in frame.columns:
-        table.add_column(_SUMMARY_HEADINGS.get(column, column), no_wrap=True)
+    columns = [str(c) for c in frame.columns if c not in _NOT_IN_TERMINAL]
+    for column in columns:
+        table.add_column(_heading(column), no_wrap=True)
     for record in frame.to_dict("records"):
-        table.add_row(*[_cell(str(c), record[c]) for c in frame.columns])
+        table.add_row(*[_cell(c, record[c]) for c in columns])
     console.print(table)
+    for i, line in enumerate(criteria_lines(comparison)):
+        console.print(Text(("criteria  " if i == 0 else "          ") + line))
     if per_site:
         sites = comparison.per_site_frame()
         detail = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
@@ -124,12 +182,26 @@ def _plain(value: Any) -> Any:
 
 
 def compare_markdown(comparison: Comparison, per_site: bool = False) -> str:
-    return "## neurodiag compare\n\n" + markdown_rows(_frame(comparison, per_site), per_site) + "\n"
+    legend = "".join(f"- {line}\n" for line in criteria_lines(comparison))
+    return (
+        "## neurodiag compare\n\n"
+        + markdown_rows(_frame(comparison, per_site), per_site)
+        + "\n\n**Dead criteria** (`mean_*`/`max_*`: over the sites)\n\n"
+        + legend
+    )
 
 
 def markdown_rows(frame: pd.DataFrame, per_site: bool = False) -> str:
-    """A summary (or per-site) frame as a pipe table, cells formatted as in the terminal."""
-    columns = [str(c) for c in frame.columns]
+    """A summary (or per-site) frame as a pipe table, cells formatted as in the terminal.
+
+    The zero-output and τ-dormant summary columns are left out when no row has a value: a
+    comparison saved before they existed (its JSON lacks them) renders as it did then.
+    """
+    columns = [
+        str(c)
+        for c in frame.columns
+        if per_site or c not in _LATER_COLUMNS or not frame[c].map(is_missing).all()
+    ]
     rows = [
         [_cell(c, r[c]) if not per_site else fmt_cell(c, r[c]) for c in columns]
         for r in frame.to_dict("records")
@@ -150,7 +222,7 @@ def _settings_line(comparison: Comparison) -> str:
 def comparison_fragment(comparison: Comparison, *, figures: bool = False) -> str:
     """The settings line and the summary table as HTML (a notebook's view of a comparison)."""
     frame = comparison.summary_frame()
-    heads = "".join(f"<th>{escape(_SUMMARY_HEADINGS.get(c, c))}</th>" for c in frame.columns)
+    heads = "".join(f"<th>{escape(_heading(c, one_line=True))}</th>" for c in frame.columns)
     rows = []
     for record in frame.to_dict("records"):
         # the scan's error rule (report.health) applied to the variant's worst site
@@ -173,9 +245,11 @@ def comparison_fragment(comparison: Comparison, *, figures: bool = False) -> str
             except Exception as error:  # matplotlib missing, say: the table stands alone
                 pictures += f"<p><em>{escape(alt)}: not drawn ({escape(error)})</em></p>"
     controls = CONTROLS if figures else ""
+    legend = "".join(f"<li>{escape(line)}</li>" for line in criteria_lines(comparison))
     return (
         f"<div class='neurodiag-compare'><p>{escape(_settings_line(comparison))}</p>"
-        f"{pictures}{controls}{table}</div>"
+        f"{pictures}{controls}{table}<p>Dead criteria (mean/max over the sites):</p>"
+        f"<ul class='criteria'>{legend}</ul></div>"
     )
 
 

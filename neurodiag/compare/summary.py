@@ -7,6 +7,7 @@ accuracy); nothing is measured again.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,10 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "max_dead_pct",
     "train_mean_dead_pct",
     "train_max_dead_pct",
+    "mean_zero_output_pct",
+    "max_zero_output_pct",
+    "mean_dormant_pct",
+    "max_dormant_pct",
     "first_site_mag",
     "min_abs_deriv",
     "delta_bar",
@@ -34,18 +39,23 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 
 
 def site_summary(report: Report) -> dict[str, Any]:
-    """Scan-wide numbers of one report: dead % (mean/max over sites), first-site MAG, bounds.
+    """Scan-wide numbers of one report: dead % (mean/max over sites), the other dead criteria
+    (zero-output %, τ-dormant %: mean/max over sites), first-site MAG, bounds.
 
-    The first four are the Monitor's window summary (``summarize_rows``); ``delta_bar`` is the
-    smallest δ̄ over Bernstein sites (NaN without any); ``bound_ok`` is True when every Bernstein
-    site kept min |σ'| ≥ δ̄, None without Bernstein sites.
+    The dead % and MAG figures are the Monitor's window summary (``summarize_rows``);
+    ``delta_bar`` is the smallest δ̄ over Bernstein sites (NaN without any); ``bound_ok`` is True
+    when every Bernstein site kept min |σ'| ≥ δ̄, None without Bernstein sites.
     """
     rows = report.rows
     bern = [r for r in rows if not _isnan(r["delta_bar"])]
-    summary = summarize_rows(rows)
+    summary = summarize_rows(rows, criteria=True)
     return {
         "mean_dead_pct": summary["mean_dead_pct"],
         "max_dead_pct": summary["max_dead_pct"],
+        "mean_zero_output_pct": summary["mean_zero_output_pct"],
+        "max_zero_output_pct": summary["max_zero_output_pct"],
+        "mean_dormant_pct": summary["mean_dormant_pct"],
+        "max_dormant_pct": summary["max_dormant_pct"],
         "first_site_mag": summary["first_site_mag"],
         "min_abs_deriv": summary["min_abs_deriv"],
         "delta_bar": _nanmin(float(r["delta_bar"]) for r in bern),
@@ -54,12 +64,163 @@ def site_summary(report: Report) -> dict[str, Any]:
 
 
 def train_window_summary(window: Report | None) -> dict[str, Any]:
-    """Mean/max dead % over the sites in one epoch's training steps (NaN: none measured)."""
+    """Mean/max dead % over the sites in one epoch's training steps (NaN: none measured).
+
+    ``compare`` measures that window with ``dead_window="batch"``: a site's dead % is the
+    per-batch dead % averaged over the epoch's training batches (the paper's Fig. 3 window).
+    """
     summary = summarize_rows(window.rows if window is not None else [])
     return {
         "train_mean_dead_pct": summary["mean_dead_pct"],
         "train_max_dead_pct": summary["max_dead_pct"],
     }
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One dead criterion of ``compare``'s side-by-side view.
+
+    ``summary_columns``: its mean/max over sites in ``SUMMARY_COLUMNS`` (empty: per site only);
+    ``site_column``: the per-site column it summarises (in ``sites``, or ``train_window_sites``
+    for the training window); ``bounded_zero``: 0 by construction on a variant whose every site
+    has |σ'| bounded below by more than ε (``zero_by_construction``).
+    """
+
+    key: str
+    label: str
+    summary_columns: tuple[str, ...]
+    site_column: str
+    bounded_zero: bool
+
+
+#: The criteria in the order the human outputs list them.
+CRITERIA: tuple[Criterion, ...] = (
+    Criterion("dead", "dead", ("mean_dead_pct", "max_dead_pct"), "dead_pct", True),
+    Criterion(
+        "train_dead",
+        "train dead",
+        ("train_mean_dead_pct", "train_max_dead_pct"),
+        "dead_pct",
+        True,
+    ),
+    Criterion(
+        "zero_output",
+        "zero-output",
+        ("mean_zero_output_pct", "max_zero_output_pct"),
+        "zero_output_pct",
+        True,
+    ),
+    Criterion(
+        "dormant", "τ-dormant", ("mean_dormant_pct", "max_dormant_pct"), "dormant_pct", False
+    ),
+    Criterion("grad_dormant", "grad-dormant", (), "grad_dormant_pct", False),
+)
+
+
+#: When dead, train dead and zero-output are 0 by construction (``zero_by_construction``).
+ZERO_RULE = (
+    "every site's |σ'| is bounded below by more than ε for every input (Bernstein: δ̄ > ε; "
+    "leaky ReLU: |slope| > ε): no position passes |σ'| ≤ ε, and σ is strictly monotone, so a = 0 "
+    "at one z at most (z = 0 for leaky ReLU)"
+)
+
+
+def criterion_definitions(settings: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """(definition, window) of each criterion under a comparison's ``settings`` (ε, τ, window)."""
+    eps = float(settings.get("eps", math.nan))
+    tau = float(settings.get("tau", math.nan))
+    scan_window = (
+        "post-epoch scan, per-batch dead % averaged over its batches (dead_window=batch)"
+        if settings.get("dead_window") == "batch"
+        else "post-epoch scan, whole (every position of every scanned batch)"
+    )
+    return {
+        "dead": (f"|σ'(z)| ≤ ε = {eps:g} at every finite position", scan_window),
+        "train_dead": (
+            f"|σ'(z)| ≤ ε = {eps:g} at every position of one training batch, % averaged over "
+            "the batches",
+            "last epoch's training batches, per batch (the paper's Fig. 3 window)",
+        ),
+        "zero_output": (
+            "output a exactly 0 at every finite position (E|a_i| = 0: never fires)",
+            "post-epoch scan, whole",
+        ),
+        "dormant": (
+            f"E|a_i| / mean_k E|a_k| ≤ τ = {tau:g} (Sokar et al. 2023)",
+            "post-epoch scan, whole",
+        ),
+        "grad_dormant": (
+            f"E|∂L/∂a_i| / mean_k E|∂L/∂a_k| ≤ τ = {tau:g} (per site: sites[].grad_dormant_pct)",
+            "post-epoch scan, whole",
+        ),
+    }
+
+
+def zero_by_construction(rows: Sequence[Mapping[str, Any]], model: Any, eps: float) -> str | None:
+    """Why dead, train dead and zero-output are 0 by construction for a variant, or None.
+
+    They are when every site's |σ'| is bounded below by more than ε whatever its input, known
+    from what the activation is: a Bernstein site's δ̄ (and its bound held: ``bound_ok`` not
+    False), a ``nn.LeakyReLU`` module's min(|slope|, 1). Then no position is ever ≤ ε, and σ is
+    strictly monotone, so a is 0 at one z at most. Any other site (a functional leaky_relu,
+    whose slope the report does not keep, included) makes no claim.
+    """
+    bars: list[float] = []
+    slopes: list[float] = []
+    for row in rows:
+        floor = _derivative_floor(row, model)
+        if floor is None or not floor[1] > eps:
+            return None
+        (bars if floor[0] == "δ̄" else slopes).append(floor[1])
+    if not rows:
+        return None
+    parts = [f"{name} ≥ {min(v):g}" for name, v in (("δ̄", bars), ("slope", slopes)) if v]
+    return f"every site's |σ'| is bounded below: {' and '.join(parts)} > ε = {eps:g}"
+
+
+def _derivative_floor(row: Mapping[str, Any], model: Any) -> tuple[str, float] | None:
+    """("δ̄" or "slope", a lower bound of |σ'| at this site for any input), or None if unknown."""
+    from torch import nn
+
+    if not _isnan(row.get("delta_bar")):
+        return None if row.get("bound_ok") is False else ("δ̄", float(row["delta_bar"]))
+    if model is None or row.get("kind") != "module":
+        return None
+    try:
+        module = model.get_submodule(str(row["site"]).split("#")[0])
+    except AttributeError:
+        return None
+    if isinstance(module, nn.LeakyReLU):
+        return "slope", min(abs(float(module.negative_slope)), 1.0)
+    return None
+
+
+def criteria_doc(variants: Sequence[VariantResult], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON's ``criteria``: per criterion its definition, window, columns, and the variants
+    for which it is 0 by construction (with why)."""
+    eps = float(settings.get("eps", math.nan))
+    reasons = {v.name: zero_by_construction(v.sites, v.model, eps) for v in variants}
+    definitions = criterion_definitions(settings)
+    doc: dict[str, Any] = {}
+    for criterion in CRITERIA:
+        definition, window = definitions[criterion.key]
+        zero = (
+            {name: why for name, why in reasons.items() if why is not None}
+            if criterion.bounded_zero
+            else {}
+        )
+        doc[criterion.key] = {
+            "label": criterion.label,
+            "definition": definition,
+            "window": window,
+            "summary_columns": list(criterion.summary_columns),
+            "site_column": criterion.site_column,
+            "site_rows": "train_window_sites" if criterion.key == "train_dead" else "sites",
+            "zero_by_construction": zero,
+            "zero_when": ZERO_RULE if criterion.bounded_zero else None,
+            "can_be_nonzero_for_every_activation": not criterion.bounded_zero,
+        }
+    return doc
 
 
 @dataclass
@@ -159,8 +320,14 @@ class Comparison:
             "seed": self.seed,
             "epochs": self.epochs,
             "settings": _jsonable(self.settings),
+            "criteria": self.criteria(),
             "wall_time_s": self.wall_time_s,
         }
+
+    def criteria(self) -> dict[str, Any]:
+        """The dead criteria side by side (``criteria_doc``): definitions, windows, columns and
+        which variants have which at 0 by construction."""
+        return criteria_doc(self.variants, self.settings)
 
 
 def _isnan(value: Any) -> bool:

@@ -101,19 +101,43 @@ class Window:
         return replace(self, report=replace(self.report, neurons={}), cumulative=cumulative)
 
 
-def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Whole-model figures of report rows (also ``compare``'s): missing values are skipped."""
-    dead = [float(r["dead_pct"]) for r in rows if not is_missing(r["dead_pct"])]
+def summarize_rows(rows: Sequence[dict[str, Any]], *, criteria: bool = False) -> dict[str, Any]:
+    """Whole-model figures of report rows (also ``compare``'s): missing values are skipped.
+
+    ``criteria`` adds the mean/max over sites of the other dead criteria (``compare``'s
+    summary): ``mean_zero_output_pct``/``max_zero_output_pct`` and
+    ``mean_dormant_pct``/``max_dormant_pct``; a Monitor's window summary leaves them out.
+    """
+    mean_dead, max_dead = _mean_max(rows, "dead_pct")
     mins = [float(r["min_abs_deriv"]) for r in rows if not is_missing(r["min_abs_deriv"])]
-    return {
-        "mean_dead_pct": sum(dead) / len(dead) if dead else math.nan,
-        "max_dead_pct": max(dead) if dead else math.nan,
+    summary = {
+        "mean_dead_pct": mean_dead,
+        "max_dead_pct": max_dead,
         "first_site_mag": float(rows[0]["mag"])
         if rows and not is_missing(rows[0]["mag"])
         else math.nan,
         "min_abs_deriv": min(mins) if mins else math.nan,
         "nonfinite": sum(int(r["nonfinite"]) for r in rows),
     }
+    if criteria:
+        for column in CRITERIA_COLUMNS:
+            mean, high = _mean_max(rows, column)
+            stem = column.removesuffix("_pct")
+            summary[f"mean_{stem}_pct"] = mean
+            summary[f"max_{stem}_pct"] = high
+    return summary
+
+
+#: Per-site columns that ``summarize_rows(criteria=True)`` also summarises (mean/max over sites).
+CRITERIA_COLUMNS: tuple[str, ...] = ("zero_output_pct", "dormant_pct")
+
+
+def _mean_max(rows: Sequence[dict[str, Any]], column: str) -> tuple[float, float]:
+    """Mean and max of ``column`` over the rows that have it (NaN, NaN when none does)."""
+    values = [float(r[column]) for r in rows if not is_missing(r.get(column))]
+    if not values:
+        return math.nan, math.nan
+    return sum(values) / len(values), max(values)
 
 
 def history_frame(windows: Iterable[Window], *, cumulative: bool = False) -> pd.DataFrame:

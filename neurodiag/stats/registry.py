@@ -18,6 +18,7 @@ from neurodiag.stats.mag import MeanAbsGradient
 from neurodiag.stats.min_deriv import MinAbsDerivative
 from neurodiag.stats.nonfinite import NonFiniteEntries
 from neurodiag.stats.statistic import Column, Statistic, Threshold
+from neurodiag.stats.zero_output import ZeroOutputNeurons
 
 
 class StatisticRegistry:
@@ -56,6 +57,7 @@ class StatisticRegistry:
 STATISTICS = StatisticRegistry()
 for _cls in (
     DeadNeurons,
+    ZeroOutputNeurons,
     DormantNeurons,
     GradDormantNeurons,
     MeanAbsGradient,
