@@ -118,6 +118,12 @@ def swap_with_report(
 ) -> SwapResult:
     """``swap_activations`` returning a ``SwapResult`` instead of warning."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if parsed.init is not None:
+        plain = parsed.name.replace(f":init={parsed.init}", "")
+        raise NeurodiagError(
+            f"activation {parsed.name!r}: init={parsed.init} re-initialises the weights, which "
+            f"only compare does (per variant, seeded); a swap keeps them: use {plain!r}"
+        )
     if init not in INITS:
         raise NeurodiagError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     try:

@@ -83,9 +83,14 @@ def test_residual_blocks_add_the_input_where_the_shape_is_kept() -> None:
     blocks = [m for m in model if isinstance(m, Residual)]
     assert len(blocks) == 3 and len(model) == 2 + 3 + 1
     h = torch.relu(layers[0](x))
-    for layer in layers[1:4]:
-        h = h + torch.relu(layer(h))
-    assert torch.allclose(model(x), layers[4](h))
+    assert torch.allclose(model(x), layers[4](h))  # SkipInit: α = 0, every block the identity
+    alphas = (0.5, -0.25, 2.0)
+    with torch.no_grad():
+        for block, alpha in zip(blocks, alphas):
+            block.alpha.fill_(alpha)
+    for layer, alpha in zip(layers[1:4], alphas):
+        h = h + alpha * torch.relu(layer(h))
+    assert torch.allclose(model(x), layers[4](h), atol=1e-6)
 
 
 def test_residual_convs_need_same_shape_and_other_containers_are_left_alone() -> None:

@@ -7,12 +7,15 @@ before any model is touched and the message lists every valid form.
 Grammar: ``NAME`` for fixed activations (``relu``, ``gelu``, ...), ``FAMILY<number>`` for
 parametrised ones (``lrelu<slope>``, ``nrelu<sigma>``, ``bern<degree>``), then ``:key=value``
 options (Bernstein only: ``delta=D``, ``range=L,U`` or ``range=auto``), then the modifiers every
-spec takes: ``:bn`` (batch normalisation in front of the activation: the paper's SELU_BN and its
-Bernstein layer, ``neurodiag.activations.normalized``) and ``:res`` (skip connections around
-shape-preserving Linear → activation blocks: the paper's ReLU_res,
-``neurodiag.activations.residual``). ``range=auto`` means [mean − 3·std, mean + 3·std] of the
-site's pre-activations z over a calibration forward pass (``swap_activations`` computes it from
-``example_batch``; ``build`` then takes ``bounds``).
+spec takes: ``:init=SCHEME`` (``compare`` re-initialises the variant's Linear/Conv weights with
+``he``, ``lecun``, ``xavier`` or ``torch`` after the swap, e.g. ``selu:init=lecun`` for SELU's
+LeCun-normal init; ``neurodiag.compare.training.initialise``), ``:bn`` (batch normalisation in
+front of the activation: the paper's SELU_BN and its Bernstein layer,
+``neurodiag.activations.normalized``) and ``:res`` (skip connections around shape-preserving
+Linear → activation blocks: the paper's ReLU_res, ``neurodiag.activations.residual``), in the
+canonical order ``NAME[:options][:init=S][:bn][:res]``. ``range=auto`` means
+[mean − 3·std, mean + 3·std] of the site's pre-activations z over a calibration forward pass
+(``swap_activations`` computes it from ``example_batch``; ``build`` then takes ``bounds``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class ActivationSpec:
     auto_range: bool = False
     #: ``:res``: the swapped model also gets skip connections (``add_residuals``)
     residual: bool = False
+    #: ``:init=SCHEME``: the variant's Linear/Conv weights are re-initialised (``compare`` only)
+    init: str | None = None
 
     def build(
         self,
@@ -125,7 +130,7 @@ class SpecRegistry:
         return [
             *self._fixed,
             *(family.form for family in self._families.values()),
-            "any of them + :bn and/or :res",
+            f"any of them + :init={'|'.join(WEIGHT_INITS)}, :bn and/or :res",
         ]
 
     def parse(self, text: str) -> ActivationSpec:
@@ -134,9 +139,11 @@ class SpecRegistry:
             raise self._unknown(str(text))
         head, *parts = text.strip().lower().split(":")
         modifiers = [p.strip() for p in parts if p.strip() in MODIFIERS]
-        parts = [p for p in parts if p.strip() not in MODIFIERS]
-        if len(set(modifiers)) != len(modifiers):
+        inits = [p for p in parts if p.partition("=")[0].strip() == "init"]
+        parts = [p for p in parts if p.strip() not in MODIFIERS and p not in inits]
+        if len(set(modifiers)) != len(modifiers) or len(inits) > 1:
             raise NeurodiagError(f"a modifier is given twice in activation {text!r}")
+        init = _init(inits[0], text) if inits else None
         options = self._options(text, parts)
         if head in self._fixed:
             if options:
@@ -150,7 +157,7 @@ class SpecRegistry:
                 raise self._unknown(text)
             family = self._families[match["prefix"]]
             spec = family.parse(float(match["number"]), text, options)
-        return _modified(spec, modifiers)
+        return _modified(spec, modifiers, init)
 
     def _options(self, text: str, parts: list[str]) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -174,9 +181,23 @@ class SpecRegistry:
 #: Flags any spec takes, in canonical order: ``:bn`` then ``:res``.
 MODIFIERS: tuple[str, ...] = ("bn", "res")
 
+#: The schemes ``:init=`` takes (``compare``'s ``--init`` also takes ``model``: as built).
+WEIGHT_INITS: tuple[str, ...] = ("he", "lecun", "xavier", "torch")
 
-def _modified(spec: ActivationSpec, modifiers: list[str]) -> ActivationSpec:
-    """``spec`` with ``:bn`` (a BatchNorm over the neuron axis in front) and ``:res``."""
+
+def _init(part: str, text: str) -> str:
+    value = part.partition("=")[2].strip()
+    if value not in WEIGHT_INITS:
+        raise NeurodiagError(
+            f"unknown init {value!r} in activation {text!r}; valid: {', '.join(WEIGHT_INITS)}"
+        )
+    return value
+
+
+def _modified(spec: ActivationSpec, modifiers: list[str], init: str | None) -> ActivationSpec:
+    """``spec`` with ``:init=S``, ``:bn`` (a BatchNorm over the neuron axis in front), ``:res``."""
+    if init is not None:
+        spec = replace(spec, name=f"{spec.name}:init={init}", init=init)
     if "bn" in modifiers:
         inner = spec
         # range=auto is ±3 std of what the activation receives: behind the norm that is a unit-
@@ -335,6 +356,7 @@ def valid_forms() -> list[str]:
 
 __all__ = [
     "SPECS",
+    "WEIGHT_INITS",
     "ActivationSpec",
     "Factory",
     "SpecRegistry",

@@ -58,8 +58,12 @@ class Schedule(str, Enum):
 
 
 class Init(str, Enum):
+    """``--init``: neurodiag.compare.training.INITS (a test keeps them equal; importing it
+    here would import torch for ``--help``)."""
+
     model = "model"
     he = "he"
+    lecun = "lecun"
     xavier = "xavier"
     torch = "torch"
 
@@ -166,8 +170,9 @@ def compare(
             "--init",
             rich_help_panel=TRAINING_PANEL,
             help="Re-initialise Linear/Conv weights before the variants are made: model (as "
-            "built), he (Kaiming-normal, zero bias), xavier (Xavier-normal, zero bias), torch "
-            "(PyTorch's default reset_parameters).",
+            "built), he (Kaiming-normal, zero bias), lecun (LeCun-normal, zero bias), xavier "
+            "(Xavier-normal, zero bias), torch (PyTorch's default reset_parameters). One "
+            "variant's own: SPEC:init=S, e.g. selu:init=lecun.",
         ),
     ] = Init.model,
     train_window: Annotated[

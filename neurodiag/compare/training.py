@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from neurodiag.activations.specs import WEIGHT_INITS
 from neurodiag.batch import SplitBatch, batch_size_of, map_tensors, split_batch
 from neurodiag.errors import NeurodiagError
 from neurodiag.loss import LossResolver, UserLoss, primary_output
@@ -72,16 +73,19 @@ def make_schedule(
     return None
 
 
-#: Weight initialisations applied to every Linear/Conv layer before the variants are built.
-INITS: tuple[str, ...] = ("model", "he", "xavier", "torch")
+#: Weight initialisations applied to every Linear/Conv layer before the variants are built
+#: (``--init``); a variant's ``:init=S`` re-initialises its own copy after the swap.
+INITS: tuple[str, ...] = ("model", *WEIGHT_INITS)
 
 
 def initialise(model: nn.Module, scheme: str) -> None:
     """Re-initialise the weights of ``model`` in place (a copy: the caller's model is kept).
 
-    ``model``: as built; ``he``: Kaiming-normal (ReLU gain), zero biases; ``xavier``:
-    Xavier-normal, zero biases; ``torch``: each layer's own ``reset_parameters`` (PyTorch's
-    default, Kaiming-uniform with a=√5). Only Linear and Conv layers are touched.
+    ``model``: as built; ``he``: Kaiming-normal (ReLU gain), zero biases; ``lecun``: LeCun-normal
+    N(0, 1/fan_in), zero biases (SELU's init, Klambauer et al. 2017); ``xavier``: Xavier-normal,
+    zero biases; ``torch``: each layer's own ``reset_parameters`` (PyTorch's default,
+    Kaiming-uniform with a=√5). Only Linear and Conv layers are touched; the global RNG draws the
+    weights (seed it for reproducible weights).
     """
     if scheme not in INITS:
         raise NeurodiagError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
@@ -95,6 +99,8 @@ def initialise(model: nn.Module, scheme: str) -> None:
             continue
         if scheme == "he":
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif scheme == "lecun":
+            nn.init.kaiming_normal_(module.weight, nonlinearity="linear")  # std 1/√fan_in
         else:
             nn.init.xavier_normal_(module.weight)
         if module.bias is not None:
