@@ -116,16 +116,10 @@ class TrainingWatch:
             monitor.__exit__(None, None, None)
 
     def warn_if_empty(self, nothing_ran: str) -> None:
-        """After training: say so when no step was measured or no site was found."""
+        """After training: say so when no step was measured (``Monitor.report`` already warned
+        when steps ran but no site was found)."""
         if self.report is None:
             warnings.warn(f"neurodiag: {nothing_ran}", RuntimeWarning, stacklevel=3)
-        elif not self.report.rows:
-            warnings.warn(
-                "neurodiag: no activation site was found in the training steps "
-                "(no activation module or function ran while a step was measured)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
 
     def to_frame(self, *, cumulative: bool = False) -> pd.DataFrame:
         """One row per (window, site), as ``Monitor.to_frame``."""

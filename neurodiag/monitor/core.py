@@ -12,11 +12,16 @@ what runs between them is measured, and validation passes outside never count.
 Windows: the statistics of each window of steps (``every`` N steps, or up to each
 ``end_window()``, e.g. per epoch) become one ``Window`` in ``history``: one host read per window,
 none per step. ``report()`` is cumulative: every measured step since ``__enter__``.
+
+torch.compile: the hooks go on the eager module behind ``torch.compile(model)``, and while they
+are attached every compiled module and function runs eagerly (``neurodiag.monitor.compiled``), so
+a compiled loop measures what an eager one would; a one-line warning says so.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
@@ -32,10 +37,16 @@ from neurodiag.check.evaluation import ThresholdsLike
 from neurodiag.config import ScanConfig
 from neurodiag.model_state import model_device, model_dtype
 from neurodiag.monitor.alerts import Alert, AlertTracker
+from neurodiag.monitor.compiled import (
+    EagerStance,
+    called_from_compiled_code,
+    compiled_parts,
+    stance_available,
+)
 from neurodiag.monitor.window import Window, WindowKind, describe_window, history_frame
 from neurodiag.report.build import build_report
 from neurodiag.report.model import Report, ScanHeader
-from neurodiag.scan import recorder_for
+from neurodiag.scan import recorder_for, unwrap_compiled
 from neurodiag.sites.site import Site, SiteKey
 from neurodiag.stats.bundle import SiteStats
 from neurodiag.stats.sync import all_reduce_sites, copy_site, stats_of
@@ -88,6 +99,8 @@ class Monitor:
         if steps not in ("forward", "manual"):
             raise ValueError(f"steps must be 'forward' or 'manual', got {steps!r}")
         self.model = model
+        #: what the hooks go on: the eager module behind ``torch.compile(model)``
+        self._target = unwrap_compiled(model)[0]
         self.every = every
         self.measure_every = measure_every
         self.step_counting: StepCounting = steps
@@ -98,7 +111,7 @@ class Monitor:
         self.on_alert = on_alert
         self._alerts = AlertTracker(thresholds) if thresholds is not None else None
         self._listeners = [on_window] if callable(on_window) else list(on_window)
-        self._recorder = recorder_for(model, self.options, registry)
+        self._recorder = recorder_for(self._target, self.options, registry)
         #: the epoch the steps now running belong to (set it, or let a callback); labels windows
         self.epoch: int | None = None
         self.history: list[Window] = []
@@ -115,6 +128,10 @@ class Monitor:
         self._soft_paused = False
         self._handle: Any = None
         self._started = 0.0
+        self._eager = EagerStance()
+        self._compiled: str | None = None  # what was found compiled, for the warning and notes
+        self._stack_checked = False
+        self._warned_empty = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Monitor:
@@ -125,8 +142,12 @@ class Monitor:
         try:
             self._attach_root_hook()
         except BaseException:
+            self._eager.release()
             self._recorder.close()
             raise
+        parts = compiled_parts(self.model)
+        if parts:
+            self._found_compiled("the model" if parts == ["<root>"] else ", ".join(parts))
         return self
 
     def __exit__(
@@ -142,13 +163,34 @@ class Monitor:
             self._detach()
 
     def _attach_root_hook(self) -> None:
-        self._handle = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        # compiled code could not call the hooks (torch.compile): run it eagerly meanwhile
+        self._eager.hold()
+        self._handle = self._target.register_forward_pre_hook(self._on_forward, with_kwargs=True)
 
     def _detach(self) -> None:
+        self._eager.release()
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
             self._recorder.close()
+
+    def _found_compiled(self, what: str) -> None:
+        """Warn once that ``what`` is compiled and what the Monitor does about it."""
+        if self._compiled is not None:
+            return
+        self._compiled = what
+        if self._eager.held:
+            message = (
+                f"neurodiag.Monitor: {what} is compiled (torch.compile); while the Monitor is "
+                "attached it runs eagerly, at eager speed, and runs compiled again after"
+            )
+        else:
+            message = (
+                f"neurodiag.Monitor: {what} is compiled (torch.compile) and torch "
+                f"{torch.__version__} cannot run it eagerly (needs torch >= 2.6): activation "
+                "sites inside compiled code are not measured"
+            )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def pause(self, *, detach: bool = True) -> None:
         """Stop measuring (e.g. around evaluation passes), keeping everything measured so far.
@@ -209,6 +251,10 @@ class Monitor:
         return self._close_window(kind)
 
     def _on_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if not self._stack_checked:  # torch.compile(step) or a compiled wrapper of the model
+            self._stack_checked = True
+            if called_from_compiled_code():
+                self._found_compiled("the code calling the model")
         if self._soft_paused:
             self._recorder.enabled = False
             return
@@ -263,6 +309,9 @@ class Monitor:
             batches, samples = self._global_counts(batches, samples)
         window = describe_window("cumulative", 0, self._steps, None, None) if self._steps else None
         header = self._header(batches, samples, window, bool(sites))
+        if not sites and batches and not self._warned_empty:
+            self._warned_empty = True
+            warnings.warn(f"neurodiag.Monitor: {header.notes[0]}", RuntimeWarning, stacklevel=2)
         return build_report(sites, header)
 
     def to_frame(self, *, cumulative: bool = False) -> pd.DataFrame:
@@ -282,26 +331,44 @@ class Monitor:
 
     def _header(self, batches: int, samples: int, window: str | None, found: bool) -> ScanHeader:
         return ScanHeader(
-            model=_model_name(self.model),
+            model=_model_name(self._target),
             data="training loop (Monitor)",
             loss="the training loop's own",
             samples=samples,
             batches=batches,
-            device=str(model_device(self.model)),
-            dtype=str(model_dtype(self.model)).removeprefix("torch."),
+            device=str(model_device(self._target)),
+            dtype=str(model_dtype(self._target)).removeprefix("torch."),
             seed=None,
             wall_time_s=time.perf_counter() - self._started,
             eps=self.options.eps,
             tau=self.options.tau,
             dead_window=self.options.dead_window,
-            mode="train" if self.model.training else "eval",
-            notes=self._notes(found),
+            mode="train" if self._target.training else "eval",
+            notes=self._notes(found, batches),
             flag_gates=self.options.flag_gates,
             window=window,
         )
 
-    def _notes(self, found: bool) -> tuple[str, ...]:
-        notes = [] if found else ["no activation sites found"]
+    def _notes(self, found: bool, batches: int) -> tuple[str, ...]:
+        notes = []
+        if not found and batches:
+            notes.append(
+                f"no activation site was seen in {batches} measured steps that ran "
+                "(none in the model, or the steps ran code that calls no hook, "
+                "e.g. a torch.export/AOTInductor graph)"
+            )
+        elif not found:
+            notes.append("no activation sites found")
+        if self._compiled is not None:
+            how = (
+                "ran eagerly while measured (torch.compiler.set_stance('force_eager'))"
+                if stance_available()
+                else "could not run eagerly: sites inside compiled code are not measured"
+            )
+            notes.append(
+                f"torch.compile: {self._compiled} {how}; Dynamo graph breaks while attached: "
+                f"{self._eager.graph_breaks}"
+            )
         if self.measure_every > 1:
             notes.append(
                 f"measured {self._measured} of {self._steps} steps "

@@ -80,7 +80,9 @@ _graph_task_id = torch._C._current_graph_task_id
 
 
 def _strip_wrapper(name: str) -> str:
-    """DDP/DataParallel wrap the model as ``module``: report the user's own names."""
+    """DDP/DataParallel wrap the model as ``module``, ``torch.compile`` a submodule as
+    ``_orig_mod``: report the user's own names (``block._orig_mod.act`` is ``block.act``)."""
+    name = ".".join(part for part in name.split(".") if part != "_orig_mod")
     return name.removeprefix("module.") if name != "module" else ""
 
 
