@@ -37,6 +37,7 @@ from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
+from neurodiag import atomic
 from neurodiag.check.evaluation import BaselineSummary, CheckResult, SiteCheck, Status, Violation
 from neurodiag.check.text import fmt_value
 from neurodiag.errors import NeurodiagError
@@ -65,7 +66,7 @@ def save_baseline(report: Report, path: str | Path) -> None:
         doc.pop(key, None)
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        atomic.write_text(path, text)  # an old baseline stays whole if this fails
     except OSError as exc:
         raise NeurodiagError(
             f"cannot write baseline '{path}': {exc.strerror or exc}; choose a writable path"

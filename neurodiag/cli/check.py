@@ -70,6 +70,7 @@ from neurodiag.cli.common import (
     interrupted_code,
     is_rank_zero,
     print_or_write,
+    refuse_overwriting_inputs,
     save_scan_plot,
     stopped_by,
     user_errors,
@@ -278,9 +279,23 @@ def check(
     """
     flags = dict(thresholds or {})
     with user_errors(debug):
-        validate_plot(plot)
         if update_baseline and baseline is None:
             raise NeurodiagError("--update-baseline needs --baseline FILE to write to")
+        # --update-baseline writes --baseline (its intended use); without it --baseline is read
+        written = baseline if update_baseline else None
+        refuse_overwriting_inputs(
+            {
+                "--baseline": written,
+                "--output": output,
+                "--junit-xml": junit_xml,
+                "--plot": plot,
+            },
+            model=model,
+            data=data,
+            weights=weights,
+            inputs={"--config": config, "--baseline": None if update_baseline else baseline},
+        )
+        validate_plot(plot)
         given = [key for key, value in flags.items() if value is not None]
         # with --baseline, thresholds gate too when asked for (flags or --config): both must pass
         wants_limits = baseline is None or bool(given) or config is not None
@@ -346,9 +361,22 @@ def check(
         if junit_xml is not None and is_rank_zero():
             write_text(junit_xml, render_check(result, "junit"), "--junit-xml")
         if fmt is CheckFormat.github and is_rank_zero():
-            write_step_summary(result)
+            _append_step_summary(result)
     if not result.ok:
         raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def _append_step_summary(result: CheckResult) -> None:
+    """``$GITHUB_STEP_SUMMARY`` is appended to (GitHub's contract); when it cannot be (a folder,
+    no permission, a full disk) that is one warning line: the verdict already printed stands."""
+    try:
+        write_step_summary(result)
+    except OSError as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"warning: cannot append to $GITHUB_STEP_SUMMARY "
+            f"{exc.filename or ''!s}: {exc.strerror or exc}; the verdict stands",
+            markup=False,
+        )
 
 
 def _check_forward_only(limits: ThresholdConfig | None, with_baseline: bool) -> None:

@@ -23,7 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from neurodiag import __version__
+from neurodiag import __version__, atomic
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.model import Report
 
@@ -289,14 +289,114 @@ def save_scan_plot(report: Report, plot: Path | None) -> None:
         plot_scan(report, plot)
 
 
-def write_text(output: Path, text: str, option: str = "--output") -> None:
-    """Write an output file; an unwritable path is a one-line user error naming ``option``."""
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while an output file is written (milliseconds).
+
+    The partial report written after a first Ctrl-C must not be lost to a second one; the
+    held signal arrives as soon as the file is in place. Only the main thread can do this.
+    """
+    import signal
+    import threading
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def write_text(output: Path, text: str, option: str = "--output") -> None:
+    """Write an output file atomically (the old file stays whole on any failure); an unwritable
+    path is a one-line user error naming ``option``."""
+    try:
+        with signals_deferred():
+            atomic.write_text(output, text if text.endswith("\n") else text + "\n")
     except OSError as exc:
         raise NeurodiagError(
             f"cannot write {option} {str(output)!r}: {exc.strerror or exc}; choose a writable path"
         ) from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same inode where both exist, else the same resolved path."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: the write reports it later
+        return False
+
+
+def _model_file(model: str) -> Path | None:
+    from neurodiag.loading.pyfile import split_file_spec
+
+    spec = split_file_spec(model.strip())
+    return Path(spec[0]).expanduser() if spec is not None else None
+
+
+def _data_files(data: str) -> list[tuple[str, Path]]:
+    """The files a ``--data`` spec reads: the spec's own file, and the ``source`` file of a YAML
+    data config (a config that does not parse names nothing here; loading reports it)."""
+    from neurodiag.loading.data_config import read_data_config
+    from neurodiag.loading.pyfile import split_file_spec
+
+    spec = data.strip()
+    file_spec = split_file_spec(spec)
+    own = Path(file_spec[0] if file_spec is not None else spec).expanduser()
+    if not own.is_file():
+        return []
+    found = [("the --data file", own)]
+    if own.suffix.lower() in (".yaml", ".yml"):
+        try:
+            source = read_data_config(spec).source
+        except NeurodiagError:
+            source = None
+        if source:
+            named = split_file_spec(source)
+            path = Path(named[0] if named is not None else source).expanduser()
+            path = path if path.is_absolute() else own.parent / path
+            if path.is_file():
+                found.append((f"the data file that {own} names", path))
+    return found
+
+
+def refuse_overwriting_inputs(
+    outputs: dict[str, Path | None],
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    weights: Path | None = None,
+    inputs: dict[str, Path | None] | None = None,
+) -> None:
+    """An output option that names an input (or another output) is a one-line error, before
+    any work: ``scan m.py -o m.py`` would otherwise replace the model file with a report.
+
+    ``outputs``: option name -> path; ``inputs``: other input options (``--config``, a
+    ``--baseline`` that is read), option name -> path.
+    """
+    named: list[tuple[str, Path]] = []
+    if model is not None and (path := _model_file(model)) is not None:
+        named.append(("the model file", path))
+    if data:
+        named.extend(_data_files(data))
+    if weights is not None:
+        named.append(("the --weights file", weights))
+    named.extend((f"the {option} file", p) for option, p in (inputs or {}).items() if p)
+    written: list[tuple[str, Path]] = []
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        for what, source in [*named, *((f"also {o}", p) for o, p in written)]:
+            if _same_file(path, source):
+                raise NeurodiagError(f"{option} {path} is {what}; choose another path")
+        written.append((option, path))
 
 
 def print_or_write(text: str, output: Path | None) -> None:

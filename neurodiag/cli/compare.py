@@ -37,6 +37,7 @@ from neurodiag.cli.common import (
     is_rank_zero,
     print_or_write,
     progress_bar,
+    refuse_overwriting_inputs,
     stopped_by,
     user_errors,
     validate_plot,
@@ -249,6 +250,9 @@ def compare(
     from neurodiag.compare.split import holdout_split
 
     with user_errors(debug):
+        refuse_overwriting_inputs(
+            {"--output": output, "--plot": plot}, model=model, data=data, weights=weights
+        )
         validate_plot(plot)
         if not activation:
             raise NeurodiagError("give at least one --activation, e.g. --activation bern9")

@@ -40,6 +40,7 @@ from neurodiag.cli.common import (
     emit,
     exit_with,
     interrupted_code,
+    refuse_overwriting_inputs,
     save_scan_plot,
     stopped_by,
     user_errors,
@@ -95,6 +96,9 @@ def scan(
     from neurodiag.scan import ScanInterrupted
 
     with user_errors(debug):
+        refuse_overwriting_inputs(
+            {"--output": output, "--plot": plot}, model=model, data=data, weights=weights
+        )
         validate_plot(plot)
         try:
             report = scan_from_options(

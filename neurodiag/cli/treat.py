@@ -12,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from neurodiag import atomic
 from neurodiag.cli.common import (
     METRICS_PANEL,
     OUTPUT_PANEL,
@@ -29,6 +30,8 @@ from neurodiag.cli.common import (
     WeightsOpt,
     app,
     is_rank_zero,
+    refuse_overwriting_inputs,
+    signals_deferred,
     user_errors,
     write_text,
 )
@@ -106,6 +109,13 @@ def treat(
         swap_spec = method.partition(":")[2] if method.startswith("swap:") else None
         if method != "redo" and not swap_spec:
             raise NeurodiagError(f"--method {method!r}: use redo or swap:SPEC (e.g. swap:bern9)")
+        swap_file = Path(f"{output}.swap.json") if swap_spec else None
+        refuse_overwriting_inputs(
+            {"--output": output, "--output's .swap.json": swap_file},
+            model=model,
+            data=data,
+            weights=weights,
+        )
         if not output.parent.is_dir():  # before minutes of scanning, not after
             raise NeurodiagError(f"--output {output}: the folder {output.parent} does not exist")
         loaded, source = load_model_and_data(
@@ -135,7 +145,8 @@ def treat(
         after = run_scan(result.model, batches, config, loss_fn=loss_fn, **names)
         change = output_change(loaded.model, result.model, batches)
         try:
-            torch.save(result.model.state_dict(), output)
+            with signals_deferred(), atomic.replacing(output) as handle:
+                torch.save(result.model.state_dict(), handle)
         except (OSError, RuntimeError) as exc:  # torch.save raises RuntimeError for some paths
             raise NeurodiagError(f"cannot write {output}: {exc}") from exc
         if not is_rank_zero():

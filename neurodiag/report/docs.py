@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+from neurodiag import atomic
 from neurodiag.stats.registry import STATISTICS, all_columns
 
 
@@ -56,4 +57,4 @@ def rewrite(text: str) -> str:
 
 if __name__ == "__main__":  # pragma: no cover - a maintainer's command
     for path in [Path(p) for p in sys.argv[1:]] or [Path("docs/metrics.md"), Path("docs/ci.md")]:
-        path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
+        atomic.write_text(path, rewrite(path.read_text(encoding="utf-8")))
