@@ -97,10 +97,11 @@ def scan(
     ``config`` (a ``ScanConfig``) or its fields as keywords (``eps``, ``tau``, ``dead_window``,
     ``gradients``, ``mode``, ``include``, ``exclude``, ``feature_dims``, ``max_batches``,
     ``seed``, ``timeout_s``) say how to measure; their defaults live in ``ScanConfig`` only.
-    Statistics are accumulated per neuron over all finite positions of all batches; see README
-    "Metrics". ``mode`` picks the model's train/eval behaviour during the scan (eval by default);
-    the model's own mode is restored afterwards. ``gradients=False`` runs the forward alone (no
-    autograd graph, no loss, no backward): the forward columns only, the gradient ones are NaN.
+    Statistics are accumulated per neuron over all finite positions of all batches; see
+    docs/metrics.md. ``mode`` picks the model's train/eval behaviour during the scan (eval by
+    default); the model's own mode is restored afterwards. ``gradients=False`` runs the forward
+    alone (no autograd graph, no loss, no backward): the forward columns only, the gradient ones
+    are NaN.
     """
     cfg = (config or ScanConfig()).with_options(**options)
     gradients, mode, seed = cfg.gradients, cfg.mode, cfg.seed
@@ -172,7 +173,7 @@ def scan(
         notes=tuple(state.notes) + (() if recorder.sites else ("no activation sites found",)),
     )
     report = build_report(sites, header)
-    hint = vanishing_gradient_hint(report)
+    hint = vanishing_gradient_hint(report, _has_batchnorm(model))
     if hint:
         report.header = replace(report.header, notes=(*report.header.notes, hint))
     if interrupted:
@@ -181,22 +182,32 @@ def scan(
 
 
 #: Below this MAG at every site, eval mode is the usual suspect (issue 12): an untrained
-#: BatchNorm net's running statistics (mean 0, variance 1) scale gradients down by orders.
+#: BatchNorm net's running statistics (mean 0, variance 1) scale gradients down by orders;
+#: without BatchNorm, a zero-initialised head (random-init ViT, MLP-Mixer) does.
 VANISHING_MAG = 1e-10
 
 
-def vanishing_gradient_hint(report: Report) -> str | None:
-    """A note when every site's MAG is below ``VANISHING_MAG`` in an eval-mode scan."""
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def vanishing_gradient_hint(report: Report, has_batchnorm: bool = True) -> str | None:
+    """A note when every site's MAG is below ``VANISHING_MAG`` in an eval-mode scan; the cause it
+    names depends on whether the model has BatchNorm (issue 26: ViT and Mixer have none, their
+    zero-initialised heads are the cause)."""
     if report.header.mode != "eval" or not report.rows:
         return None
     mags = [float(row["mag"]) for row in report.rows]
     if not all(math.isfinite(m) and m < VANISHING_MAG for m in mags):
         return None
-    return (
-        f"every site's MAG is below {VANISHING_MAG:g} in eval mode; if the model has BatchNorm "
-        "layers that were never trained, their running statistics shrink the gradients: "
-        "try --mode train (mode='train')"
+    cause = (
+        "possibly its BatchNorm layers' running statistics, if never trained, shrink the "
+        "gradients: try --mode train (mode='train')"
+        if has_batchnorm
+        else "the model has no BatchNorm; possibly a zero-initialised head or output layer "
+        "(random-init ViT, MLP-Mixer) passes no gradient back: load trained weights"
     )
+    return f"every site's MAG is below {VANISHING_MAG:g} in eval mode; {cause}"
 
 
 class _Progress:
@@ -298,12 +309,24 @@ def _step(
             raise
         except Exception as exc:  # a custom autograd Function's backward, an OOM...
             raise NeurodiagError(
-                f"the backward pass raised {type(exc).__name__}: {first_line(exc)}; check the "
-                "model's custom autograd functions, or scan with --forward-only"
+                f"the backward pass raised {type(exc).__name__}: {first_line(exc)}; "
+                f"{_backward_advice(model, exc)}"
             ) from exc
     elif "the loss does not depend on anything that requires grad" not in state.notes:
         state.notes.append("the loss does not depend on anything that requires grad")
     state.count(raw_batch)
+
+
+def _backward_advice(model: nn.Module, exc: BaseException) -> str:
+    """What to try after a failed backward. Some models update a state in place in eval mode
+    only (RWKV's recurrent state), which breaks the backward: train mode avoids that path."""
+    advice = "check the model's custom autograd functions, or scan with --forward-only"
+    if not model.training and "inplace operation" in str(exc):
+        return (
+            "in eval mode the model modified a tensor autograd still needed (an RWKV-style "
+            f"recurrent state): try --mode train (mode='train'); else {advice}"
+        )
+    return advice
 
 
 def _forward_step(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -112,6 +113,38 @@ class _Einsum(nn.Module):
         return F.gelu(torch.einsum("nchw,cd->nhwd", x, self.weight)).sum()
 
 
+class _WeightOnTheLeft(nn.Module):
+    """Mamba's ``softplus(dt_proj.weight @ x)`` with x of shape (B, R, L): the neurons are the
+    weight's D rows (dim 1 of the (B, D, L) output), not the sequence (dim 2)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(7, 3))
+        self.how = how
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "op":
+            h = self.w @ x
+        elif self.how == "matmul":
+            h = torch.matmul(self.w, x)
+        else:  # weight on the right: the last dim, as before
+            h = x.transpose(1, 2) @ self.w.T
+        return F.softplus(h).sum()
+
+
+@pytest.mark.parametrize("how", ["op", "matmul"])
+@pytest.mark.parametrize("length", [1, 5, 7])
+def test_a_matmul_with_the_weight_on_the_left_keeps_its_rows(how: str, length: int) -> None:
+    """Issue 26.5: the neuron dim follows the operand that carries the features."""
+    row = neurodiag.scan(_WeightOnTheLeft(how), [torch.randn(2, 3, length)]).rows[0]
+    assert (row["feature_dim"], row["neurons"]) == (1, 7)
+
+
+def test_a_matmul_with_the_weight_on_the_right_keeps_the_last_dim() -> None:
+    row = neurodiag.scan(_WeightOnTheLeft("right"), [torch.randn(2, 3, 5)]).rows[0]
+    assert (row["feature_dim"], row["neurons"]) == (2, 7)
+
+
 @pytest.mark.parametrize(("model", "site", "dim"), [(_OnInput(), "act", 1), (_Einsum(), None, 1)])
 def test_undetermined_dims_fall_back_to_the_shape_rule_with_a_note(
     model: nn.Module, site: str | None, dim: int
@@ -174,6 +207,26 @@ class _HardSigmoidSE(nn.Module):
 def test_a_broadcast_product_makes_any_activation_a_gate() -> None:
     report = neurodiag.scan(_HardSigmoidSE(), [torch.randn(2, 3, 5, 5)])
     assert [(row["activation"], row["role"]) for row in report.rows] == [("relu6", "gate")]
+
+
+class _Mamba2Dt(nn.Module):
+    """Mamba2's step size: ``x * softplus(dt)[..., None]`` scales (B, L, H, P) states per head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dt_proj = nn.Linear(4, 3)
+        self.x_proj = nn.Linear(4, 3 * 5)
+
+    def forward(self, u: Tensor) -> Tensor:
+        dt = F.softplus(self.dt_proj(u))  # (B, L, H)
+        x = self.x_proj(u).unflatten(-1, (3, 5))  # (B, L, H, P)
+        return (x * dt[..., None]).sum() + (x * dt.unsqueeze(-1)[:, :, :]).sum()
+
+
+def test_a_gate_through_none_indexing_stays_a_gate() -> None:
+    """Issue 26.5: indexing with None (an unsqueeze) keeps the gate rule."""
+    rows = neurodiag.scan(_Mamba2Dt(), [torch.randn(2, 6, 4)]).rows
+    assert [(r["activation"], r["role"], r["neurons"]) for r in rows] == [("softplus", "gate", 3)]
 
 
 class _LSTMCellOutput(nn.Module):
@@ -271,6 +324,45 @@ def test_one_canonical_name_per_function(act: nn.Module, name: str, cls: str) ->
     model = nn.Sequential(nn.Linear(4, 32), act)
     row = neurodiag.scan(model, [torch.randn(16, 4)]).rows[0]
     assert (row["activation"], row["class"]) == (name, cls)
+
+
+class Sigmoid(nn.Module):
+    """timm-like: a class named ``Sigmoid`` that is not ``nn.Sigmoid``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sigmoid()
+
+
+def _hf_activation(name: str) -> nn.Module:
+    activations = pytest.importorskip("transformers.activations")
+    module: nn.Module = getattr(activations, name)()
+    return module
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: _hf_activation("GELUActivation"), "gelu"),
+        (lambda: _hf_activation("SiLUActivation"), "silu"),
+        (lambda: _hf_activation("NewGELUActivation"), "gelu_tanh"),
+        (Sigmoid, "sigmoid"),
+        (_ClampReLU, "relu"),
+    ],
+)
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 100.0])
+def test_unknown_module_labels_never_depend_on_the_data(
+    make: Callable[[], nn.Module], name: str, scale: float
+) -> None:
+    """Issue 26.5: GELUActivation fed |z| ~ 1e-4 (gelu ≈ x/2 there) kept its class name; one
+    report read both ``Sigmoid`` and ``sigmoid``. The label is a function of the module only."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), make())
+    with torch.no_grad():
+        model[0].weight.mul_(scale)
+        model[0].bias.mul_(scale)
+    row = neurodiag.scan(model, [torch.randn(16, 4)]).rows[0]
+    assert row["activation"] == name
+    assert row["class"] == type(model[1]).__name__
 
 
 def test_functional_calls_are_named_like_modules() -> None:

@@ -128,6 +128,59 @@ def test_efficientnet_squeeze_excite_sigmoids_are_gates() -> None:
     assert all(row["activation"] == "sigmoid" for row in report.rows if row["site"] in gates)
 
 
+@pytest.mark.parametrize("length", [3, 7])
+def test_mamba_dt_softplus_counts_the_dt_proj_rows(length: int) -> None:
+    """Issue 26.5: ``dt_proj.weight @ x`` puts the weight on the left: intermediate_size
+    neurons on dim 1 at any sequence length (was: the sequence length, dim 2)."""
+    model = build("mamba")
+    ids = torch.randint(0, 50, (2, length), generator=torch.Generator().manual_seed(0))
+    report = neurodiag.scan(model, [{"input_ids": ids}])
+    row = report.row("layers.0.mixer:softplus#0")
+    intermediate = model.config.intermediate_size
+    assert (row["neurons"], row["feature_dim"]) == (intermediate, 1)
+    assert all(r["neurons"] == intermediate for r in report.rows)
+
+
+def test_mamba2_dt_softplus_is_a_gate_per_head() -> None:
+    """Issue 26.5: ``x * softplus(dt)[..., None]``: indexing with None keeps the gate rule."""
+    model = build("mamba2")
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(0))
+    row = neurodiag.scan(model, [{"input_ids": ids}]).row("layers.0.mixer:softplus#0")
+    assert (row["role"], row["neurons"]) == ("gate", model.config.num_heads)
+
+
+@pytest.mark.parametrize("name", ["mixtral", "mixtral_eager"])
+def test_mixtral_expert_sites_say_the_experts_are_merged(name: str) -> None:
+    """Issue 26.5 (partial): experts × units is not measured yet; the report says so."""
+    model = build(name)
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(0))
+    report = neurodiag.scan(model, [{"input_ids": ids}])
+    expert_sites = [s for s in report.sites if ".experts." in s]
+    assert expert_sites
+    (note,) = [n for n in report.header.notes if "mixture-of-experts" in n]
+    assert f"{len(expert_sites)} mixture-of-experts site(s)" in note
+    assert all(site in note for site in expert_sites[:6])
+
+
+def test_per_expert_modules_are_not_called_merged() -> None:
+    experts = nn.ModuleList(nn.Sequential(nn.Linear(4, 8), nn.SiLU()) for _ in range(2))
+    model = nn.Module()
+    model.experts = experts
+    model.forward = lambda x: experts[0](x) + experts[1](x)  # type: ignore[method-assign]
+    report = neurodiag.scan(model, [torch.randn(3, 4)])
+    assert report.sites == ["experts.0.1", "experts.1.1"]
+    assert not any("mixture-of-experts" in n for n in report.header.notes)
+
+
+def test_rwkv_eval_mode_error_suggests_train_mode() -> None:
+    """Issue 26.6: RWKV's eval-mode backward fails on its in-place state; train mode works."""
+    model = build("rwkv")
+    batches = [{"input_ids": torch.randint(0, 50, (2, 5), generator=torch.Generator())}]
+    with pytest.raises(neurodiag.NeurodiagError, match="--mode train"):
+        neurodiag.scan(model, batches)
+    assert neurodiag.scan(model, batches, mode="train").rows
+
+
 MODEL_FILE = """
 from tests.fixtures.hf_models import build
 

@@ -321,21 +321,57 @@ def test_compiled_model_is_scanned_through_its_eager_module() -> None:
 
 
 def test_vanishing_gradients_in_eval_mode_suggest_train_mode() -> None:
-    """Issue 12: MAG below 1e-10 at every site in eval mode gets a hint towards --mode train."""
+    """Issue 12: MAG below 1e-10 at every site in eval mode gets a hint towards --mode train
+    when the model has BatchNorm (whose running statistics are the suspect)."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     with torch.no_grad():
-        model[2].weight.mul_(1e-12)  # the gradient reaching the ReLU is ~1e-13
+        model[3].weight.mul_(1e-12)  # the gradient reaching the ReLU is ~1e-13
     batches = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
     eval_report = neurodiag.scan(model, batches)
-    assert eval_report.row("1")["mag"] < 1e-10
-    assert any("--mode train" in note for note in eval_report.header.notes)
+    assert eval_report.row("2")["mag"] < 1e-10
+    assert any("BatchNorm" in n and "--mode train" in n for n in eval_report.header.notes)
     assert not any(
         "--mode train" in n for n in neurodiag.scan(model, batches, mode="train").header.notes
     )
     with torch.no_grad():
-        model[2].weight.mul_(1e12)
+        model[3].weight.mul_(1e12)
     assert not any("--mode train" in note for note in neurodiag.scan(model, batches).header.notes)
+
+
+def test_vanishing_gradients_without_batchnorm_do_not_blame_it() -> None:
+    """Issue 26.6: ViT/Mixer have no BatchNorm; their zero-initialised head is the cause."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.zero_()
+    batches = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    (note,) = [n for n in neurodiag.scan(model, batches).header.notes if "MAG" in n]
+    assert "no BatchNorm" in note and "zero-initialised head" in note
+    assert "--mode train" not in note
+
+
+class _EvalModeState(nn.Module):
+    """Like RWKV in eval mode: a state updated in place that autograd still needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc(x))
+        state = h.exp()  # exp saves its output for the backward
+        if not self.training:
+            state.add_(1.0)  # the recurrent state's in-place update
+        return state.sum()
+
+
+def test_inplace_backward_error_in_eval_mode_suggests_train_mode() -> None:
+    """Issue 26.6: RWKV scans in train mode; the eval-mode error says so."""
+    batches = [torch.randn(3, 4)]
+    with pytest.raises(NeurodiagError, match=r"--mode train \(mode='train'\)"):
+        neurodiag.scan(_EvalModeState(), batches)
+    assert neurodiag.scan(_EvalModeState(), batches, mode="train").sites == ["<root>:relu#0"]
 
 
 def test_scan_of_bernstein_with_compiled_kernels_equals_the_eager_scan(

@@ -37,6 +37,35 @@ def test_normalized_scores_ignore_neurons_without_a_finite_mean() -> None:
     assert math.isnan(scores[2])
 
 
+@pytest.mark.parametrize("scale", [1e-40, 1e-44, 3e-45])
+def test_dormant_scores_of_denormal_activations_match_float64(scale: float) -> None:
+    """Issue 26.5: float32 denormal |a| and |g| (random-init MobileViT, EfficientNet) read 100 %.
+
+    The float32 values are the data; the float64 brute force on the same values is the truth,
+    per neuron (a score whose mean is 1 cannot put every neuron at or under τ).
+    """
+    g = torch.Generator().manual_seed(0)
+    neuron_scale = torch.tensor([1.0, 1.0, 2.0, 4.0, 0.01, 0.01, 3.0, 1.0])
+    x64 = torch.rand(512, 8, generator=g, dtype=torch.float64) * neuron_scale * scale
+    x = x64.to(torch.float32)  # denormal float32: most entries are a handful of ulps
+    assert 0 < float(x.abs().max()) < torch.finfo(torch.float32).tiny
+    config = ScanConfig(tau=0.1)
+    stats = SiteStats(8, x.device, torch.float32, config)
+    stats.observe_forward(x, x.relu(), derivatives.relu, (0,))
+    stats.observe_grad(x, (0,))
+    (summary,) = summarize_sites([stats], [None])
+    truth = x.to(torch.float64).abs().mean(0)
+    expected = truth / truth.mean()
+    for name in ("dormant_score", "grad_score"):
+        torch.testing.assert_close(
+            summary.neurons[name].to(torch.float64), expected, rtol=1e-6, atol=0, msg=name
+        )
+    pct = 100.0 * float((expected <= 0.1).double().mean())
+    assert summary.row["dormant_pct"] == pytest.approx(pct)
+    assert summary.row["grad_dormant_pct"] == pytest.approx(pct)
+    assert pct < 100.0
+
+
 def test_reduction_dims() -> None:
     assert reduction_dims(2, 1) == (0,)
     assert reduction_dims(4, 1) == (0, 2, 3)

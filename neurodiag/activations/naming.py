@@ -5,12 +5,12 @@
 holds this canonical name; ``class`` holds what computed it (the module class, or ``F.gelu``,
 ``torch.sigmoid``, ``Tensor.relu_`` for calls).
 
-Activation modules the registry does not know are named by what they compute: at a site's first
-call their output is compared with each function of ``REFERENCE_FUNCTIONS``, in order, on a
-sample of the pre-activations; the first one that reproduces it within the dtype's tolerance names
-the site (relu before relu6: on data below 6 they are the same function), otherwise the class
-name does. The sample must hold both signs (beyond ±0.1, 16 values each), or the many functions
-that agree on one side (relu, elu, leaky_relu for z > 0) could not be told apart.
+Activation modules the registry does not know are named by what they compute, never by the data
+they happen to see (issue 26: a Hugging Face ``GELUActivation`` fed pre-activations of size 1e-4
+kept its class name, as gelu and x/2 agree there): at a site's first call the module is run on a
+fixed grid of inputs (``PROBE_GRID``, both signs, beyond ±6, in the site's dtype and device) and
+its output is compared with each function of ``REFERENCE_FUNCTIONS``, in order; the first one
+that reproduces it within the dtype's tolerance names the site, otherwise the class name does.
 """
 
 from __future__ import annotations
@@ -61,6 +61,37 @@ def _tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return 1e-5, 1e-6
 
 
+#: The inputs every unknown activation module is probed on: -8 to 8 in steps of 1/64, so relu and
+#: relu6, or gelu and its tanh form, always differ somewhere (the references run on the same,
+#: dtype-rounded, grid).
+PROBE_POINTS = 1025
+PROBE_RANGE = 8.0
+
+
+def probe_input(like: Tensor) -> Tensor:
+    """The fixed probe grid, in ``like``'s dtype and device, in ``like``'s shape when it has room
+    (per-channel modules broadcast over it), else flat."""
+    grid = torch.linspace(-PROBE_RANGE, PROBE_RANGE, PROBE_POINTS, dtype=torch.float64)
+    grid = grid.to(device=like.device, dtype=like.dtype)
+    if like.numel() < PROBE_POINTS:
+        return grid
+    return grid.repeat(-(-like.numel() // PROBE_POINTS))[: like.numel()].reshape(like.shape)
+
+
+def identify_module(run: Callable[[Tensor], Tensor], like: Tensor) -> str | None:
+    """The canonical name of the elementwise function ``run`` computes, probed on the fixed grid
+    (``probe_input(like)``); None when no reference function matches or ``run`` refuses it."""
+    z = probe_input(like)
+    try:
+        with torch.no_grad():
+            a = run(z.clone())  # a copy: the module may work in place
+    except Exception:  # a module that needs its own shapes: no name by probe
+        return None
+    if not isinstance(a, Tensor) or a.shape != z.shape:
+        return None
+    return identify(z, a)
+
+
 def identify(z: Tensor | None, a: Tensor) -> str | None:
     """The canonical name of the function that maps ``z`` to ``a``, if one does (see above)."""
     if z is None or z.shape != a.shape or not z.is_floating_point():
@@ -96,4 +127,4 @@ def function_label(func: Any) -> str:
     return name
 
 
-__all__ = ["REFERENCE_FUNCTIONS", "function_label", "identify"]
+__all__ = ["REFERENCE_FUNCTIONS", "function_label", "identify", "identify_module", "probe_input"]

@@ -28,7 +28,8 @@ def build_report(sites: dict[SiteKey, Site], header: ScanHeader) -> Report:
         }
         rows.append({**identity, **summary.row})
         neurons[name] = SiteNeurons(**summary.neurons)
-    notes = axis_notes([(names[key], site) for key, site in sites.items()])
+    named = [(names[key], site) for key, site in sites.items()]
+    notes = axis_notes(named) + moe_notes(named)
     if notes:
         header = replace(header, notes=(*header.notes, *notes))
     return Report(header=header, rows=rows, neurons=neurons)
@@ -53,3 +54,31 @@ def axis_notes(sites: list[tuple[str, Site]]) -> list[str]:
                 f"neuron dim of {name}: {site.axis_note}; if wrong, set --feature-dim '{name}=DIM'"
             )
     return notes
+
+
+def _merges_experts(site: Site) -> bool:
+    """Measured in an ``experts`` module shared by every expert (Hugging Face's fused or eager
+    ``MixtralExperts``), not in one expert's own module (``experts.3.act_fn``)."""
+    parts = site.key.module.split(".") if site.key.module else []
+    return any(
+        part == "experts" and not (i + 1 < len(parts) and parts[i + 1].isdigit())
+        for i, part in enumerate(parts)
+    )
+
+
+def moe_notes(sites: list[tuple[str, Site]]) -> list[str]:
+    """Mixture-of-experts sites whose neurons merge the experts (issue 26, not yet split).
+
+    One activation serves every expert there: the site's neurons are the intermediate units of
+    all experts together (a unit dead in one expert is alive if another expert's is), and with
+    eager experts call #k is the k-th expert hit in that forward, not expert k.
+    """
+    merged = [name for name, site in sites if _merges_experts(site)]
+    if not merged:
+        return []
+    shown = ", ".join(merged[:_NAMES_SHOWN]) + (" ..." if len(merged) > _NAMES_SHOWN else "")
+    return [
+        f"{len(merged)} mixture-of-experts site(s) merge the experts: each neuron is one "
+        "intermediate unit of all experts together (a unit dead in one expert only is not dead "
+        f"here), and call #k is the k-th expert run, not expert k: {shown}"
+    ]

@@ -6,8 +6,9 @@ channel-first ``(N, C, T)`` conv output. So during the discovery forward (the fi
 recorder's torch function mode shows every torch call to an ``AxisTracker``, which tags each
 output tensor with its feature dim:
 
-- **producers define it**: ``linear``, ``matmul``/``mm``/``bmm``, ``embedding`` → the last dim;
-  ``conv*``, ``batch_norm``, ``group_norm``, ``instance_norm`` → dim 1;
+- **producers define it**: ``linear``, ``matmul``/``mm``/``bmm``, ``embedding`` → the last dim,
+  except a matrix product with a parameter on the left (``W @ x``, Mamba's ``dt_proj``) → dim -2,
+  the weight's rows; ``conv*``, ``batch_norm``, ``group_norm``, ``instance_norm`` → dim 1;
 - **layout ops move it**: ``permute``, ``transpose``/``swapaxes``, ``movedim``, ``t``, ``.mT``;
   ``view``, ``reshape``, ``flatten``, ``squeeze``/``unsqueeze``, ``expand`` follow the dim by its
   size and the product of the sizes after it (or, failing that, before it), and drop it when it is
@@ -23,7 +24,8 @@ cannot see, a site first reached after discovery) falls back to ``auto_feature_d
 
 The tracker also remembers which tensors are site outputs (through layout ops), so that a site
 whose output **gates** another tensor is recognised: multiplied into a tensor it broadcasts over
-(squeeze-and-excitation), or a sigmoid/hard-sigmoid multiplied into another tensor (LSTM-style).
+(squeeze-and-excitation; Mamba2's ``x * softplus(dt)[..., None]``: indexing that only adds dims
+keeps the values), or a sigmoid/hard-sigmoid multiplied into another tensor (LSTM-style).
 """
 
 from __future__ import annotations
@@ -200,6 +202,41 @@ def _moved(dim: int, source: Any, destination: Any, ndim: int) -> int:
     return perm.index(dim)
 
 
+#: Matrix products: where their (left, right) operands sit in ``args``.
+_MATMUL_OPERANDS: dict[Any, tuple[int, int]] = {
+    torch.matmul: (0, 1),
+    T.matmul: (0, 1),
+    T.__matmul__: (0, 1),
+    T.__rmatmul__: (1, 0),  # ``other @ self`` dispatched to self
+    torch.mm: (0, 1),
+    T.mm: (0, 1),
+    torch.bmm: (0, 1),
+    T.bmm: (0, 1),
+    torch.addmm: (1, 2),
+    torch.baddbmm: (1, 2),
+}
+
+
+def _weight_on_the_left(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """``W @ x`` with a parameter W (Mamba's ``dt_proj.weight @ x``, x of shape (B, D, L)):
+    the features are W's rows, the output's dim -2, not its last dim (the sequence)."""
+    operands = _MATMUL_OPERANDS.get(func)
+    if operands is None:
+        return False
+    names = {0: "input", 1: "other"} if operands == (0, 1) else {1: "mat1", 2: "mat2", 0: ""}
+    left = _int_arg(args, kwargs, operands[0], names[operands[0]])
+    right = _int_arg(args, kwargs, operands[1], names[operands[1]])
+    return isinstance(left, torch.nn.Parameter) and not isinstance(right, torch.nn.Parameter)
+
+
+def _only_new_axes(index: Any) -> bool:
+    """An index that keeps every value and only adds dims: ``None``, ``...``, ``:`` entries."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(
+        i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in items
+    )
+
+
 def _tensors(value: Any) -> Iterator[Tensor]:
     """Tensors of an argument or output, one level into lists/tuples (torch.cat, chunk)."""
     if isinstance(value, Tensor):
@@ -265,6 +302,8 @@ class AxisTracker:
             return None
         name = LAST_DIM_PRODUCERS.get(func)
         if name is not None:
+            if ndim >= 2 and _weight_on_the_left(func, args, kwargs):
+                return Axis(ndim - 2, name)
             return Axis(ndim - 1, name)
         name = CHANNEL_PRODUCERS.get(func)
         if name is not None:
@@ -344,6 +383,8 @@ class AxisTracker:
         scalars only (timm's ``F.relu6(x + 3) / 6`` hard sigmoid divides the site's output)."""
         if func in _SAME_VALUES:
             return True
+        if func is T.__getitem__:  # ``dt[..., None]`` (Mamba2): an unsqueeze, every value kept
+            return _only_new_axes(args[1] if len(args) > 1 else None)
         first: Tensor = args[0]
         if len(outputs) != 1 or outputs[0].shape != first.shape:
             return False

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from neurodiag.activations.naming import function_label, identify
+from neurodiag.activations.naming import function_label, identify_module
 from neurodiag.activations.registry import (
     REGISTRY,
     ActivationKind,
@@ -435,7 +435,7 @@ class SiteRecorder:
         step = False
         if kind is None:
             derivative = _autograd_derivative(module, self)
-            activation = self._unknown_names.get(module) or self._name_unknown(module, pre, output)
+            activation = self._unknown_names.get(module) or self._name_unknown(module, output)
         else:
             params = kind.module_params(module)
             activation = kind.name_for(params)
@@ -476,9 +476,23 @@ class SiteRecorder:
         self._unknown_in_place_modules.add(module)
         return True
 
-    def _name_unknown(self, module: nn.Module, z: Tensor | None, a: Tensor) -> str:
-        """The canonical name of what an unregistered module computes, else its class name."""
-        name = self._unknown_names[module] = identify(z, a) or type(module).__name__
+    def _name_unknown(self, module: nn.Module, a: Tensor) -> str:
+        """The canonical name of what an unregistered module computes, else its class name.
+
+        A function of the module alone: its forward on a fixed probe grid (``identify_module``),
+        never the site's data, on which many functions agree (gelu and x/2 near 0).
+        """
+
+        def run(z: Tensor) -> Tensor:
+            self.module_site_depth += 1  # the probe's own torch calls are no functional sites
+            try:
+                with torch._C.DisableTorchFunction():
+                    out: Tensor = module.forward(z)
+            finally:
+                self.module_site_depth -= 1
+            return out
+
+        name = self._unknown_names[module] = identify_module(run, a) or type(module).__name__
         return name
 
     def _mark_gate(self, site: Site) -> None:

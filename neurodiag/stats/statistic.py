@@ -140,9 +140,15 @@ class Statistic:
 
 
 def finite_mean(total: Array, count: Array) -> Array:
-    """Per-neuron mean over finite positions; NaN where a neuron had none."""
+    """Per-neuron mean over finite positions, in float64; NaN where a neuron had none.
+
+    float64 because float32 sums of denormal activations (~1e-40, random-init MobileViT or
+    EfficientNet) lose their last digits when divided in float32, or underflow to zero.
+    """
     with np.errstate(all="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(total.dtype)
+        return np.where(count > 0, total.astype(np.float64) / np.maximum(count, 1), np.nan).astype(
+            np.float64
+        )
 
 
 def percent_of(mask: Array, measured: Array) -> float:
@@ -155,8 +161,11 @@ def normalized_scores(mean_abs: Array) -> Array:
     """Sokar et al. (2023): s_i = E|x_i| / mean_k E|x_k| over the neurons with a finite mean.
 
     A neuron without a finite mean has score NaN (never dormant). If every measured neuron is
-    exactly zero the scores are all zero (every neuron is dormant), not NaN.
+    exactly zero the scores are all zero (every neuron is dormant), not NaN. Computed in float64:
+    in float32 a mean of denormal magnitude (~1e-40) divides to garbage or to zero, and a score
+    whose mean is 1 then reads 100 % dormant.
     """
+    mean_abs = np.asarray(mean_abs, dtype=np.float64)
     finite = np.isfinite(mean_abs)
     count = int(np.count_nonzero(finite))
     total = mean_abs.sum(where=finite, dtype=mean_abs.dtype)
