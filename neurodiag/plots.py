@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neurodiag import atomic
+from neurodiag.atomic import replacing
 from neurodiag.compare.render import COMPARE_FIGURES
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.model import Report
@@ -439,7 +439,7 @@ def _save(figure: Figure, path: str | Path) -> Path:
     check_plot_path(target)
     FigureCanvasAgg(figure)
     try:
-        with atomic.replacing(target) as handle:
+        with replacing(target) as handle:
             figure.savefig(handle, format=target.suffix.lower().lstrip("."), dpi=120)
     except OSError as exc:
         raise NeurodiagError(f"cannot write the plot to {target}: {exc.strerror or exc}") from exc

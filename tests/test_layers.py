@@ -13,7 +13,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "neurodiag"
 
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(("errors", "config", "batch", "model_state", "grad_targets", "loss"), 0),
+    **dict.fromkeys(
+        ("errors", "config", "batch", "model_state", "grad_targets", "loss", "atomic"), 0
+    ),
     **dict.fromkeys(("activations", "loading"), 1),
     "sites": 2,
     "stats": 3,

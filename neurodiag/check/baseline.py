@@ -37,7 +37,7 @@ from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
-from neurodiag import atomic
+from neurodiag.atomic import write_text as write_atomically
 from neurodiag.check.evaluation import BaselineSummary, CheckResult, SiteCheck, Status, Violation
 from neurodiag.check.text import fmt_value
 from neurodiag.errors import NeurodiagError
@@ -66,7 +66,7 @@ def save_baseline(report: Report, path: str | Path) -> None:
         doc.pop(key, None)
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     try:
-        atomic.write_text(path, text)  # an old baseline stays whole if this fails
+        write_atomically(path, text)  # an old baseline stays whole if this fails
     except OSError as exc:
         raise NeurodiagError(
             f"cannot write baseline '{path}': {exc.strerror or exc}; choose a writable path"
@@ -82,6 +82,10 @@ def load_baseline(path: str | Path) -> Report:
         doc = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NeurodiagError(f"cannot read baseline '{path}': {exc}; {_HINT}") from None
+    except RecursionError:
+        raise NeurodiagError(
+            f"baseline '{path}' is nested too deeply to be a scan report; {_HINT}"
+        ) from None
     return report_from_json(doc, str(path))
 
 
@@ -97,6 +101,7 @@ def report_from_json(doc: Any, name: str = "baseline") -> Report:
         )
     header_fields = {f.name for f in fields(ScanHeader)}
     values = {key: value for key, value in doc.items() if key in header_fields}
+    _check_header_types(values, name)
     values["notes"] = tuple(values.get("notes") or ())
     values["wall_time_s"] = float(values.get("wall_time_s") or 0.0)
     required = [
@@ -115,8 +120,61 @@ def report_from_json(doc: Any, name: str = "baseline") -> Report:
     for index, site in enumerate(doc["sites"]):
         if not isinstance(site, dict) or not isinstance(site.get("site"), str):
             raise NeurodiagError(f"{name}: sites[{index}] is not a site row; {_HINT}")
+        _check_row_types(site, f"{name}: sites[{index}]")
         rows.append({column: site.get(column) for column in COLUMNS})
     return Report(header=header, rows=rows)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: What each kind of header field must hold in a baseline (None is always allowed).
+_HEADER_KINDS: dict[str, tuple[str, Any]] = {
+    "samples": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "batches": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "seed": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "wall_time_s": ("a number", _is_number),
+    "eps": ("a number", _is_number),
+    "tau": ("a number", _is_number),
+    "partial": ("true or false", lambda v: isinstance(v, bool)),
+    "flag_gates": ("true or false", lambda v: isinstance(v, bool)),
+    "notes": (
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+    ),
+}
+
+
+def _check_header_types(values: dict[str, Any], name: str) -> None:
+    """A hand-edited baseline (``notes: 5``, ``eps: "x"``) is one line naming the key."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        what, ok = _HEADER_KINDS.get(key, ("a string", lambda v: isinstance(v, str)))
+        if not ok(value):
+            raise NeurodiagError(
+                f"{name}: header key '{key}' is {json.dumps(value)[:40]}, expected {what}; "
+                f"fix the file or {_HINT}"
+            )
+
+
+def _check_row_types(site: dict[str, Any], where: str) -> None:
+    """Numeric columns hold numbers (or null), flag columns true/false: ``dead_pct: "abc"`` or
+    ``[1]`` is one line naming the key, not a traceback in the comparison."""
+    for column in COLUMN_SPECS:
+        value = site.get(column.name)
+        if value is None or column.dtype == "object":
+            continue
+        if column.unit == "flag":
+            ok, what = isinstance(value, bool), "true, false or null"
+        else:
+            ok, what = _is_number(value), "a number or null"
+        if not ok:
+            raise NeurodiagError(
+                f"{where} ('{site['site']}') key '{column.name}' is {json.dumps(value)[:40]}, "
+                f"expected {what}; fix the file or {_HINT}"
+            )
 
 
 def _check_comparable(current: ScanHeader, baseline: ScanHeader, name: str) -> None:

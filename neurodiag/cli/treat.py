@@ -12,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from neurodiag import atomic
+from neurodiag.atomic import replacing
 from neurodiag.cli.common import (
     METRICS_PANEL,
     OUTPUT_PANEL,
@@ -29,9 +29,13 @@ from neurodiag.cli.common import (
     TauOpt,
     WeightsOpt,
     app,
+    exit_with,
+    in_range,
+    interrupted_code,
     is_rank_zero,
     refuse_overwriting_inputs,
     signals_deferred,
+    stopped_by,
     user_errors,
     write_text,
 )
@@ -79,7 +83,7 @@ def treat(
         float | None,
         typer.Option(
             "--dormant-tau",
-            min=0.0,
+            callback=in_range(),
             rich_help_panel=METRICS_PANEL,
             metavar="TAU",
             help="Also recycle τ-dormant units (normalised score ≤ TAU), as ReDo does.",
@@ -102,6 +106,7 @@ def treat(
 
     from neurodiag.cli.runner import load_model_and_data
     from neurodiag.config import ScanConfig
+    from neurodiag.scan import ScanInterrupted
     from neurodiag.scan import scan as run_scan
     from neurodiag.treat import before_after, output_change, recycle, swap_failing
 
@@ -135,17 +140,31 @@ def treat(
         config = ScanConfig(eps=eps, tau=tau, seed=seed if seed is not None else 0)
         names = {"model_name": loaded.name, "data_name": source.description}
         loss_fn = loaded.hook("loss_fn")
-        before = run_scan(loaded.model, batches, config, loss_fn=loss_fn, **names)
+        try:
+            before = run_scan(loaded.model, batches, config, loss_fn=loss_fn, **names)
+        except ScanInterrupted as stop:
+            raise exit_with(
+                f"{stopped_by(stop.terminated)} during the scan before treating; "
+                f"{output} was not written",
+                interrupted_code(stop.terminated),
+            ) from None
         if swap_spec:
             result = swap_failing(loaded.model, before, swap_spec, batches[0])
             rebuild = {"spec": swap_spec, "sites": [t.site for t in result.treated]}
             write_text(Path(f"{output}.swap.json"), json.dumps(rebuild, indent=2) + "\n")
         else:
             result = recycle(loaded.model, before, batches[0], tau=dormant_tau)
-        after = run_scan(result.model, batches, config, loss_fn=loss_fn, **names)
+        try:
+            after = run_scan(result.model, batches, config, loss_fn=loss_fn, **names)
+        except ScanInterrupted as stop:
+            raise exit_with(
+                f"{stopped_by(stop.terminated)} during the scan after treating; "
+                f"{output} was not written",
+                interrupted_code(stop.terminated),
+            ) from None
         change = output_change(loaded.model, result.model, batches)
         try:
-            with signals_deferred(), atomic.replacing(output) as handle:
+            with signals_deferred(), replacing(output) as handle:
                 torch.save(result.model.state_dict(), handle)
         except (OSError, RuntimeError) as exc:  # torch.save raises RuntimeError for some paths
             raise NeurodiagError(f"cannot write {output}: {exc}") from exc

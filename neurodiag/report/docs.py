@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from neurodiag import atomic
+from neurodiag.atomic import write_text as write_atomically
 from neurodiag.stats.registry import STATISTICS, all_columns
 
 
@@ -57,4 +57,4 @@ def rewrite(text: str) -> str:
 
 if __name__ == "__main__":  # pragma: no cover - a maintainer's command
     for path in [Path(p) for p in sys.argv[1:]] or [Path("docs/metrics.md"), Path("docs/ci.md")]:
-        atomic.write_text(path, rewrite(path.read_text(encoding="utf-8")))
+        write_atomically(path, rewrite(path.read_text(encoding="utf-8")))
