@@ -120,6 +120,7 @@ class LossResolver:
 
     def _cross_entropy(self, out: Tensor, targets: Tensor) -> Tensor:
         self.name = "cross_entropy"
+        _check_class_range(out, targets)
         if out.dim() >= 2 and targets.shape == out.shape[:1] + out.shape[2:]:
             return F.cross_entropy(out, targets)
         if out.dim() >= 2 and targets.shape == out.shape[:-1]:
@@ -127,4 +128,25 @@ class LossResolver:
         raise NeurodiagError(
             f"integer targets of shape {tuple(targets.shape)} do not match output shape "
             f"{tuple(out.shape)} for cross-entropy; define loss_fn(output, batch) in the model file"
+        )
+
+
+IGNORE_INDEX = -100  # F.cross_entropy's default: such targets are left out of the loss
+
+
+def _check_class_range(out: Tensor, targets: Tensor) -> None:
+    """Class labels must lie in 0..C-1 (or be -100, ignored): out-of-range labels are one line
+    naming the range found and the model's number of outputs (a common case: labels 1..C)."""
+    if out.dim() < 2 or targets.numel() == 0:
+        return
+    classes = out.shape[1] if targets.shape == out.shape[:1] + out.shape[2:] else out.shape[-1]
+    kept = targets[targets != IGNORE_INDEX]
+    if kept.numel() == 0:
+        return
+    low, high = int(kept.min()), int(kept.max())
+    if low < 0 or high >= classes:
+        hint = "; shift them to start at 0" if low >= 1 and high == classes else ""
+        raise NeurodiagError(
+            f"class labels range over {low}..{high} but the model has {classes} outputs "
+            f"(labels must be 0..{classes - 1}, or {IGNORE_INDEX} to ignore){hint}"
         )

@@ -149,11 +149,25 @@ def scan(
                 interrupted = True
                 terminated = isinstance(stop, Terminated)
     sites = recorder.sites
+    state.finish()
     if world > 1:
-        sites = all_reduce_sites(sites, cfg, device)
-        state.reduce(device)
+        try:
+            sites = all_reduce_sites(sites, cfg, device)
+            state.reduce(device)
+        except RuntimeError as exc:  # gloo/nccl: a peer rank failed and left the group
+            raise NeurodiagError(
+                f"merging the statistics of the {world} ranks failed ({first_line(exc)}); "
+                "another rank stopped: see its error"
+            ) from exc
     if state.batches == 0 and not interrupted:
         raise NeurodiagError("the data yielded no batches; check --data (is the dataset empty?)")
+    if state.samples == 0 and not interrupted:
+        raise NeurodiagError(
+            f"the data gave {state.batches} batch(es) but no samples (every batch has 0 rows); "
+            "check --data"
+        )
+    if state.nonfinite_losses:
+        state.notes.append(nonfinite_loss_note(state.nonfinite_losses, state.batches))
     header = ScanHeader(
         model=model_name or type(model).__name__,
         data=data_name or type(data).__name__,
@@ -210,21 +224,47 @@ def vanishing_gradient_hint(report: Report, has_batchnorm: bool = True) -> str |
     return f"every site's MAG is below {VANISHING_MAG:g} in eval mode; {cause}"
 
 
+#: Starts the report note of a scan whose loss was NaN or infinite (``check`` refuses it).
+NONFINITE_LOSS = "the loss was NaN or infinite"
+
+
+def nonfinite_loss_note(bad: int, batches: int) -> str:
+    return (
+        f"{NONFINITE_LOSS} on {bad} of {batches} batch(es), so the gradient columns mean "
+        "nothing (every target ignored, e.g. all labels -100? or a diverged model); check the "
+        "targets and the loss"
+    )
+
+
 class _Progress:
     def __init__(self) -> None:
         self.batches = 0
         self.samples = 0
+        self.nonfinite_losses = 0
+        self._bad_loss: Tensor | None = None  # on the device: no sync per batch
         self.notes: list[str] = []
 
     def count(self, raw_batch: Any) -> None:
         self.batches += 1
         self.samples += batch_size_of(raw_batch)
 
+    def check_loss(self, loss: Tensor) -> None:
+        bad = (~torch.isfinite(loss.detach())).to(torch.int64)
+        self._bad_loss = bad if self._bad_loss is None else self._bad_loss + bad
+
+    def finish(self) -> None:
+        """Read the non-finite loss count back (one sync, at the end)."""
+        if self._bad_loss is not None:
+            self.nonfinite_losses = int(self._bad_loss)
+            self._bad_loss = None
+
     def reduce(self, device: torch.device) -> None:
         """Sum the counts over ranks (notes and the loss name are rank 0's)."""
-        counts = torch.tensor([self.batches, self.samples], device=device, dtype=torch.int64)
+        counts = torch.tensor(
+            [self.batches, self.samples, self.nonfinite_losses], device=device, dtype=torch.int64
+        )
         dist.all_reduce(counts)
-        self.batches, self.samples = (int(v) for v in counts.tolist())
+        self.batches, self.samples, self.nonfinite_losses = (int(v) for v in counts.tolist())
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -300,6 +340,7 @@ def _step(
     watched.clear()
     output = _call(model, fed, split)
     loss = resolver(output, fed, _raw_on_device(raw_batch, device))
+    state.check_loss(loss)
     if loss.requires_grad:
         targets = choose_targets(leaves, fed_inputs, params, watched)
         watched.clear()

@@ -126,6 +126,10 @@ def swap_with_report(
         )
     if init not in INITS:
         raise NeurodiagError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    # DataParallel/DDP name every module "module.…" while a scan reports the user's own names:
+    # swap the wrapped model (on one device, as a scan runs it).
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
     try:
         clone = copy.deepcopy(model)
     except Exception as exc:

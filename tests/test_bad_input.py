@@ -6,6 +6,7 @@ parser are covered as well as the library's own ``NeurodiagError``s.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,19 @@ FILES: dict[str, str] = {
     "not_json.json": "{not json",
     "thresholds_bad.yaml": "thresholds:\n  max_dead_pct: lots\n",
     "thresholds_unknown.yaml": "thresholds:\n  max_dead_percent: 5\n",
+    # issue 26
+    "deep.json": "[" * 100_000 + "]" * 100_000,
+    "deep.yaml": "thresholds: " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "dp.py": (
+        "from torch import nn\ndef build_model():\n"
+        "    return nn.DataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))\n"
+    ),
+    "loaders26.py": (
+        "import torch\n"
+        "def zero_rows():\n    return [(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))]\n"
+        "def endless():\n    while True:\n        yield torch.randn(4, 4)\n"
+    ),
+    "dirmodel.py/.keep": "",
 }
 
 
@@ -87,6 +101,38 @@ def _tensors(tmp: Path) -> None:
     torch.save(torch.randn(0, 4), tmp / "empty.pt")
     torch.save({"weight": torch.zeros(1)}, tmp / "mismatched.pt")
     torch.save({"blob": Path("a")}, tmp / "pickled.pt")  # any non-tensor object is refused
+    # issue 26
+    x = torch.randn(8, 4)
+    torch.save({"x": x, "y": torch.arange(8) % 3 + 1}, tmp / "labels_1_to_c.pt")
+    torch.save({"x": x, "y": torch.full((8,), -100)}, tmp / "all_ignored.pt")
+    torch.save({"y": torch.arange(8) % 3}, tmp / "only_y.pt")
+    _baselines(tmp)
+    for name in ("fifo.py", "fifo.pt"):
+        if not (tmp / name).exists():
+            os.mkfifo(tmp / name)
+    for name in ("loop.py", "loop.pt"):
+        if not (tmp / name).is_symlink():
+            (tmp / name).symlink_to(tmp / name)
+
+
+def _baselines(tmp: Path) -> None:
+    """A valid baseline of good.py and hand-broken copies of it."""
+    import json
+
+    if not (tmp / "base.json").exists():
+        main_ok = ["scan", str(tmp / "good.py"), "-f", "json", "-o", str(tmp / "base.json")]
+        with pytest.raises(SystemExit) as info:
+            main(main_ok)
+        assert info.value.code == 0
+    doc = json.loads((tmp / "base.json").read_text())
+    for name, key, value in (
+        ("dead_abc", "dead_pct", "abc"),
+        ("dead_list", "dead_pct", [1]),
+        ("notes_int", "notes", 5),
+    ):
+        broken = json.loads(json.dumps(doc))
+        (broken["sites"][0] if key == "dead_pct" else broken)[key] = value
+        (tmp / f"base_{name}.json").write_text(json.dumps(broken))
 
 
 CASES: list[tuple[str, list[str], str]] = [
@@ -229,15 +275,118 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compare without activation", ["compare", "{tmp}/good.py"], "--activation"),
     ("compare unknown activation", ["compare", "{tmp}/good.py", "-a", "nope9"], "nope9"),
     ("timeout not a number", ["scan", "{tmp}/good.py", "--timeout", "soon"], "--timeout"),
+    # issue 26 item 1: tracebacks that were
+    *(
+        (
+            f"{command} with labels 1..C",
+            [command, "{tmp}/good.py", "-d", "{tmp}/labels_1_to_c.pt", *extra],
+            "class labels range over 1..3 but the model has 3 outputs",
+        )
+        for command, extra in (("scan", []), ("check", []), ("compare", ["-a", "relu"]))
+    ),
+    (
+        "deeply nested baseline",
+        ["check", "{tmp}/good.py", "--baseline", "{tmp}/deep.json"],
+        "nested too deeply",
+    ),
+    (
+        "deeply nested config",
+        ["check", "{tmp}/good.py", "--config", "{tmp}/deep.yaml"],
+        "nested too deeply",
+    ),
+    ("deeply nested data config", ["scan", "{tmp}/good.py", "-d", "{tmp}/deep.yaml"], "nested"),
+    *(
+        (
+            f"baseline {name}",
+            ["check", "{tmp}/good.py", "--baseline", f"{{tmp}}/base_{name}.json"],
+            fragment,
+        )
+        for name, fragment in (
+            ("dead_abc", "key 'dead_pct' is \"abc\", expected a number"),
+            ("dead_list", "key 'dead_pct' is [1], expected a number"),
+            ("notes_int", "header key 'notes' is 5, expected a list of strings"),
+        )
+    ),
+    (
+        "seed above 2**64 - 1",
+        ["scan", "{tmp}/good.py", "--seed", "18446744073709551616"],
+        "must be an integer from 0 to 18446744073709551615",
+    ),
+    ("negative seed", ["scan", "{tmp}/good.py", "--seed", "-1"], "from 0 to"),
+    # issue 26 item 2: silently wrong that was
+    (
+        "scan of a batch with 0 rows",
+        ["scan", "{tmp}/good.py", "-d", "{tmp}/loaders26.py:zero_rows"],
+        "no samples",
+    ),
+    (
+        "check of a batch with 0 rows",
+        ["check", "{tmp}/good.py", "-d", "{tmp}/loaders26.py:zero_rows"],
+        "no samples",
+    ),
+    (
+        "check with every label ignored",
+        ["check", "{tmp}/good.py", "-d", "{tmp}/all_ignored.pt"],
+        "the loss was NaN or infinite on 1 of 1 batch(es)",
+    ),
+    ("infinite leaky slope", ["compare", "{tmp}/good.py", "-a", "lrelu1e309"], "finite"),
+    ("NaN lr", ["compare", "{tmp}/good.py", "-a", "relu", "--lr", "nan"], "must be a finite"),
+    ("NaN tolerance", ["check", "{tmp}/good.py", "--tolerance", "nan"], "must be a finite"),
+    ("NaN timeout", ["scan", "{tmp}/good.py", "--timeout", "nan"], "must be a finite number"),
+    ("infinite timeout", ["scan", "{tmp}/good.py", "--timeout", "inf"], "must be a finite"),
+    (
+        "data dict with y but no x",
+        ["scan", "{tmp}/good.py", "-d", "{tmp}/only_y.pt"],
+        "no 'x' (inputs) key",
+    ),
+    ("FIFO as model", ["scan", "{tmp}/fifo.py"], "is not a regular file (a FIFO)"),
+    ("FIFO as data", ["scan", "{tmp}/good.py", "-d", "{tmp}/fifo.pt"], "not a regular file"),
+    ("FIFO as weights", ["scan", "{tmp}/good.py", "-w", "{tmp}/fifo.pt"], "not a regular file"),
+    ("symlink loop as model", ["scan", "{tmp}/loop.py"], "is a symlink loop"),
+    ("symlink loop as data", ["scan", "{tmp}/good.py", "-d", "{tmp}/loop.pt"], "symlink loop"),
+    ("directory named x.py as model", ["scan", "{tmp}/dirmodel.py"], "is a directory"),
+    (
+        "directory named x.py as data",
+        ["scan", "{tmp}/good.py", "-d", "{tmp}/dirmodel.py"],
+        "is a directory",
+    ),
+    # issue 26 item 3: hangs that were
+    (
+        "endless loader in compare",
+        ["compare", "{tmp}/good.py", "-a", "relu", "-d", "{tmp}/loaders26.py:endless"],
+        "pass --max-batches N",
+    ),
+    (
+        "endless loader in treat",
+        ["treat", "{tmp}/good.py", "-o", "{tmp}/t.pt", "-d", "{tmp}/loaders26.py:endless"],
+        "pass --max-batches N",
+    ),
+    *(
+        (f"Bernstein degree {spec}", args, "degree must be at most 36")
+        for spec, args in (
+            ("bern100000", ["compare", "{tmp}/good.py", "-a", "bern100000"]),
+            ("bern45", ["compare", "{tmp}/good.py", "-a", "bern45"]),
+            ("bern50", ["compare", "{tmp}/good.py", "-a", "bern50"]),
+            (
+                "swap:bern50",
+                ["treat", "{tmp}/good.py", "-o", "{tmp}/t.pt", "--method", "swap:bern50"],
+            ),
+        )
+    ),
 ]
+
+
+def _write_files(tmp: Path) -> None:
+    for name, text in FILES.items():
+        (tmp / name).parent.mkdir(exist_ok=True)
+        (tmp / name).write_text(text)
 
 
 @pytest.mark.parametrize("args,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(
     args: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name, text in FILES.items():
-        (tmp_path / name).write_text(text)
+    _write_files(tmp_path)
     _tensors(tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     with pytest.raises(SystemExit) as info:

@@ -239,19 +239,40 @@ def _no_options(prefix: str, text: str, options: dict[str, str]) -> None:
 
 def _lrelu(slope: float, text: str, options: dict[str, str]) -> ActivationSpec:
     _no_options("lrelu", text, options)
+    if not math.isfinite(slope):
+        raise NeurodiagError(
+            f"activation {text!r}: the slope must be a finite number, got {slope:g}; "
+            "write e.g. lrelu0.01"
+        )
     name = f"lrelu{format_number(slope)}"
     return ActivationSpec(name, lambda n, d: nn.LeakyReLU(slope))
 
 
 def _nrelu(sigma: float, text: str, options: dict[str, str]) -> ActivationSpec:
     _no_options("nrelu", text, options)
+    if not math.isfinite(sigma):
+        raise NeurodiagError(
+            f"activation {text!r}: sigma must be a finite number, got {sigma:g}; "
+            "write e.g. nrelu0.1"
+        )
     name = f"nrelu{format_number(sigma)}"
     return ActivationSpec(name, lambda n, d: NReLU(sigma))
 
 
+#: The largest Bernstein degree: its conversion matrix (``bernstein._conversion_matrix``) holds
+#: integers up to ~n·4^n, exact in the float64 tables only up to 2^53 (n = 36); a larger degree
+#: overflowed int64 (n ≥ 43) or took minutes to build (bern100000).
+MAX_BERNSTEIN_DEGREE = 36
+
+
 def _bernstein(degree_value: float, text: str, options: dict[str, str]) -> ActivationSpec:
-    if degree_value != int(degree_value) or degree_value < 1:
+    if not math.isfinite(degree_value) or degree_value != int(degree_value) or degree_value < 1:
         raise NeurodiagError(f"activation {text!r}: the Bernstein degree must be an integer >= 1")
+    if degree_value > MAX_BERNSTEIN_DEGREE:
+        raise NeurodiagError(
+            f"activation {text!r}: the Bernstein degree must be at most {MAX_BERNSTEIN_DEGREE} "
+            "(its coefficient tables are exact in float64 only up to there); use e.g. bern9"
+        )
     degree = int(degree_value)
     unknown = sorted(set(options) - {"delta", "range"})
     if unknown:

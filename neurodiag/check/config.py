@@ -207,6 +207,10 @@ def read_yaml_config(path: Path) -> ConfigFile:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise NeurodiagError(f"cannot read config file '{path}': {exc}") from None
+    except RecursionError:
+        raise NeurodiagError(
+            f"config file '{path}' is nested too deeply to be a neurodiag config; fix the file"
+        ) from None
     return parse_config(raw, str(path))
 
 

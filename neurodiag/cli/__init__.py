@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     from neurodiag.errors import Terminated
 
+    received: list[int] = []
+
     def terminate(signum: int, frame: object) -> None:
+        received.append(signum)
         raise Terminated()  # a KeyboardInterrupt: partial reports are kept, exit 143
 
     try:
@@ -46,9 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     completed = False
+    failed_with = EXIT_USAGE
     try:
         code = app(args=argv, standalone_mode=False)
-        completed = True
+        # an error (2) or a signal (130, 143) on this rank: the other ranks may never reach
+        # the final barrier (1, an unhealthy check, is a verdict every rank shares)
+        completed = not (isinstance(code, int) and code >= EXIT_USAGE)
+        failed_with = code if isinstance(code, int) else EXIT_USAGE
     except _usage_errors() as exc:
         if is_rank_zero():
             ctx = getattr(exc, "ctx", None)
@@ -57,12 +64,24 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {message}; see '{command} --help'", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt as stop:
-        sys.exit(interrupted_code(isinstance(stop, Terminated)))
+        failed_with = interrupted_code(isinstance(stop, Terminated))
+        sys.exit(failed_with)
+    except Exception:  # a bug: its traceback, before a torchrun rank leaves with os._exit
+        import traceback
+
+        traceback.print_exc()
+        failed_with = 1
+        sys.exit(failed_with)
     finally:
-        finish_distributed(completed)
+        if received and failed_with == interrupted_code(False):
+            failed_with = interrupted_code(True)
+        finish_distributed(completed, failed_with)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if received and code == interrupted_code(False):  # typer's own Exit(130) for a SIGTERM
+        code = interrupted_code(True)
+    sys.exit(code)
 
 
 __all__ = ["app", "main"]

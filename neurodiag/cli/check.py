@@ -80,7 +80,8 @@ from neurodiag.cli.common import (
 from neurodiag.cli.runner import scan_config, scan_from_options
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
-from neurodiag.scan import ScanInterrupted
+from neurodiag.report.model import Report
+from neurodiag.scan import NONFINITE_LOSS, ScanInterrupted
 
 EXIT_UNHEALTHY = 1
 
@@ -119,7 +120,7 @@ ToleranceOpt = Annotated[
     float,
     typer.Option(
         "--tolerance",
-        min=0.0,
+        callback=in_range(lower=0.0, finite=True),
         rich_help_panel=BASELINE_PANEL,
         metavar="POINTS",
         help="Baseline: allowed worsening of the % columns, in points.",
@@ -129,7 +130,7 @@ MagFactorOpt = Annotated[
     float,
     typer.Option(
         "--mag-factor",
-        min=1.0,
+        callback=in_range(lower=1.0, finite=True),
         rich_help_panel=BASELINE_PANEL,
         metavar="FACTOR",
         help="Baseline: allowed shrink factor of MAG.",
@@ -341,6 +342,7 @@ def check(
                 "checked no activation site (none found, or --include/--exclude left none), so "
                 "there is nothing to gate; fix the model or the globs, or pass --allow-empty"
             )
+        _refuse_meaningless(report, update_baseline and baseline is not None, baseline)
         save_scan_plot(report, plot)
         if update_baseline and baseline is not None:
             if is_rank_zero():
@@ -364,6 +366,20 @@ def check(
             _append_step_summary(result)
     if not result.ok:
         raise typer.Exit(EXIT_UNHEALTHY)
+
+
+def _refuse_meaningless(report: Report, updating: bool, baseline: Path | None) -> None:
+    """No verdict (and no baseline) from a scan that measured nothing meaningful: a NaN or
+    infinite loss (every label ignored, say), or a partial scan written as a baseline."""
+    bad_loss = [note for note in report.header.notes if note.startswith(NONFINITE_LOSS)]
+    if bad_loss:
+        raise NeurodiagError(f"{bad_loss[0]}; a check cannot pass on it")
+    if updating and report.header.partial:
+        raise NeurodiagError(
+            f"the scan is partial (stopped by --timeout after {report.header.batches} "
+            f"batch(es)), so it is not written as a baseline; drop or raise --timeout "
+            f"({baseline} was left as it was)"
+        )
 
 
 def _append_step_summary(result: CheckResult) -> None:

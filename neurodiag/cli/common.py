@@ -91,22 +91,46 @@ def main_callback(
 
 
 def exit_with(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    if is_rank_zero():
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"error: {message}", markup=False
-        )
+    """Print ``error: message`` and return the Exit to raise. Under torchrun every rank says
+    its own error, naming itself: a rank that fails alone (its forward raised) is the only one
+    that knows why, and rank 0 may be waiting for it in a collective."""
+    rank, world = distributed_rank_world()
+    where = f"rank {rank} of {world}: " if world > 1 else ""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"error: {where}{message}", markup=False
+    )
     return typer.Exit(code)
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 @contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
     """Turn bad input into one line + exit 2 (a traceback only with --debug)."""
+    from neurodiag.errors import Terminated
+
     try:
         yield
     except NeurodiagError as exc:
         if debug:
             raise
         raise exit_with(str(exc)) from None
+    except KeyboardInterrupt as stop:
+        # Ctrl-C / SIGTERM outside a scan (importing the model, loading data, saving): typer
+        # would turn it into a silent 130, SIGTERM included; say it, and exit 130 or 143.
+        terminated = isinstance(stop, Terminated)
+        raise exit_with(
+            f"{stopped_by(terminated)} before the end; output files are either complete or "
+            "untouched",
+            interrupted_code(terminated),
+        ) from None
 
 
 def init_distributed(device: torch.device) -> torch.device:
@@ -133,7 +157,7 @@ def init_distributed(device: torch.device) -> torch.device:
 _OWN_PROCESS_GROUP = False
 
 
-def finish_distributed(completed: bool) -> None:
+def finish_distributed(completed: bool, code: int = EXIT_USAGE) -> None:
     """Destroy the process group the CLI created, after every rank is done with it.
 
     A process that exits with a live gloo group aborts ("terminate called without an active
@@ -150,8 +174,15 @@ def finish_distributed(completed: bool) -> None:
     _OWN_PROCESS_GROUP = False
     if not dist.is_initialized():
         return
-    if completed:
-        dist.barrier()
+    if not completed:
+        # A failed rank must not wait for the others (they may be in a collective it never
+        # joins, or already gone): leave now, without the group's teardown, so torchrun sees a
+        # non-zero exit at once and stops the job. ``os._exit`` skips the gloo threads' C++
+        # teardown, which aborts (SIGABRT) under a live group.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -299,17 +330,29 @@ def signals_deferred() -> Iterator[None]:
     import signal
     import threading
 
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    # Python-level handlers that only remember the signal: a blocked signal mask is per thread,
+    # and a process-directed SIGTERM goes to any thread that does not block it (torch's
+    # workers), whose delivery still runs the Python handler in the main thread mid-write.
+    pending: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:  # now that the file is in place, the first held signal goes through
+            handler = previous[signal.Signals(pending[0])]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(pending[0])
 
 
 def write_text(output: Path, text: str, option: str = "--output") -> None:
@@ -414,6 +457,37 @@ def print_or_write(text: str, output: Path | None) -> None:
         write_text(output, text)
 
 
+def in_range(
+    upper: float | None = None, *, lower: float = 0.0, finite: bool = False
+) -> Callable[[float | None], float | None]:
+    """Option callback: a number in [lower, upper] (``finite``: infinity refused too). Click's
+    own range check lets NaN through to say "should be >= 0" (every comparison with NaN is
+    False), so NaN is named here first; use this instead of ``min=``/``max=`` on floats."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if math.isnan(value) or (finite and math.isinf(value)):
+            raise typer.BadParameter(f"must be a finite number, got {value:g}")
+        if value < lower or (upper is not None and value > upper):
+            bound = f"between {lower:g} and {upper:g}" if upper is not None else f">= {lower:g}"
+            raise typer.BadParameter(f"must be {bound}, got {value:g}")
+        return value
+
+    return check
+
+
+#: torch.manual_seed takes an unsigned 64-bit seed; a larger one was a traceback ("Overflow").
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(value: int | None) -> int | None:
+    """``--seed``: an integer torch can seed with, 0 to 2**64 - 1."""
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise typer.BadParameter(f"must be an integer from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
 DataOpt = Annotated[
     str | None,
     typer.Option(
@@ -443,9 +517,10 @@ SeedOpt = Annotated[
     int | None,
     typer.Option(
         "--seed",
+        callback=check_seed,
         rich_help_panel=MODEL_PANEL,
         metavar="N",
-        help="Seed for data order, synthetic data and the loss (default 0).",
+        help=f"Seed for data order, synthetic data and the loss (0 to {MAX_SEED}, default 0).",
     ),
 ]
 BatchSizeOpt = Annotated[
@@ -473,7 +548,7 @@ TimeoutOpt = Annotated[
     float | None,
     typer.Option(
         "--timeout",
-        min=0.0,
+        callback=in_range(finite=True),
         rich_help_panel=MODEL_PANEL,
         metavar="SECONDS",
         help="Stop after SECONDS; the report is marked partial.",
@@ -494,23 +569,6 @@ TargetOpt = Annotated[
         "--target", rich_help_panel=MODEL_PANEL, metavar="COLUMN", help="CSV/Parquet target column."
     ),
 ]
-
-
-def in_range(upper: float | None = None) -> Callable[[float | None], float | None]:
-    """Option callback: a number in [0, upper]. Click's own range check lets NaN through to
-    say "should be >= 0" (every comparison with NaN is False), so NaN is named here first."""
-
-    def check(value: float | None) -> float | None:
-        if value is None:
-            return value
-        if math.isnan(value):
-            raise typer.BadParameter("must be a number, got nan")
-        if value < 0 or (upper is not None and value > upper):
-            bound = f"between 0 and {upper:g}" if upper is not None else ">= 0"
-            raise typer.BadParameter(f"must be {bound}, got {value:g}")
-        return value
-
-    return check
 
 
 reject_nan = in_range()
@@ -633,6 +691,29 @@ ForwardOnlyOpt = Annotated[
         "(the gradient columns stay empty); about half the time of a full scan.",
     ),
 ]
+
+
+#: treat and compare hold every batch in memory; a loader without a length that gives more than
+#: this many (an endless generator) is refused instead of filling memory forever.
+MAX_UNSIZED_BATCHES = 1000
+
+
+def materialise_batches(batches: Any, command: str) -> list[Any]:
+    """The batches as a list, for commands that go over them more than once; a loader with no
+    ``len()`` that does not end within ``MAX_UNSIZED_BATCHES`` is a one-line error."""
+    import itertools
+
+    try:
+        len(batches)
+    except TypeError:
+        taken = list(itertools.islice(batches, MAX_UNSIZED_BATCHES + 1))
+        if len(taken) > MAX_UNSIZED_BATCHES:
+            raise NeurodiagError(
+                f"the data has no length and gave more than {MAX_UNSIZED_BATCHES} batches (an "
+                f"endless loader?); {command} keeps every batch in memory: pass --max-batches N"
+            ) from None
+        return taken
+    return list(batches)
 
 
 def count_batches(batches: Any, cap: int | None) -> int | None:

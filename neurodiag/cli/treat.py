@@ -33,6 +33,7 @@ from neurodiag.cli.common import (
     in_range,
     interrupted_code,
     is_rank_zero,
+    materialise_batches,
     refuse_overwriting_inputs,
     signals_deferred,
     stopped_by,
@@ -114,6 +115,10 @@ def treat(
         swap_spec = method.partition(":")[2] if method.startswith("swap:") else None
         if method != "redo" and not swap_spec:
             raise NeurodiagError(f"--method {method!r}: use redo or swap:SPEC (e.g. swap:bern9)")
+        if swap_spec:  # a bad SPEC fails now, not after the scan (or never: no failing site)
+            from neurodiag.activations.specs import parse_spec
+
+            parse_spec(swap_spec)
         swap_file = Path(f"{output}.swap.json") if swap_spec else None
         refuse_overwriting_inputs(
             {"--output": output, "--output's .swap.json": swap_file},
@@ -134,7 +139,7 @@ def treat(
             input_shape=input_shape,
             target=target,
         )
-        batches = list(source.batches)
+        batches = materialise_batches(source.batches, "treat")
         if not batches:
             raise NeurodiagError("the data gave no batch to scan")
         config = ScanConfig(eps=eps, tau=tau, seed=seed if seed is not None else 0)

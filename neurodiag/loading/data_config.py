@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from neurodiag.errors import NeurodiagError
-from neurodiag.loading.pyfile import describe_exception, one_line
+from neurodiag.loading.pyfile import describe_exception, one_line, why_not_a_file
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def read_data_config(path_text: str) -> DataConfig:
     """Parse and validate the YAML data config at ``path_text``."""
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise NeurodiagError(f"data config '{path_text}' not found; check the path")
+        raise NeurodiagError(f"data config '{path_text}' {why_not_a_file(path)}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -71,6 +71,10 @@ def read_data_config(path_text: str) -> DataConfig:
         raise NeurodiagError(
             f"cannot read data config '{path_text}' ({describe_exception(exc)}); check the file"
         ) from exc
+    except RecursionError:
+        raise NeurodiagError(
+            f"data config '{path_text}' is nested too deeply to be a data config; fix the file"
+        ) from None
     return validate(raw, path_text)
 
 

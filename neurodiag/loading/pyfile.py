@@ -7,10 +7,12 @@ the file, the exception type and message, and the fix. The original exception is
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import inspect
 import itertools
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +37,33 @@ def describe_exception(exc: BaseException) -> str:
     """``"ValueError: bad value"``: the type and the message, on one line."""
     message = one_line(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def why_not_a_file(path: Path) -> str:
+    """Why ``path`` (``is_file()`` False) cannot be read, to follow its name in a message:
+    "not found", "is a directory", "is not a regular file (a FIFO)", "is a symlink loop"."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop; point the link at a file"
+        if path.is_symlink():
+            return "is a broken symlink (its target does not exist); fix the link"
+        return "not found; check the path"
+    if stat.S_ISDIR(mode):
+        return "is a directory; name a file in it"
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            return f"is not a regular file ({kind}); pass a regular file"
+    return "is not a regular file; pass a regular file"
 
 
 def list_names(names: list[str], limit: int = _MAX_LISTED) -> str:
@@ -81,7 +110,7 @@ def exec_python_file(path_text: str, *, what: str) -> ModuleType:
     """
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise NeurodiagError(f"{what} '{path_text}' not found; check the path")
+        raise NeurodiagError(f"{what} '{path_text}' {why_not_a_file(path)}")
     if path.suffix.lower() != ".py":
         raise NeurodiagError(f"{what} '{path_text}' is not a .py file; pass a Python file")
     stem = re.sub(r"\W", "_", path.stem)

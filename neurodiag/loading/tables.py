@@ -18,7 +18,7 @@ from pandas.api import types as ptypes
 from neurodiag.errors import NeurodiagError
 from neurodiag.loading.batching import TensorBatches
 from neurodiag.loading.datasource import DataOptions, DataSource
-from neurodiag.loading.pyfile import describe_exception, list_names
+from neurodiag.loading.pyfile import describe_exception, list_names, why_not_a_file
 
 DEFAULT_TARGETS = ("target", "label", "y")
 
@@ -53,7 +53,7 @@ def load_table(spec: str, options: DataOptions) -> DataSource:
 def _read(spec: str) -> pd.DataFrame:
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise NeurodiagError(f"data file '{spec}' not found; check the path")
+        raise NeurodiagError(f"data file '{spec}' {why_not_a_file(path)}")
     try:
         if path.suffix.lower() == ".csv":
             return pd.read_csv(path)

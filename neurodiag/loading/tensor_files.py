@@ -21,7 +21,7 @@ import numpy as np
 from neurodiag.errors import NeurodiagError
 from neurodiag.loading.batching import TensorBatches, to_tensor
 from neurodiag.loading.datasource import DataOptions, DataSource
-from neurodiag.loading.pyfile import describe_exception, list_names
+from neurodiag.loading.pyfile import describe_exception, list_names, why_not_a_file
 from neurodiag.loading.weights import read_checkpoint
 
 
@@ -47,7 +47,7 @@ def load_numpy_file(spec: str, options: DataOptions) -> DataSource:
     """x (and y) from ``.npy``/``.npz``; pickled object arrays are refused."""
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise NeurodiagError(f"data file '{spec}' not found; check the path")
+        raise NeurodiagError(f"data file '{spec}' {why_not_a_file(path)}")
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -75,6 +75,11 @@ def _pick_xy(arrays: dict[str, Any], spec: str) -> list[Any] | dict[str, Any]:
 def _named_inputs(content: dict[Any, Any], spec: str) -> dict[str, Any]:
     """A dict of forward keywords -> arrays (see the module docstring)."""
     bad = [str(k) for k in content if not (isinstance(k, str) and k.isidentifier())]
+    if "y" in content:  # targets without inputs: not a forward keyword named y
+        raise NeurodiagError(
+            f"data file '{spec}' holds a dict with keys {list_names([str(k) for k in content])} "
+            "but no 'x' (inputs) key; save {'x': inputs, 'y': targets}"
+        )
     if bad or not content:
         keys = list_names([str(k) for k in content]) if content else "none"
         raise NeurodiagError(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from neurodiag.errors import NeurodiagError
-from neurodiag.loading.pyfile import describe_exception, list_names, one_line
+from neurodiag.loading.pyfile import describe_exception, list_names, one_line, why_not_a_file
 
 _ENTRIES = ("state_dict", "model", "model_state_dict")
 _SHOWN = 5
@@ -31,10 +31,8 @@ _UNSUPPORTED_OP = re.compile(r"Unsupported operand (\d+)")
 def read_checkpoint(path_text: str, *, what: str) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors; ``what`` names the file's role."""
     path = Path(path_text).expanduser()
-    if path.is_dir():
-        raise NeurodiagError(f"{what} '{path_text}' is a directory; name the file in it")
     if not path.is_file():
-        raise NeurodiagError(f"{what} '{path_text}' not found; check the path")
+        raise NeurodiagError(f"{what} '{path_text}' {why_not_a_file(path)}")
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning would add 2 lines
             warnings.simplefilter("ignore")
