@@ -155,3 +155,33 @@ def test_momentum_with_adam_is_one_line_exit_2(files: tuple[Path, Path]) -> None
     assert (out + err).strip().splitlines() == [
         "error: momentum is an SGD setting; adam keeps its own moments"
     ]
+
+
+def test_training_on_synthetic_inputs_is_refused(files: tuple[Path, Path]) -> None:
+    """Issue 26: without --data, training fitted noise with a surrogate loss and said nothing."""
+    model, _ = files
+    for flag in (["--epochs", "1"], ["--steps", "2"]):
+        code, out, err = _run("compare", str(model), "-a", "gelu", *flag, "--no-progress")
+        assert code == 2 and out == ""
+        assert err.strip().splitlines() == [
+            "error: compare trains on your data: give --data (sklearn:NAME, a YAML, tensor "
+            "files, loaders.py:fn) or a make_data() in the model file, or drop --epochs/--steps "
+            "to scan only (synthetic inputs and a surrogate loss would train on noise)"
+        ]
+
+
+def test_scan_only_compare_says_synthetic_data_and_surrogate_loss(
+    files: tuple[Path, Path],
+) -> None:
+    model, _ = files
+    code, out, _ = _run("compare", str(model), "-a", "gelu", "-f", "json", "--no-progress")
+    assert code == 0
+    settings = json.loads(out)["settings"]
+    assert settings["data"].startswith("synthetic (B, 4) standard normal")
+    assert settings["loss"].startswith("surrogate")
+    result = runner.invoke(app, ["compare", str(model), "-a", "gelu"], env={"COLUMNS": "80"})
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("data     synthetic (B, 4) standard normal")
+    assert any(line.startswith("loss     surrogate: random projection") for line in lines)
+    assert max(len(line) for line in lines) <= 80
+    assert "best      none (scan only" in result.stdout

@@ -164,7 +164,7 @@ def test_notebook_views() -> None:
     assert fragment == report_fragment(report) and "<script" not in fragment
     assert fragment.count("<tr ") == len(ROWS)
     healthy = _report([report_row("a.relu", "relu")])
-    assert "healthy: all 1 sites" in repr(healthy)
+    assert "healthy: the 1 site" in repr(healthy)  # issue 26: not "all 1 sites"
 
 
 @pytest.fixture()

@@ -33,8 +33,11 @@ from neurodiag.cli.common import (
     WeightsOpt,
     app,
     exit_with,
+    in_range,
     interrupted_code,
     is_rank_zero,
+    materialise_batches,
+    piped_width,
     print_or_write,
     progress_bar,
     refuse_overwriting_inputs,
@@ -44,6 +47,33 @@ from neurodiag.cli.common import (
 )
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
+
+#: Training on synthetic inputs (no ``--data``, no ``make_data()``) fits noise with a surrogate
+#: loss: a loss or accuracy from that would mislead, so compare refuses (issue 26).
+TRAINS_ON_NOISE = (
+    "compare trains on your data: give --data (sklearn:NAME, a YAML, tensor files, "
+    "loaders.py:fn) or a make_data() in the model file, or drop --epochs/--steps to scan only "
+    "(synthetic inputs and a surrogate loss would train on noise)"
+)
+
+
+def table_width(output: Path | None) -> int | None:
+    """The table's width, as scan's: the terminal's, else ``$COLUMNS`` when piped, else
+    natural (a file never wraps)."""
+    import sys
+
+    from rich.console import Console
+
+    if output is not None:
+        return None
+    return Console().width if sys.stdout.isatty() else piped_width()
+
+
+def is_synthetic(source: object) -> bool:
+    """Whether a DataSource holds the synthetic batches inferred from the model."""
+    from neurodiag.loading.synthetic import SyntheticBatches
+
+    return isinstance(getattr(source, "batches", None), SyntheticBatches)
 
 
 class Optimizer(str, Enum):
@@ -132,14 +162,18 @@ def compare(
     lr: Annotated[
         float,
         typer.Option(
-            "--lr", min=0.0, rich_help_panel=TRAINING_PANEL, metavar="LR", help="Learning rate."
+            "--lr",
+            callback=in_range(finite=True),
+            rich_help_panel=TRAINING_PANEL,
+            metavar="LR",
+            help="Learning rate.",
         ),
     ] = 1e-3,
     weight_decay: Annotated[
         float,
         typer.Option(
             "--weight-decay",
-            min=0.0,
+            callback=in_range(finite=True),
             rich_help_panel=TRAINING_PANEL,
             metavar="WD",
             help="Weight decay of the optimizer.",
@@ -149,8 +183,7 @@ def compare(
         float,
         typer.Option(
             "--momentum",
-            min=0.0,
-            max=0.999,
+            callback=in_range(0.999),
             rich_help_panel=TRAINING_PANEL,
             metavar="M",
             help="SGD momentum.",
@@ -200,8 +233,7 @@ def compare(
         float,
         typer.Option(
             "--holdout",
-            min=0.0,
-            max=0.9,
+            callback=in_range(0.9),
             rich_help_panel=TRAINING_PANEL,
             metavar="FRACTION",
             help="Fraction of samples held out for accuracy when training (0: none).",
@@ -268,7 +300,9 @@ def compare(
             input_shape=input_shape,
             target=target,
         )
-        train: list[object] = list(source.batches)
+        if (epochs or steps) and is_synthetic(source):
+            raise NeurodiagError(TRAINS_ON_NOISE)
+        train: list[object] = materialise_batches(source.batches, "compare")
         held_out = None
         if (epochs or steps) and holdout > 0:
             split = holdout_split(train, holdout, base_seed)
@@ -294,6 +328,7 @@ def compare(
                     seed=base_seed,
                     eval_data=held_out,
                     loss_fn=loaded.hook("loss_fn"),
+                    data_name=source.description,
                     compiled_kernels=compiled_kernels,
                     scan_batches=scan_batches,
                     eps=eps,
@@ -311,7 +346,9 @@ def compare(
         except CompareInterrupted as stop:  # Ctrl-C / SIGTERM: show the variants that finished
             done = len(stop.comparison.variants)
             if done and is_rank_zero():
-                text = render_comparison(stop.comparison, fmt.value, per_site=per_site)
+                text = render_comparison(
+                    stop.comparison, fmt.value, per_site=per_site, width=table_width(output)
+                )
                 print_or_write(text, output)
             raise exit_with(
                 f"{stopped_by(stop.terminated)}; the comparison above is partial ({done} of "
@@ -321,7 +358,9 @@ def compare(
             ) from None
         if not is_rank_zero():
             return
-        text = render_comparison(comparison, fmt.value, per_site=per_site)
+        text = render_comparison(
+            comparison, fmt.value, per_site=per_site, width=table_width(output)
+        )
         print_or_write(text, output)
         if plot is not None:
             from neurodiag.plots import plot_comparison

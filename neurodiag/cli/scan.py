@@ -54,7 +54,7 @@ from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
     "neurodiag scan sample_models/plain_mlp.py --data sklearn:digits\n\n"
     "neurodiag scan model.py:build --weights ckpt.pt --data data.yaml --top 10\n\n"
     "neurodiag scan model.py --input-shape 3,32,32 -f html -o report.html\n\n"
-    "README: 'Reading a report' (severity), 'Data specs', 'Metrics'."
+    "Severity: README 'Reading a report'; data specs: docs/scan.md; columns: docs/metrics.md."
 )
 def scan(
     model: Annotated[

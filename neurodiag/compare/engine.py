@@ -86,6 +86,7 @@ def compare(
     compiled_kernels: bool = False,
     on_step: Callable[[CompareProgress], None] | None = None,
     config: ScanConfig | None = None,
+    data_name: str | None = None,
     **scan_options: Any,
 ) -> Comparison:
     """Compare ``model`` ("baseline") with one copy per activation spec in ``specs``.
@@ -109,6 +110,8 @@ def compare(
     (``scan_batches`` caps the batches; ``config`` or its fields as ``scan_options`` say how,
     as for ``neurodiag.scan``; every variant is scanned with ``seed``), its eval-mode
     training loss is measured and, with ``eval_data``, its accuracy when targets are class ids.
+    ``data_name`` (what the data is, e.g. a DataSource's description) and the loss the scans
+    used are kept in ``settings`` (``data``, ``loss``) so that every output says them.
     """
     _check(epochs, steps, lr, batch_size, scan_batches, optimizer)
     _check_training(optimizer, weight_decay, momentum, schedule, init)
@@ -148,6 +151,8 @@ def compare(
         "scan_batches": scan_batches,
         "compiled_kernels": compiled_kernels,
         "batches_per_epoch": len(batches),
+        "data": data_name,
+        "loss": results[0].report.header.loss if results else None,
         **{k: v for k, v in asdict(scan_config).items() if isinstance(v, (int, float, str, bool))},
     }
     comparison = Comparison(results, seed, len(plan), settings, time.perf_counter() - started)

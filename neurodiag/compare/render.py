@@ -13,12 +13,14 @@ from typing import Any
 
 import pandas as pd
 from rich import box
-from rich.console import Console
+from rich.console import Console, JustifyMethod
+from rich.measure import Measurement
+from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
 from neurodiag.compare.summary import Comparison
-from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing
+from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing, shorten_middle
 from neurodiag.report.health import ERROR_DEAD_PCT
 from neurodiag.report.render_html import CONTROLS, escape, html_page, png_img
 from neurodiag.report.render_markdown import pipe_table
@@ -137,32 +139,126 @@ def _frame(comparison: Comparison, per_site: bool) -> pd.DataFrame:
     return comparison.per_site_frame() if per_site else comparison.summary_frame()
 
 
+#: The compact terminal table, when the full one is wider than the console: the max over sites
+#: of each criterion, the bound, loss and accuracy (no means, first-site MAG or time).
+_COMPACT_HEADINGS = {
+    "variant": "variant",
+    "max_dead_pct": "dead %\n(scan)",
+    "train_max_dead_pct": "dead %\n(batch)",
+    "max_zero_output_pct": "zero-\nout %",
+    "max_dormant_pct": "τ-dorm\n%",
+    "min_abs_deriv": "min\n|σ'|",
+    "delta_bar": "δ̄",
+    "bound_ok": "bound\nok",
+    "loss": "loss",
+    "accuracy": "acc",
+}
+_COMPACT_NOTE = (
+    "dead/zero-out/τ-dorm %: max over sites; (scan): post-epoch scan, (batch): per training "
+    "batch, last epoch; full columns: a wider terminal, -f csv or -f json"
+)
+#: Variant names are never shortened below this.
+_VARIANT_MIN_WIDTH = 8
+_NATURAL_WIDTH = 10_000
+
+
+def _summary_table(
+    records: list[dict[str, Any]], headings: dict[str, str], name_width: int | None
+) -> Table:
+    # compact: one space between columns (SIMPLE_HEAD's separator), as in scan's table
+    padding = (0, 0) if headings is _COMPACT_HEADINGS else (0, 1)
+    table = Table(box=box.SIMPLE_HEAD, padding=padding, pad_edge=False, show_edge=False)
+    for column in headings:
+        justify: JustifyMethod = "left" if column in ("variant", "activation") else "right"
+        table.add_column(headings[column], no_wrap=True, justify=justify)
+    for record in records:
+        cells = [_cell(c, record[c]) for c in headings]
+        if name_width is not None:
+            cells[0] = shorten_middle(cells[0], name_width)
+        table.add_row(*cells)
+    return table
+
+
+def _table_width(table: Table, console: Console) -> int:
+    # +1: Rich measures the combining "δ̄" heading one cell short of what it renders
+    options = console.options.update_width(_NATURAL_WIDTH)
+    return Measurement.get(console, options, table).maximum + 1
+
+
+def _fitted_summary(
+    records: list[dict[str, Any]], columns: list[str], console: Console
+) -> tuple[Table, int, bool]:
+    """The full table if it fits the console, else the compact one, variant names shortened
+    as far as needed; its width, and whether it is the compact one."""
+    full = _summary_table(records, {c: _heading(c) for c in columns}, None)
+    natural = _table_width(full, console)
+    if natural <= console.width:
+        return full, natural, False
+    compact = _summary_table(records, _COMPACT_HEADINGS, None)
+    natural = _table_width(compact, console)
+    if natural <= console.width:
+        return compact, natural, True
+    longest = max((len(str(r["variant"])) for r in records), default=0)
+    room = max(longest - (natural - console.width), _VARIANT_MIN_WIDTH)
+    compact = _summary_table(records, _COMPACT_HEADINGS, room)
+    return compact, max(console.width, _table_width(compact, console)), True
+
+
+def _labelled(console: Console, rows: list[tuple[str, str]]) -> None:
+    """``label  text`` lines, the text wrapped under itself at the console's width."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, text in rows:
+        grid.add_row(Text(label), Text(text))
+    console.print(grid)
+
+
+def best_lines(comparison: Comparison) -> list[tuple[str, str]]:
+    """The ``best`` line (which variant to prefer, and why) and one ``flagged`` line per
+    variant flagged whatever its rank."""
+    best = comparison.best()
+    lines = [("best", f"{best.variant}: {best.why}" if best.variant else f"none ({best.why})")]
+    lines += [("flagged", f"{name}: {why}") for name, why in best.flagged.items()]
+    return lines
+
+
 def compare_table(comparison: Comparison, per_site: bool = False, width: int | None = None) -> str:
-    """Rich text: settings line, the summary table, and optionally every variant's sites."""
+    """Rich text: settings and data lines, the summary table fitted to ``width`` (None: natural
+    width), the best variant, the criteria, and optionally every variant's sites."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width or 10_000, color_system=None, force_terminal=False)
-    console.print(_settings_line(comparison))
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+    console = Console(
+        file=buffer, width=width or _NATURAL_WIDTH, color_system=None, force_terminal=False
+    )
+    _labelled(console, [("compare", _settings_text(comparison)), *_data_rows(comparison)])
+    console.print()
     frame = comparison.summary_frame()
     columns = [str(c) for c in frame.columns if c not in _NOT_IN_TERMINAL]
-    for column in columns:
-        table.add_column(_heading(column), no_wrap=True)
-    for record in frame.to_dict("records"):
-        table.add_row(*[_cell(c, record[c]) for c in columns])
-    console.print(table)
-    for i, line in enumerate(criteria_lines(comparison)):
-        console.print(Text(("criteria  " if i == 0 else "          ") + line))
-    if per_site:
+    records = [{str(k): v for k, v in r.items()} for r in frame.to_dict("records")]
+    table, table_width, compact = _fitted_summary(records, columns, console)
+    lines = console.render_lines(table, console.options.update_width(table_width), new_lines=True)
+    # laid out already: Rich must not crop the lines to the console (columns would vanish)
+    console.print(Segments(seg for line in lines for seg in line), soft_wrap=True, end="")
+    console.print()
+    rows = best_lines(comparison)
+    if compact:
+        rows.append(("columns", _COMPACT_NOTE))
+    criteria = criteria_lines(comparison)
+    rows += [("criteria" if i == 0 else "", line) for i, line in enumerate(criteria)]
+    _labelled(console, rows)
+    if per_site:  # every scan column: natural width, like -f csv
         sites = comparison.per_site_frame()
         detail = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
         for column in sites.columns:
             detail.add_column(str(column), no_wrap=True)
         for record in sites.to_dict("records"):
             detail.add_row(*[fmt_cell(str(c), record[c]) for c in sites.columns])
-        console.print(detail)
-    for variant in comparison.variants:
-        for note in variant.notes:
-            console.print(f"note  {variant.name}: {note}")
+        wide = console.options.update_width(_table_width(detail, console))
+        lines = console.render_lines(detail, wide, new_lines=True)
+        console.print(Segments(seg for line in lines for seg in line), soft_wrap=True, end="")
+    notes = [("note", f"{v.name}: {note}") for v in comparison.variants for note in v.notes]
+    if notes:
+        _labelled(console, notes)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
@@ -211,9 +307,21 @@ def markdown_rows(frame: pd.DataFrame, per_site: bool = False) -> str:
 
 
 def _settings_line(comparison: Comparison) -> str:
+    data = "".join(f" · {label} {text}" for label, text in _data_rows(comparison))
+    return f"compare  {_settings_text(comparison)}{data}"
+
+
+def _data_rows(comparison: Comparison) -> list[tuple[str, str]]:
+    """What the variants were trained and scanned on, and with which loss, when known (a
+    synthetic input and a surrogate loss show here: issue 26)."""
+    settings = comparison.settings
+    return [(key, str(settings[key])) for key in ("data", "loss") if settings.get(key)]
+
+
+def _settings_text(comparison: Comparison) -> str:
     settings = comparison.settings
     return (
-        f"compare  seed {comparison.seed} · epochs {comparison.epochs} · "
+        f"seed {comparison.seed} · epochs {comparison.epochs} · "
         f"optimizer {settings.get('optimizer')} · lr {settings.get('lr')} · "
         f"time {fmt_duration(comparison.wall_time_s)}" + _training_facts(settings)
     )
@@ -259,9 +367,12 @@ def compare_html(comparison: Comparison) -> str:
     return html_page("neurodiag compare", body)
 
 
-def render_comparison(comparison: Comparison, fmt: str, *, per_site: bool = False) -> str:
+def render_comparison(
+    comparison: Comparison, fmt: str, *, per_site: bool = False, width: int | None = None
+) -> str:
+    """``comparison`` in format ``fmt``; ``width`` fits the table format (None: natural)."""
     if fmt == "table":
-        return compare_table(comparison, per_site)
+        return compare_table(comparison, per_site, width)
     if fmt == "csv":
         return compare_csv(comparison, per_site)
     if fmt == "json":

@@ -324,10 +324,66 @@ class Comparison:
             "wall_time_s": self.wall_time_s,
         }
 
+    def best(self) -> Best:
+        """The variant to prefer and why, and the variants flagged (``best_variant``)."""
+        rows = [v.summary for v in self.variants]
+        return best_variant(rows, trained=self.epochs > 0)
+
     def criteria(self) -> dict[str, Any]:
         """The dead criteria side by side (``criteria_doc``): definitions, windows, columns and
         which variants have which at 0 by construction."""
         return criteria_doc(self.variants, self.settings)
+
+
+@dataclass(frozen=True)
+class Best:
+    """The variant to prefer and why (``variant`` None: no ranking), plus the variants flagged
+    whatever their rank (name -> why)."""
+
+    variant: str | None
+    why: str
+    flagged: dict[str, str]
+
+
+def best_variant(summaries: Sequence[Mapping[str, Any]], *, trained: bool) -> Best:
+    """Rank summary rows: highest held-out accuracy, ties broken by lower loss; without any
+    accuracy, lowest loss. A variant with a broken Bernstein bound or a non-finite loss is
+    flagged and never picked; untrained (scan-only) variants are not ranked at all.
+    """
+    flagged: dict[str, str] = {}
+    for row in summaries:
+        reasons = []
+        if row.get("bound_ok") is False:
+            reasons.append("bound broken (min |σ'| < δ̄)")
+        if trained and not _finite(row.get("loss")):
+            reasons.append("loss not finite")
+        if reasons:
+            flagged[str(row["variant"])] = ", ".join(reasons)
+    if not trained:
+        return Best(
+            None, "scan only: nothing was trained, so no loss or accuracy ranks them", flagged
+        )
+    candidates = [r for r in summaries if str(r["variant"]) not in flagged]
+    scored = [r for r in candidates if _finite(r.get("accuracy"))]
+    if scored:
+        top = max(scored, key=lambda r: (float(r["accuracy"]), -_or_inf(r.get("loss"))))
+        why = f"highest held-out accuracy ({100 * float(top['accuracy']):.1f}%"
+        ties = [r for r in scored if float(r["accuracy"]) == float(top["accuracy"])]
+        why += f", tie broken by lower loss {float(top['loss']):.4f})" if len(ties) > 1 else ")"
+        return Best(str(top["variant"]), why, flagged)
+    if candidates:
+        top = min(candidates, key=lambda r: float(r["loss"]))
+        why = f"lowest training loss ({float(top['loss']):.4f}; no held-out accuracy)"
+        return Best(str(top["variant"]), why, flagged)
+    return Best(None, "every variant is flagged", flagged)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _or_inf(value: Any) -> float:
+    return float(value) if _finite(value) else math.inf
 
 
 def _isnan(value: Any) -> bool:

@@ -82,6 +82,26 @@ class SiteNeurons:
         return f"SiteNeurons({neurons} neurons: {', '.join(self._values)})"
 
 
+class UnknownSite(KeyError):
+    """A site name not in ``report.neurons``; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError's own repr()s the message into quotes
+        return str(self.args[0])
+
+
+class NeuronsBySite(dict[str, SiteNeurons]):
+    """``report.neurons``: per-neuron tensors by site name; an unknown name says which exist."""
+
+    def __missing__(self, site: str) -> SiteNeurons:
+        import difflib
+
+        names = list(self)
+        close = difflib.get_close_matches(str(site), names, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        shown = ", ".join(names[:20]) + (f", … {len(names) - 20} more" if len(names) > 20 else "")
+        raise UnknownSite(f"no site {site!r} in report.neurons{hint} sites: {shown or 'none'}")
+
+
 @dataclass(frozen=True)
 class ReportView:
     """Which rows the human formats (table, Markdown, HTML) list; the verdict above them and
@@ -103,6 +123,8 @@ class Report:
     view: ReportView = field(default_factory=ReportView)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.neurons, NeuronsBySite):
+            self.neurons = NeuronsBySite(self.neurons)
         # rows of reports and baselines written before these columns existed
         for row in self.rows:
             row.setdefault("class", row.get("activation"))

@@ -27,7 +27,7 @@ def verdict_line(v: Verdict) -> tuple[str, str]:
     if not v.errors:
         if v.warnings:
             return "warning", f"no errors in {v.sites} sites; {warned}"
-        return "healthy", f"healthy: all {v.sites} sites"
+        return "healthy", "healthy: " + ("the 1 site" if v.sites == 1 else f"all {v.sites} sites")
     why = " · ".join(f"{reason} {n}" for reason, n in v.reasons)
     text = f"{ERROR_MARK} {len(v.errors)} of {v.sites} sites need attention: {why}"
     return "error", text + (f"; {warned}" if v.warnings else "")
