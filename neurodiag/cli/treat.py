@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -43,6 +43,9 @@ from neurodiag.cli.common import (
 from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.verdict_text import plural
+
+if TYPE_CHECKING:
+    from neurodiag.report.model import Report
 
 
 @app.command(
@@ -145,28 +148,26 @@ def treat(
         config = ScanConfig(eps=eps, tau=tau, seed=seed if seed is not None else 0)
         names = {"model_name": loaded.name, "data_name": source.description}
         loss_fn = loaded.hook("loss_fn")
-        try:
-            before = run_scan(loaded.model, batches, config, loss_fn=loss_fn, **names)
-        except ScanInterrupted as stop:
-            raise exit_with(
-                f"{stopped_by(stop.terminated)} during the scan before treating; "
-                f"{output} was not written",
-                interrupted_code(stop.terminated),
-            ) from None
+
+        def scan_or_exit(model: Any, when: str) -> Report:
+            """Scan; Ctrl-C/SIGTERM: one line and 130/143, nothing written."""
+            try:
+                return run_scan(model, batches, config, loss_fn=loss_fn, **names)
+            except ScanInterrupted as stop:
+                raise exit_with(
+                    f"{stopped_by(stop.terminated)} during the scan {when} treating; "
+                    f"{output} was not written",
+                    interrupted_code(stop.terminated),
+                ) from None
+
+        before = scan_or_exit(loaded.model, "before")
         if swap_spec:
             result = swap_failing(loaded.model, before, swap_spec, batches[0])
             rebuild = {"spec": swap_spec, "sites": [t.site for t in result.treated]}
             write_text(Path(f"{output}.swap.json"), json.dumps(rebuild, indent=2) + "\n")
         else:
             result = recycle(loaded.model, before, batches[0], tau=dormant_tau)
-        try:
-            after = run_scan(result.model, batches, config, loss_fn=loss_fn, **names)
-        except ScanInterrupted as stop:
-            raise exit_with(
-                f"{stopped_by(stop.terminated)} during the scan after treating; "
-                f"{output} was not written",
-                interrupted_code(stop.terminated),
-            ) from None
+        after = scan_or_exit(result.model, "after")
         change = output_change(loaded.model, result.model, batches)
         try:
             with signals_deferred(), replacing(output) as handle:

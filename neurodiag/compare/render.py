@@ -19,7 +19,7 @@ from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
-from neurodiag.compare.summary import Comparison
+from neurodiag.compare.summary import SUMMARY_COLUMNS, Comparison
 from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing, shorten_middle
 from neurodiag.report.health import ERROR_DEAD_PCT
 from neurodiag.report.render_html import CONTROLS, escape, html_page, png_img
@@ -57,18 +57,7 @@ _NOT_IN_TERMINAL = frozenset({"mean_zero_output_pct", "mean_dormant_pct"})
 _LATER_COLUMNS = frozenset(
     {"mean_zero_output_pct", "max_zero_output_pct", "mean_dormant_pct", "max_dormant_pct"}
 )
-_PERCENT_COLUMNS = frozenset(
-    {
-        "mean_dead_pct",
-        "max_dead_pct",
-        "train_mean_dead_pct",
-        "train_max_dead_pct",
-        "mean_zero_output_pct",
-        "max_zero_output_pct",
-        "mean_dormant_pct",
-        "max_dormant_pct",
-    }
-)
+_PERCENT_COLUMNS = frozenset(c for c in SUMMARY_COLUMNS if c.endswith("_pct"))
 
 
 def _heading(column: str, *, one_line: bool = False) -> str:
