@@ -57,8 +57,8 @@ def axis_notes(sites: list[tuple[str, Site]]) -> list[str]:
 
 
 def _merges_experts(site: Site) -> bool:
-    """Measured in an ``experts`` module shared by every expert (Hugging Face's fused or eager
-    ``MixtralExperts``), not in one expert's own module (``experts.3.act_fn``)."""
+    """Measured in an ``experts`` module shared by every expert, not in one expert's own module
+    or split by expert id (``experts.3.act_fn``, ``neurodiag.sites.experts``)."""
     parts = site.key.module.split(".") if site.key.module else []
     return any(
         part == "experts" and not (i + 1 < len(parts) and parts[i + 1].isdigit())
@@ -67,11 +67,12 @@ def _merges_experts(site: Site) -> bool:
 
 
 def moe_notes(sites: list[tuple[str, Site]]) -> list[str]:
-    """Mixture-of-experts sites whose neurons merge the experts (issue 26, not yet split).
+    """Mixture-of-experts sites whose neurons merge the experts (issue 26).
 
-    One activation serves every expert there: the site's neurons are the intermediate units of
-    all experts together (a unit dead in one expert is alive if another expert's is), and with
-    eager experts call #k is the k-th expert hit in that forward, not expert k.
+    Hugging Face experts whose routing the recorder follows are split per expert
+    (``neurodiag.sites.experts``); elsewhere one activation may serve every expert: the site's
+    neurons are the intermediate units of all experts together (a unit dead in one expert is
+    alive if another expert's is), and call #k may be the k-th expert run, not expert k.
     """
     merged = [name for name, site in sites if _merges_experts(site)]
     if not merged:

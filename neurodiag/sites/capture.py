@@ -31,6 +31,7 @@ from neurodiag.activations.registry import (
 )
 from neurodiag.errors import NeurodiagError
 from neurodiag.sites.axes import AxisTracker
+from neurodiag.sites.experts import Routing, Share, experts_size, read_routing
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
 from neurodiag.sites.functional import FunctionalKeys
 from neurodiag.sites.site import DerivativeFn, SinkFactory, Site, SiteKey, display_names
@@ -148,6 +149,10 @@ class SiteRecorder:
         self._module_kinds: dict[nn.Module, ActivationKind | None] = {}
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
+        #: activation module of a Hugging Face experts module -> that module (sites/experts.py)
+        self._expert_acts: dict[nn.Module, nn.Module] = {}
+        self._routing: dict[nn.Module, Routing | None] = {}
+        self._expert_calls: dict[tuple[nn.Module, int], int] = {}
         self._module_keys: dict[tuple[nn.Module, int], SiteKey] = {}
         self._keys = FunctionalKeys()
         self._last_module: nn.Module | None = None
@@ -232,6 +237,16 @@ class SiteRecorder:
         self._leanable.clear()
 
     def _attach(self) -> None:
+        for experts in self.model.modules():
+            count = experts_size(experts)
+            if count is None:
+                continue
+            for child in experts.children():
+                if self.registry.for_module(child) is not None or looks_like_activation(child):
+                    self._expert_acts[child] = experts
+            if any(self._expert_acts.get(child) is experts for child in experts.children()):
+                hook = functools.partial(self._experts_pre_hook, count)
+                self._handles.append(experts.register_forward_pre_hook(hook, with_kwargs=True))
         for module in self.model.modules():
             kind = self.registry.for_module(module)
             if kind is None and not looks_like_activation(module):
@@ -240,7 +255,7 @@ class SiteRecorder:
             pre = module.register_forward_pre_hook(self._module_pre_hook)
             post = module.register_forward_hook(self._module_post_hook, always_call=True)
             self._handles += [pre, post]
-            if kind is not None and kind.from_output:
+            if kind is not None and kind.from_output and module not in self._expert_acts:
                 self._leanable[module] = (pre, post)
         root = self.model
         self._handles.append(root.register_forward_pre_hook(self._root_pre_hook, prepend=True))
@@ -285,6 +300,8 @@ class SiteRecorder:
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
         if not self._keys.depth:  # a new top-level forward: call indices start again
             self._module_calls.clear()
+            self._expert_calls.clear()
+            self._routing.clear()
             self._keys.new_forward()
             # a forward that raised may have skipped our post-hooks: start from a clean slate
             self.module_site_depth = 0
@@ -317,6 +334,11 @@ class SiteRecorder:
         assert self._mode is not None
         self._mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
         self._mode_depth -= 1
+
+    def _experts_pre_hook(
+        self, count: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._routing[module] = read_routing(module, count, args, kwargs) if self.enabled else None
 
     def _push(self, name: str, module: nn.Module, args: Any) -> None:
         self._keys.enter(name)
@@ -422,6 +444,9 @@ class SiteRecorder:
         ):
             self._not_elementwise.add(module)
             return
+        experts = self._expert_acts.get(module)
+        routing = self._routing.get(experts) if experts is not None else None
+        shares = routing.shares(z.shape[0]) if routing is not None and z.dim() else None
         index = self._module_calls.get(module, 0)
         self._module_calls[module] = index + 1
         key = self._module_key(module, index)
@@ -444,6 +469,17 @@ class SiteRecorder:
             if kind.delta_bar:
                 delta_bar = kind.delta_bar(module)
         impl = type(module).__name__
+        if shares is not None and experts is not None and pre is not None:
+            self._module_calls[module] = index  # counted per expert instead
+            self._record_experts(
+                module,
+                experts,
+                shares,
+                (activation, impl, derivative, delta_bar, step),
+                pre,
+                output,
+            )
+            return
         self._record(key, activation, impl, "module", pre, output, derivative, delta_bar, step, z)
         if (
             (module in self._lean_modules or module in self._leanable)  # plans ready for batch 2
@@ -464,6 +500,62 @@ class SiteRecorder:
                     step=step,
                     dims=site.dims(output.dim()),
                 )
+
+    def _record_experts(
+        self,
+        module: nn.Module,
+        experts: nn.Module,
+        shares: list[Share],
+        how: tuple[str, str, DerivativeFn, float | None, bool],
+        z: Tensor,
+        a: Tensor,
+    ) -> None:
+        """One activation call of an experts module: each expert's rows feed its own site."""
+        activation, impl, derivative, delta_bar, step = how
+        fed: list[tuple[Site, slice | Tensor]] = []
+        for expert, rows in shares:
+            key = self._expert_key(module, experts, expert)
+            if rows is None:  # the whole call is this expert's (eager)
+                self._record(key, activation, impl, "module", z, a, derivative, delta_bar, step, z)
+                continue
+            self._record(
+                key,
+                activation,
+                impl,
+                "module",
+                z[rows],
+                a[rows],
+                derivative,
+                delta_bar,
+                step,
+                z,
+                watch=False,
+            )
+            site = self.sites.get(key)
+            if site is not None:
+                fed.append((site, rows))
+        if fed and a.requires_grad and any(site.stats.wants_grad for site, _ in fed):
+            dims = fed[0][0].dims(a.dim())
+
+            def split_grad(grad: Tensor) -> None:
+                grad = grad.detach()
+                for site, rows in fed:
+                    site.stats.observe_grad(grad[rows], dims)
+
+            a.register_hook(split_grad)  # type: ignore[no-untyped-call]
+            if self.watched is not None:
+                self.watched.append(a.grad_fn)
+
+    def _expert_key(self, module: nn.Module, experts: nn.Module, expert: int) -> SiteKey:
+        """``experts.E.act_fn``: expert E's site, named as if each expert had its own module."""
+        calls = self._expert_calls
+        index = calls.get((module, expert), 0)
+        calls[(module, expert)] = index + 1
+        base = self._names.get(experts, "")
+        own = self._names.get(module, type(module).__name__)
+        suffix = own[len(base) + 1 :] if base and own.startswith(base + ".") else own
+        prefix = f"{base}." if base else ""
+        return SiteKey(f"{prefix}{expert}.{suffix}", None, index)
 
     def _unknown_in_place(self, module: nn.Module, saved: Tensor | None, a: Tensor) -> bool:
         """An unknown module returned its input: in place (copy its input from now on), or an
@@ -551,6 +643,7 @@ class SiteRecorder:
         delta_bar: float | None,
         step: bool,
         source: Tensor | None,
+        watch: bool = True,
     ) -> None:
         """Feed one call to its site; ``source`` is the input tensor as the model passed it
         (``z`` is None or a copy for in-place sites), whose tag says the feature dim."""
@@ -576,7 +669,7 @@ class SiteRecorder:
             z = z.detach()
         stats = site.stats
         stats.observe_forward(z, a.detach() if requires_grad else a, derivative, dims, step)
-        if requires_grad and stats.wants_grad:
+        if watch and requires_grad and stats.wants_grad:
             self._watch_grad(site, a, dims)
 
     def _watch_grad(self, site: Site, a: Tensor, dims: tuple[int, ...]) -> None:
