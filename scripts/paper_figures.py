@@ -30,16 +30,6 @@ from matplotlib.figure import Figure
 
 from neurodiag.atomic import replacing
 
-PAPER_BASELINES = [
-    "baseline",
-    "relu:res",
-    "selu:init=lecun",
-    "selu:init=lecun:bn",
-    "gelu",
-    "lrelu0.005",
-    "lrelu0.01",
-    "lrelu0.05",
-]
 LABELS = {"baseline": "ReLU", "relu:res": "ReLU_res", "selu:init=lecun": "SELU",
           "selu:init=lecun:bn": "SELU_BN"}  # fmt: skip
 _PALETTE = [
@@ -202,9 +192,8 @@ def _names(runs: Sequence[dict[str, Any]]) -> list[str]:
     return [v["name"] for v in runs[0]["variants"]]
 
 
-def _panels(names: Sequence[str]) -> list[tuple[str, list[str]]]:
+def _panels(names: Sequence[str], base: list[str]) -> list[tuple[str, list[str]]]:
     """The paper's Fig. 3/4 panels: the baselines against three Bernstein subsets."""
-    base = [n for n in PAPER_BASELINES if n in names]
     bern = [n for n in names if n.startswith("bern")]
 
     def pick(degree: int) -> list[str]:
@@ -219,27 +208,39 @@ def _panels(names: Sequence[str]) -> list[tuple[str, list[str]]]:
     ]
 
 
-def draw_figures(name: str, runs: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
-    """Every figure of one folder; returns the paths written."""
+def draw_figures(
+    name: str, runs: Sequence[dict[str, Any]], folder: Path, baselines: Sequence[str]
+) -> list[Path]:
+    """Every figure of one folder; returns the paths written. ``baselines``: the paper's
+    baseline variants (ReLU first), drawn against each Bernstein subset."""
     if name == "sweep":
         return [_sweep(runs, folder / "sweep.png")]
     names = _names(runs)
+    base = [n for n in baselines if n in names]
     styles = Styles(names)
     title = f"{name}, {len(runs)} seeds (line: mean; band: min–max)"
     written = [
-        _fig1(runs, names, styles, folder / "fig1_min_deriv_by_epoch.png", title),
-        _fig2(runs, names, styles, folder / "fig2_min_deriv_by_depth.png", title),
-        _fig3(runs, names, styles, folder / "fig3_dead_by_layer.png", title),
-        _fig3b(runs, names, styles, folder / "fig3b_bn_controls.png", title),
-        _fig4(runs, names, styles, folder / "fig4_mag_by_epoch.png", title),
+        _fig1(runs, base, styles, folder / "fig1_min_deriv_by_epoch.png", title),
+        _fig2(runs, base, styles, folder / "fig2_min_deriv_by_depth.png", title),
+        _fig3(runs, _panels(names, base), styles, folder / "fig3_dead_by_layer.png", title),
+        _fig3b(runs, styles, folder / "fig3b_bn_controls.png", title),
+        _fig4(runs, _panels(names, base), styles, folder / "fig4_mag_by_epoch.png", title),
     ]
     if name == "mnist":
-        written.append(_fig5(runs, names, styles, folder / "fig5_mnist.png", title))
+        written.append(_fig5(runs, names, base, styles, folder / "fig5_mnist.png", title))
     return written
 
 
-def _fig1(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -> Path:
-    shown = [n for n in PAPER_BASELINES if n in names] + ["bern9:bn", "bern15:bn"]
+def _finish(figure: Figure, axes: Sequence[Any], suptitle: str, path: Path) -> Path:
+    """The figure's title and shared legend, written atomically to ``path``."""
+    figure.suptitle(suptitle, fontsize=9)
+    _legend(figure, axes)
+    _save(figure, path)
+    return path
+
+
+def _fig1(runs: Any, base: list[str], styles: Styles, path: Path, title: str) -> Path:
+    shown = [*base, "bern9:bn", "bern15:bn"]
     figure, axes = _figure(3)
     count = len(_variant(runs[0], "baseline")["history"][0]["site_min_abs_deriv"])  # type: ignore[index]
     for ax, layer in zip(axes, (1, count // 2, count), strict=True):
@@ -248,24 +249,18 @@ def _fig1(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -
         _zero_note(ax, zeros, "min |σ'| = 0 (drawn at 1e-8), every epoch and seed", y=0.3)
         _delta_bars(ax, runs, shown, styles)
         ax.set(yscale="log", xlabel="epoch", ylabel="min |σ'| (floor 1e-8)", title=f"layer {layer}")
-    figure.suptitle(f"Fig. 1 — min |σ'| across training epochs; {title}", fontsize=9)
-    _legend(figure, axes)
-    _save(figure, path)
-    return path
+    return _finish(figure, axes, f"Fig. 1 — min |σ'| across training epochs; {title}", path)
 
 
-def _fig2(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -> Path:
-    shown = [n for n in PAPER_BASELINES if n in names] + ["bern9:bn", "bern15:bn"]
+def _fig2(runs: Any, base: list[str], styles: Styles, path: Path, title: str) -> Path:
+    shown = [*base, "bern9:bn", "bern15:bn"]
     figure, axes = _figure(1, width=8.0)
     read = lambda v: [_num(x) for x in v["history"][-1]["site_min_abs_deriv"]]  # noqa: E731
     zeros = _plot(axes[0], runs, shown, styles, read, floor=1e-8)
     _zero_note(axes[0], zeros, "min |σ'| = 0 (drawn at 1e-8) in every layer, every seed", y=0.3)
     _delta_bars(axes[0], runs, shown, styles)
     axes[0].set(yscale="log", xlabel="layer", ylabel="min |σ'| after the last epoch (floor 1e-8)")
-    figure.suptitle(f"Fig. 2 — min |σ'| across depth; {title}", fontsize=9)
-    _legend(figure, axes)
-    _save(figure, path)
-    return path
+    return _finish(figure, axes, f"Fig. 2 — min |σ'| across depth; {title}", path)
 
 
 def _dead_axes(ax: Any) -> None:
@@ -274,19 +269,17 @@ def _dead_axes(ax: Any) -> None:
     ax.set(xlabel="layer", ylabel="dead %, per batch, last epoch (symlog)")
 
 
-def _fig3(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -> Path:
+def _fig3(runs: Any, panels: list[tuple[str, list[str]]], styles: Styles, path: Path,
+          title: str) -> Path:  # fmt: skip
     figure, axes = _figure(3)
-    for ax, (subtitle, shown) in zip(axes, _panels(names), strict=True):
+    for ax, (subtitle, shown) in zip(axes, panels, strict=True):
         _zero_note(ax, _plot(ax, runs, shown, styles, _sites("dead_pct")))
         _dead_axes(ax)
         ax.set_title(subtitle, fontsize=8)
-    figure.suptitle(f"Fig. 3 — dead neurons per layer (paper's window); {title}", fontsize=9)
-    _legend(figure, axes)
-    _save(figure, path)
-    return path
+    return _finish(figure, axes, f"Fig. 3 — dead neurons per layer (paper's window); {title}", path)
 
 
-def _fig3b(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -> Path:
+def _fig3b(runs: Any, styles: Styles, path: Path, title: str) -> Path:
     pairs = [("baseline", "relu:bn"), ("gelu", "gelu:bn"), ("lrelu0.01", "lrelu0.01:bn"),
              ("selu:init=lecun", "selu:init=lecun:bn")]  # fmt: skip
     figure, axes = _figure(len(pairs), width=4.2)
@@ -294,29 +287,27 @@ def _fig3b(runs: Any, names: list[str], styles: Styles, path: Path, title: str) 
         _zero_note(ax, _plot(ax, runs, [*pair, "bern9:bn"], styles, _sites("dead_pct")))
         _dead_axes(ax)
         ax.set_title(f"{label(pair[0])} with and without BN", fontsize=8)
-    figure.suptitle(f"BN controls — dead % per layer (paper's window); {title}", fontsize=9)
-    _legend(figure, axes)
-    _save(figure, path)
-    return path
+    return _finish(figure, axes, f"BN controls — dead % per layer (paper's window); {title}", path)
 
 
-def _fig4(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -> Path:
+def _fig4(runs: Any, panels: list[tuple[str, list[str]]], styles: Styles, path: Path,
+          title: str) -> Path:  # fmt: skip
     figure, axes = _figure(3)
-    for ax, (subtitle, shown) in zip(axes, _panels(names), strict=True):
+    for ax, (subtitle, shown) in zip(axes, panels, strict=True):
         _plot(
             ax, runs, shown, styles, lambda v: _history("train_first_site_mag")(v)[1:], floor=1e-12
         )
         ax.set(yscale="log", xlabel="epoch", ylabel="MAG of layer 1 over the epoch's steps")
         ax.set_title(subtitle, fontsize=8)
-    figure.suptitle(f"Fig. 4 — mean absolute gradient, first layer (training); {title}", fontsize=9)
-    _legend(figure, axes)
-    _save(figure, path)
-    return path
+    return _finish(
+        figure, axes, f"Fig. 4 — mean absolute gradient, first layer (training); {title}", path
+    )
 
 
-def _fig5(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -> Path:
+def _fig5(
+    runs: Any, names: list[str], base: list[str], styles: Styles, path: Path, title: str
+) -> Path:
     figure, axes = _figure(3)
-    base = [n for n in PAPER_BASELINES if n in names]
     bern = [n for n in names if n.startswith("bern")]
     _plot(axes[0], runs, base + bern, styles, lambda v: _history("train_first_site_mag")(v)[1:],
           floor=1e-12)  # fmt: skip
@@ -326,10 +317,7 @@ def _fig5(runs: Any, names: list[str], styles: Styles, path: Path, title: str) -
         _zero_note(ax, _plot(ax, runs, shown, styles, _sites("dead_pct")))
         _dead_axes(ax)
         ax.set_title(f"dead ratio, {subtitle}", fontsize=8)
-    figure.suptitle(f"Fig. 5 — MNIST; {title}", fontsize=9)
-    _legend(figure, axes)
-    _save(figure, path)
-    return path
+    return _finish(figure, axes, f"Fig. 5 — MNIST; {title}", path)
 
 
 def _sweep(runs: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -368,8 +356,5 @@ def _sweep(runs: Sequence[dict[str, Any]], path: Path) -> Path:
         textcoords="offset points", fontsize=7, color="grey",
     )  # fmt: skip
     seeds = len({r["seed"] for r in runs})
-    figure.suptitle(f"lr / epoch sweep on digits, {seeds} seeds (line: mean; band: min–max)",
-                    fontsize=9)  # fmt: skip
-    _legend(figure, axes)
-    _save(figure, path)
-    return path
+    title = f"lr / epoch sweep on digits, {seeds} seeds (line: mean; band: min–max)"
+    return _finish(figure, axes, title, path)

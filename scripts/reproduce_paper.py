@@ -292,7 +292,7 @@ def refresh(name: str) -> None:
         text = table(summary)
     write_text(folder / "summary.json", json.dumps(summary, indent=1) + "\n")
     write_text(folder / "table.md", text)
-    draw_figures(name, runs, folder)
+    draw_figures(name, runs, folder, ["baseline", *BASELINES])
     page = PAGE.read_text(encoding="utf-8")
     write_text(PAGE, replace_block(page, name, readme_block(name)))
 
