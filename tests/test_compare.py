@@ -163,6 +163,7 @@ def test_to_dict_has_the_documented_keys_and_is_json() -> None:
                 "first_site_mag",
                 "min_abs_deriv",
                 "bound_ok",
+                "train_first_site_mag",  # the paper's Fig. 4, from the training window
             } <= set(entry)
         assert set(variant["sites"][0]) == set(COLUMNS)
     assert [v["name"] for v in out["variants"]] == ["baseline", "bern9"]

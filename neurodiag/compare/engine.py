@@ -47,7 +47,6 @@ from neurodiag.errors import NeurodiagError, Terminated
 from neurodiag.loss import UserLoss
 from neurodiag.model_state import model_device
 from neurodiag.monitor import Monitor, Window
-from neurodiag.monitor.window import summarize_rows
 from neurodiag.report.model import Report
 from neurodiag.scan import ScanInterrupted, scan
 
@@ -303,10 +302,8 @@ def _record(
     entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": runner.mean_loss(data)}
     entry["accuracy"] = accuracy
     entry.update(site_summary(report))
-    entry.update(train_window_summary(window.report if window is not None else None))
-    # the first site's MAG over the epoch's training steps: the paper's Fig. 4
-    trained = summarize_rows(window.report.rows if window is not None else [])
-    entry["train_first_site_mag"] = trained["first_site_mag"]
+    trained = window.report if window is not None else None
+    entry.update(train_window_summary(trained, first_site_mag=True))
     # per site, in forward order: what the figures draw by epoch (first, middle, last site)
     entry["site_min_abs_deriv"] = [float(r["min_abs_deriv"]) for r in report.rows]
     history.append(entry)

@@ -63,17 +63,21 @@ def site_summary(report: Report) -> dict[str, Any]:
     }
 
 
-def train_window_summary(window: Report | None) -> dict[str, Any]:
-    """Mean/max dead % over the sites in one epoch's training steps (NaN: none measured).
+def train_window_summary(window: Report | None, *, first_site_mag: bool = False) -> dict[str, Any]:
+    """Mean/max dead % over the sites in one epoch's training steps (NaN: none measured), and
+    with ``first_site_mag`` the first site's MAG over them (the paper's Fig. 4, per epoch).
 
     ``compare`` measures that window with ``dead_window="batch"``: a site's dead % is the
     per-batch dead % averaged over the epoch's training batches (the paper's Fig. 3 window).
     """
     summary = summarize_rows(window.rows if window is not None else [])
-    return {
+    out = {
         "train_mean_dead_pct": summary["mean_dead_pct"],
         "train_max_dead_pct": summary["max_dead_pct"],
     }
+    if first_site_mag:
+        out["train_first_site_mag"] = summary["first_site_mag"]
+    return out
 
 
 @dataclass(frozen=True)
