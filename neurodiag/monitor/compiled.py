@@ -65,11 +65,49 @@ def called_from_compiled_code() -> bool:
     return False
 
 
-def graph_break_total() -> int:
-    """Graph breaks Dynamo has counted in this process so far."""
+#: Functions of neurodiag that Dynamo is told not to trace (``torch._dynamo.disable``): a break
+#: whose reason names one is neurodiag's own (they run eagerly, outside any forward graph).
+OWN_BREAKS = ("Monitor._on_forward", "_SiteHook.observe_grad")
+
+
+def graph_break_total(own: bool = False) -> int:
+    """Graph breaks Dynamo has counted in this process so far (``own``: neurodiag's only)."""
     from torch._dynamo.utils import counters
 
-    return int(sum(counters["graph_break"].values()))
+    return int(
+        sum(
+            count
+            for reason, count in counters["graph_break"].items()
+            if not own or any(name in reason for name in OWN_BREAKS)
+        )
+    )
+
+
+class BreakCounter:
+    """Graph breaks counted between ``start`` and ``stop`` (any number of times): all, ours."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self._done = (0, 0)
+        self._at = (0, 0)
+
+    def start(self) -> None:
+        if not self.running:
+            self.running = True
+            self._at = (graph_break_total(), graph_break_total(own=True))
+
+    def stop(self) -> None:
+        if self.running:
+            self._done = self.counts
+            self.running = False
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(all breaks, neurodiag's own) while running."""
+        if not self.running:
+            return self._done
+        now = (graph_break_total() - self._at[0], graph_break_total(own=True) - self._at[1])
+        return (self._done[0] + now[0], self._done[1] + now[1])
 
 
 # One force_eager stance for every Monitor attached at once: nested or overlapping Monitors
@@ -84,14 +122,8 @@ class EagerStance:
 
     def __init__(self) -> None:
         self.held = False
-        self._breaks_at_hold = 0
-        self._breaks = 0
-
-    @property
-    def graph_breaks(self) -> int:
-        """Graph breaks Dynamo counted while this stance was held (by anyone in the process)."""
-        now = graph_break_total() - self._breaks_at_hold if self.held else 0
-        return self._breaks + now
+        #: graph breaks Dynamo counted while this stance was held (by anyone in the process)
+        self.breaks = BreakCounter()
 
     def hold(self) -> bool:
         """Run compiled code eagerly from now on; False when this torch cannot."""
@@ -105,7 +137,7 @@ class EagerStance:
             _held = torch.compiler.set_stance("force_eager")
         _holders += 1
         self.held = True
-        self._breaks_at_hold = graph_break_total()
+        self.breaks.start()
         return True
 
     def release(self) -> None:
@@ -113,7 +145,7 @@ class EagerStance:
         global _holders, _held
         if not self.held:
             return
-        self._breaks = self.graph_breaks
+        self.breaks.stop()
         self.held = False
         _holders -= 1
         if _holders == 0:

@@ -43,6 +43,7 @@ from neurodiag.monitor.compiled import (
     compiled_parts,
     stance_available,
 )
+from neurodiag.monitor.graph import GraphMeasurement
 from neurodiag.monitor.window import Window, WindowKind, describe_window, history_frame
 from neurodiag.report.build import build_report
 from neurodiag.report.model import Report, ScanHeader
@@ -52,6 +53,7 @@ from neurodiag.stats.bundle import SiteStats
 from neurodiag.stats.sync import all_reduce_sites, copy_site, stats_of
 
 StepCounting = Literal["forward", "manual"]
+CompiledMeasuring = Literal["graph", "eager"]
 WindowListener = Callable[[Window], None]
 
 
@@ -79,6 +81,7 @@ class Monitor:
         track_cumulative: bool = False,
         keep_neurons: bool = False,
         sync_windows: bool | None = None,
+        compiled: CompiledMeasuring = "graph",
         config: ScanConfig | None = None,
         registry: ActivationRegistry = REGISTRY,
         **options: Any,
@@ -96,6 +99,8 @@ class Monitor:
             raise ValueError(f"every must be >= 1, got {every}")
         if measure_every < 1:
             raise ValueError(f"measure_every must be >= 1, got {measure_every}")
+        if compiled not in ("graph", "eager"):
+            raise ValueError(f"compiled must be 'graph' or 'eager', got {compiled!r}")
         if steps not in ("forward", "manual"):
             raise ValueError(f"steps must be 'forward' or 'manual', got {steps!r}")
         self.model = model
@@ -129,6 +134,10 @@ class Monitor:
         self._handle: Any = None
         self._started = 0.0
         self._eager = EagerStance()
+        #: "graph": measure compiled code inside its graph once the sites are known
+        self.compiled_measuring: CompiledMeasuring = compiled
+        self._graph = GraphMeasurement()
+        self._graph_reason: str | None = None  # why compiled code is measured eagerly
         self._compiled: str | None = None  # what was found compiled, for the warning and notes
         self._stack_checked = False
         self._warned_empty = False
@@ -138,7 +147,7 @@ class Monitor:
         self._started = time.perf_counter()
         self._recorder.__enter__()
         if self.step_counting == "manual":
-            self._recorder.enabled = False  # nothing counts until begin_step
+            self._set_enabled(False)  # nothing counts until begin_step
         try:
             self._attach_root_hook()
         except BaseException:
@@ -167,7 +176,48 @@ class Monitor:
         self._eager.hold()
         self._handle = self._target.register_forward_pre_hook(self._on_forward, with_kwargs=True)
 
+    def _set_enabled(self, enabled: bool) -> None:
+        self._recorder.enabled = enabled
+        self._graph.enabled = enabled
+
+    def _graph_ready(self) -> bool:
+        """Compiled code found, the sites known (a step measured eagerly), not in graph yet."""
+        return (
+            self.compiled_measuring == "graph"
+            and self._compiled is not None
+            and self._graph_reason is None
+            and not self._graph.attached
+            and self._handle is not None
+            and self._recorder.forwards > 0
+            and stance_available()
+        )
+
+    def _enter_graph(self) -> None:
+        """Measure compiled code inside its graph from now on, or say why it cannot be."""
+        plans = self._recorder.module_site_plans()
+        if isinstance(plans, str) or not plans:
+            self._graph_reason = plans if isinstance(plans, str) else "no activation site found"
+            warnings.warn(
+                f"neurodiag.Monitor: the compiled model keeps running eagerly while measured: "
+                f"{self._graph_reason}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        self._recorder.close()  # its hooks need Python at every call; the sites stay
+        self._handle.remove()
+        # step counting stays in Python: on the compiled wrapper when there is one (it runs
+        # outside the graph), else behind torch._dynamo.disable (one graph break)
+        if type(self.model).__name__ == "OptimizedModule":
+            self._handle = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        else:
+            counted = torch._dynamo.disable(self._on_forward)  # type: ignore[no-untyped-call]
+            self._handle = self._target.register_forward_pre_hook(counted, with_kwargs=True)
+        self._graph.attach(plans)
+        self._eager.release()
+
     def _detach(self) -> None:
+        self._graph.detach()
         self._eager.release()
         if self._handle is not None:
             self._handle.remove()
@@ -179,7 +229,13 @@ class Monitor:
         if self._compiled is not None:
             return
         self._compiled = what
-        if self._eager.held:
+        if self._eager.held and self.compiled_measuring == "graph":
+            message = (
+                f"neurodiag.Monitor: {what} is compiled (torch.compile); its first measured "
+                "step runs eagerly to find the sites, then it is measured inside the compiled "
+                "graph (compiled code recompiles once now and once after the Monitor)"
+            )
+        elif self._eager.held:
             message = (
                 f"neurodiag.Monitor: {what} is compiled (torch.compile); while the Monitor is "
                 "attached it runs eagerly, at eager speed, and runs compiled again after"
@@ -202,7 +258,7 @@ class Monitor:
         """
         if not detach:
             self._soft_paused = True
-            self._recorder.enabled = False
+            self._set_enabled(False)
             return
         self._soft_paused = False
         self._detach()
@@ -216,7 +272,7 @@ class Monitor:
                 self._recorder.end_discovery()  # discovery already happened before the pause
             self._attach_root_hook()
         if self.step_counting == "manual":
-            self._recorder.enabled = self._in_step and self._measuring_this_step
+            self._set_enabled(self._in_step and self._measuring_this_step)
 
     # -- steps -------------------------------------------------------------------------------
     def begin_step(self, samples: int | None = None) -> None:
@@ -239,7 +295,7 @@ class Monitor:
             return
         self._in_step = False
         self._recorder.end_scope()
-        self._recorder.enabled = False
+        self._set_enabled(False)
         if self.every is not None and self._steps - self._window_start >= self.every:
             self._close_window("steps")
 
@@ -256,7 +312,7 @@ class Monitor:
             if called_from_compiled_code():
                 self._found_compiled("the code calling the model")
         if self._soft_paused:
-            self._recorder.enabled = False
+            self._set_enabled(False)
             return
         if self.step_counting == "forward":
             # The window of step k is complete (its backward done) when step k+1 starts.
@@ -274,7 +330,9 @@ class Monitor:
         # measure_every: the hooks stay attached but return at once on the steps not measured
         # (and register no gradient hook, so their backward costs nothing either)
         measured = self._steps % self.measure_every == 0
-        self._recorder.enabled = measured
+        if measured and self._graph_ready():
+            self._enter_graph()
+        self._set_enabled(measured)
         self._steps += 1
         if measured:
             self._measured += 1
@@ -321,6 +379,7 @@ class Monitor:
         return history_frame(self.history, cumulative=cumulative)
 
     def _cumulative_sites(self) -> dict[SiteKey, Site]:
+        self._graph.drain()
         merged: dict[SiteKey, Site] = {}
         for key, site in self._recorder.sites.items():
             total = _copy_stats(stats_of(site))
@@ -360,14 +419,23 @@ class Monitor:
         elif not found:
             notes.append("no activation sites found")
         if self._compiled is not None:
-            how = (
-                "ran eagerly while measured (torch.compiler.set_stance('force_eager'))"
-                if stance_available()
-                else "could not run eagerly: sites inside compiled code are not measured"
-            )
+            if not stance_available():
+                how = "could not run eagerly: sites inside compiled code are not measured"
+            elif self._graph.used:
+                how = (
+                    "measured inside the compiled graph after its first measured step "
+                    "(traced hooks; recompiled once)"
+                )
+            else:
+                how = "ran eagerly while measured (torch.compiler.set_stance('force_eager'))"
+                if self._graph_reason is not None:
+                    how += f": {self._graph_reason}"
+            eager, graph = self._eager.breaks.counts, self._graph.breaks.counts
+            breaks, own = eager[0] + graph[0], eager[1] + graph[1]
             notes.append(
                 f"torch.compile: {self._compiled} {how}; Dynamo graph breaks while attached: "
-                f"{self._eager.graph_breaks}"
+                f"{breaks}, neurodiag's own: {own} (its step counter and gradient hooks run "
+                "eagerly, outside the forward graph)"
             )
         if self.measure_every > 1:
             notes.append(
@@ -382,6 +450,7 @@ class Monitor:
         A window in which no step was measured (``measure_every`` > ``every``) has no data and
         adds no history entry (summarising empty statistics would read as 100 % dead).
         """
+        self._graph.drain()
         start, end = self._window_start, self._steps
         batches, samples = self._measured - self._window_measured, self._window_samples
         sync = self._sync()

@@ -114,6 +114,17 @@ class _Plan:
     dims: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class ModuleSitePlan:
+    """What a hook on ``module`` needs to measure its site without the recorder."""
+
+    module: nn.Module
+    site: Site
+    derivative: DerivativeFn
+    step: bool
+    inplace: bool
+
+
 class SiteRecorder:
     """Attach to ``model`` on enter, detach on exit; accumulates per-site statistics.
 
@@ -212,6 +223,45 @@ class SiteRecorder:
         self._lean_modules.clear()
         if self.on_close is not None:
             self.on_close()
+
+    def module_site_plans(self) -> list[ModuleSitePlan] | str:
+        """How each site of this model is measured by a hook alone, or why one cannot be.
+
+        For measuring inside a compiled graph (``neurodiag.monitor.graph``): every site must be
+        an activation module of a registered kind, called once per forward, whose σ' is plain
+        torch ops (no Bernstein kernel, no autograd of an unknown module) and that needs no copy
+        of an input overwritten in place. A reason names the first site that is not.
+        """
+        if self.found_functional:
+            return "functional activation calls (F.gelu, torch.relu, ...) are seen only eagerly"
+        by_key = {key: module for (module, _), key in self._module_keys.items()}
+        plans = []
+        for key, site in self.sites.items():
+            module = by_key.get(key)
+            name = key.candidate_names()[0]
+            if module is None or module in self._expert_acts:
+                return f"{name} is not one activation module (mixture-of-experts site)"
+            if key.index > 0 or (module, 1) in self._module_keys:
+                return f"{name} is called more than once per forward"
+            kind = self._module_kinds.get(module)
+            if kind is None:
+                return f"{name} is an unregistered activation ({type(module).__name__})"
+            if kind.delta_bar is not None:
+                return f"{name} is a Bernstein activation (its σ' is not traced)"
+            inplace = _inplace(module)
+            if inplace and not kind.from_output:
+                return f"{name} works in place and its σ' needs the overwritten input"
+            params = kind.module_params(module)
+            plans.append(
+                ModuleSitePlan(
+                    module=module,
+                    site=site,
+                    derivative=_bind_derivative(kind, params),
+                    step=kind.step and not params,
+                    inplace=inplace,
+                )
+            )
+        return plans
 
     def end_discovery(self) -> None:
         """After the first forward: keep the function mode only if it found functional sites.

@@ -50,6 +50,10 @@ class StateSpec:
         if self.count and self.reduce != "sum":
             raise ValueError(f"state {self.name}: a count is reduced by sum")
 
+    def empty(self) -> float:
+        """The value of a state that has seen nothing (0, +inf for a min, -inf for a max)."""
+        return 0.0 if self.count else _EMPTY[self.reduce]
+
     def initial(self, neurons: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         shape = (neurons,) if self.per_neuron else ()
         if self.count:  # float64: exact to 2**53, and per-call float counts add in directly

@@ -199,33 +199,80 @@ def exact_forward(
 ) -> ForwardReductions:
     """The reference: masks of the finite entries, σ' in slices. No host read."""
     z, a, dims = _as_positions(z, a, dims)
-    finite: list[Tensor] = []
-    sums: list[Tensor] = []
-    active: list[Tensor] = []
-    highs: list[Tensor] = []
-    lows: list[Tensor] = []
+    parts = [_masked(zc, ac, derivative, dims, eps, dtype) for zc, ac in _slices(z, a, dims)]
+    if len(parts) == 1:
+        return parts[0]
     nonfinite = torch.zeros((), dtype=torch.int64, device=a.device)
-    for zc, ac in _slices(z, a, dims):
-        ok = torch.isfinite(ac)
-        if zc is not None:
-            ok &= torch.isfinite(zc)
-        nonfinite = nonfinite + (ok.numel() - ok.sum())
-        finite.append(ok.sum(dims, dtype=dtype))
-        zero = torch.zeros((), dtype=ac.dtype, device=ac.device)
-        clean_a = torch.where(ok, ac, zero)
-        clean_z = torch.where(ok, zc, zero) if zc is not None else None
-        sums.append(clean_a.abs().sum(dims, dtype=dtype))
-        d = derivative(clean_z, clean_a).abs().to(dtype)
-        active.append((ok & (d > eps)).sum(dims, dtype=dtype))
-        highs.append(torch.where(ok, d, -math.inf).amax(dims))
-        lows.append(torch.where(ok, d, math.inf).amin(dims))
+    for part in parts:
+        nonfinite = nonfinite + part.nonfinite
     return ForwardReductions(
-        finite_positions=_combine(finite, torch.sum),
-        sum_abs_act=_combine(sums, torch.sum),
-        active_entries=_combine(active, torch.sum),
-        max_abs_deriv=_combine(highs, torch.amax),
-        min_abs_deriv=_combine(lows, torch.amin),
+        finite_positions=_combine([p.finite_positions for p in parts], torch.sum),  # type: ignore[misc]
+        sum_abs_act=_combine([p.sum_abs_act for p in parts], torch.sum),
+        active_entries=_combine([p.active_entries for p in parts], torch.sum),
+        max_abs_deriv=_combine([p.max_abs_deriv for p in parts], torch.amax),  # type: ignore[misc]
+        min_abs_deriv=_combine([p.min_abs_deriv for p in parts], torch.amin),  # type: ignore[misc]
         nonfinite=nonfinite,
+    )
+
+
+def _masked(
+    z: Tensor | None,
+    a: Tensor,
+    derivative: DerivativeFn,
+    dims: tuple[int, ...],
+    eps: float,
+    dtype: torch.dtype,
+) -> ForwardReductions:
+    """The exact reductions of one piece: masks of the finite entries, σ' of the clean values."""
+    ok = torch.isfinite(a)
+    if z is not None:
+        ok &= torch.isfinite(z)
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    clean_a = torch.where(ok, a, zero)
+    clean_z = torch.where(ok, z, zero) if z is not None else None
+    d = derivative(clean_z, clean_a).abs().to(dtype)
+    return ForwardReductions(
+        finite_positions=ok.sum(dims, dtype=dtype),
+        sum_abs_act=clean_a.abs().sum(dims, dtype=dtype),
+        active_entries=(ok & (d > eps)).sum(dims, dtype=dtype),
+        max_abs_deriv=torch.where(ok, d, -math.inf).amax(dims),
+        min_abs_deriv=torch.where(ok, d, math.inf).amin(dims),
+        nonfinite=ok.numel() - ok.sum(),
+    )
+
+
+def traced_forward(
+    z: Tensor | None,
+    a: Tensor,
+    derivative: DerivativeFn,
+    dims: tuple[int, ...],
+    eps: float,
+    dtype: torch.dtype,
+    step: bool = False,
+) -> ForwardReductions:
+    """The exact reductions written for Dynamo: no host read, no slicing, every value a tensor.
+
+    Inside a ``torch.compile``d step Inductor fuses these into a few loops over the activation
+    (no mask is materialised), which is why the Monitor measures compiled code this way
+    (``neurodiag.monitor.graph``). Step sites (ReLU) skip σ': with the non-finite entries
+    masked out, |σ'| > ε exactly where a > 0, and the per-neuron max/min of σ' follow from the
+    totals (``step_extremes``) as on the eager step shortcut.
+    """
+    z, a, dims = _as_positions(z, a, dims)
+    if not (step and eps < 1 and STEP_SHORTCUT):
+        return _masked(z, a, derivative, dims, eps, dtype)
+    ok = torch.isfinite(a)
+    if z is not None:
+        ok &= torch.isfinite(z)
+    finite = ok.sum(dims, dtype=dtype)
+    clean = torch.where(ok, a, torch.zeros((), dtype=a.dtype, device=a.device))
+    return ForwardReductions(
+        finite_positions=finite,
+        sum_abs_act=clean.sum(dims, dtype=dtype),  # a = max(z, 0) >= 0 where finite
+        active_entries=(clean > 0).sum(dims, dtype=dtype),
+        max_abs_deriv=None,
+        min_abs_deriv=None,
+        nonfinite=ok.numel() - finite.sum(dtype=torch.float64).to(torch.int64),  # no 2nd pass
     )
 
 

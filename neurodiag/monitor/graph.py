@@ -1,0 +1,139 @@
+"""Measuring inside a ``torch.compile``d step: hooks Dynamo traces, reductions Inductor fuses.
+
+After the Monitor's first measured step has found the sites eagerly (discovery needs Python
+at every call), a model whose sites are all activation modules gets one forward hook per site
+module written in traceable ops (``neurodiag.stats.traced``): Dynamo inlines them into the
+user's graph, so the per-site reductions run inside the compiled step instead of forcing it
+eager. Gradients come from tensor hooks registered in the same forward hooks; the backward
+runs them eagerly (``torch._dynamo.disable``: compiling each hook call as a frame of its own
+costs more than the eager reductions), which Dynamo counts as neurodiag's own graph breaks.
+
+Two Dynamo settings make the hooks seen whenever the model was compiled:
+``skip_nnmodule_hook_guards`` is turned off while they are attached (compiled code then
+guards on the hook dicts, and recompiles when the hooks come or go: pytorch#117758), and code
+compiled before (which has no such guard) is dropped once with
+``torch._dynamo.reset_code_caches()``, so it is compiled again with the hooks. Both are
+process-wide: every compiled function recompiles once, and once more after the Monitor exits.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from neurodiag.monitor.compiled import BreakCounter
+from neurodiag.sites.capture import ModuleSitePlan
+from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.traced import TracedSiteStates
+
+
+class _SiteHook:
+    """The forward hook of one site module (traced by Dynamo inside compiled code)."""
+
+    def __init__(self, plan: ModuleSitePlan, owner: GraphMeasurement) -> None:
+        self.site = plan.site  # its ``stats`` change with each Monitor window: read when used
+        stats = self._stats()
+        self.states = TracedSiteStates(stats, plan.derivative, plan.step)
+        self.wants_grad = stats.wants_grad
+        self.inplace = plan.inplace
+        self.feature_dim = plan.site.feature_dim
+        self.owner = owner
+        #: run by the backward in Python: a hook registered from traced code would otherwise be
+        #: compiled as a frame of its own per call, which costs more than the eager reductions
+        self.grad_hook = torch._dynamo.disable(self.observe_grad)  # type: ignore[no-untyped-call]
+
+    def _stats(self) -> SiteStats:
+        stats = self.site.stats
+        assert isinstance(stats, SiteStats)
+        return stats
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self.owner.enabled or not isinstance(output, Tensor) or not args:
+            return
+        z = args[0]
+        if not isinstance(z, Tensor) or z.shape != output.shape:
+            return
+        ndim = output.dim()
+        dims = tuple(i for i in range(ndim) if i != self.feature_dim % max(ndim, 1))
+        pre = None if (self.inplace or output is z) else z.detach()
+        self.states.observe_forward(pre, output.detach(), dims)
+        if output.requires_grad and self.wants_grad:
+            output.register_hook(functools.partial(self.grad_hook, dims=dims))  # type: ignore[no-untyped-call]
+
+    def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
+        """∂L/∂a of one call, eagerly during the backward (see ``grad_hook``)."""
+        self._stats().observe_grad(grad.detach(), dims)
+
+    def drain(self) -> None:
+        self.states.drain_into(self._stats())
+
+
+class _HookGuards:
+    """``skip_nnmodule_hook_guards = False`` held by any number of measurements at once."""
+
+    holders = 0
+    saved: bool = True
+
+    @classmethod
+    def hold(cls) -> None:
+        config = torch._dynamo.config
+        if cls.holders == 0:
+            cls.saved = config.skip_nnmodule_hook_guards
+            config.skip_nnmodule_hook_guards = False
+            torch._dynamo.reset_code_caches()  # code compiled without hook guards: recompile
+        cls.holders += 1
+
+    @classmethod
+    def release(cls) -> None:
+        cls.holders -= 1
+        if cls.holders == 0:
+            torch._dynamo.config.skip_nnmodule_hook_guards = cls.saved
+
+
+class GraphMeasurement:
+    """The traced hooks of every site, attached together, drained together."""
+
+    def __init__(self) -> None:
+        #: False: the hooks measure nothing (steps not measured, forwards outside a step)
+        self.enabled = True
+        self._hooks: list[_SiteHook] = []
+        self._handles: list[RemovableHandle] = []
+        #: attached at least once (the report says the compiled code was measured in graph)
+        self.used = False
+        #: graph breaks Dynamo counted while the hooks were attached (by anyone)
+        self.breaks = BreakCounter()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self, plans: Sequence[ModuleSitePlan]) -> None:
+        _HookGuards.hold()
+        self.used = True
+        self.breaks.start()
+        for plan in plans:
+            hook = _SiteHook(plan, self)
+            self._hooks.append(hook)
+            self._handles.append(plan.module.register_forward_hook(hook))
+
+    def detach(self) -> None:
+        """Remove the hooks (after draining what they measured); safe to call twice."""
+        if not self._handles:
+            return
+        self.drain()
+        self.breaks.stop()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._hooks.clear()
+        _HookGuards.release()
+
+    def drain(self) -> None:
+        """Fold the compiled calls' states into each site's ``SiteStats`` (before any read)."""
+        for hook in self._hooks:
+            hook.drain()

@@ -1,0 +1,86 @@
+"""``TracedSiteStates``: one site's forward states, updated by code Dynamo can trace.
+
+Inside a ``torch.compile``d step a hook must not read the host (a graph break per site), must
+not touch Python state that changes per call (a recompile per step), and must keep writing into
+the same tensors (Dynamo reads them as graph inputs). So the compiled path folds each call's
+``traced_forward`` reductions into a fixed set of tensors, mutated in place, and the Monitor
+``drain``s them into the site's ``SiteStats`` when it reads a window; draining resets them in
+place. Gradients are not here: the backward calls the gradient hooks in Python, where the
+eager ``SiteStats.observe_grad`` costs less than a compiled frame per hook call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from neurodiag.stats.base import StateSpec
+from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.reductions import DerivativeFn, ForwardReductions, traced_forward
+
+
+class TracedSiteStates:
+    """The forward states ``SiteStats`` folds per call, of one site, as fixed tensors."""
+
+    def __init__(self, stats: SiteStats, derivative: DerivativeFn, step: bool) -> None:
+        self.derivative = derivative
+        self.step = step
+        self.eps = stats.config.eps
+        self.dtype = stats.dtype
+        self.statistics = [stat for stat in stats.statistics if stat.per_call]
+        names = [n for n in stats.store.specs if n in ForwardReductions.__slots__]
+        names += [spec.name for stat in self.statistics for spec in stat.state_specs()]
+        self.specs: dict[str, StateSpec] = {n: stats.store.specs[n] for n in dict.fromkeys(names)}
+        # scalars as shape (1,): torch 2.13 loses in-place updates of a 0-d float64 tensor made
+        # inside compiled code (Dynamo takes it for a Python float); (1,) ones are kept
+        self.values: dict[str, Tensor] = {
+            name: spec.initial(stats.neurons, stats.device, stats.dtype).reshape(-1)
+            for name, spec in self.specs.items()
+        }
+        self.forward_names = [n for n in self.specs if n in ForwardReductions.__slots__]
+        self.calls = torch.zeros(1, dtype=torch.int64, device=stats.device)
+
+    # -- traced --------------------------------------------------------------------------------
+    def observe_forward(self, z: Tensor | None, a: Tensor, dims: tuple[int, ...]) -> None:
+        """One call (traceable: tensor ops and in-place folds only)."""
+        red = traced_forward(z, a, self.derivative, dims, self.eps, self.dtype, self.step)
+        for name in self.forward_names:
+            value = getattr(red, name)
+            if value is not None:
+                self.fold(name, value)
+        for stat in self.statistics:
+            stat.update(self, red)
+        self.calls.add_(1)
+
+    def fold(self, name: str, value: Tensor | int) -> None:
+        """``StateStore.fold`` for the per-call statistics, written in ops Dynamo traces."""
+        state = self.values[name]
+        reduce = self.specs[name].reduce
+        if reduce == "sum":
+            state.add_(value)
+        elif reduce == "max":
+            state.copy_(torch.maximum(state, torch.as_tensor(value, dtype=state.dtype)))
+        else:
+            state.copy_(torch.minimum(state, torch.as_tensor(value, dtype=state.dtype)))
+
+    # -- eager ---------------------------------------------------------------------------------
+    def drain_into(self, stats: SiteStats) -> bool:
+        """Fold what the compiled calls measured into ``stats`` and start again from empty.
+
+        Returns whether any call was measured since the last drain (one host read).
+        """
+        if int(self.calls) == 0:
+            return False
+        for name, value in self.values.items():
+            shape = (stats.neurons,) if self.specs[name].per_neuron else ()
+            stats.store.fold(name, value.clone().reshape(shape))
+            value.fill_(self.specs[name].empty())
+        if self.step:
+            stats.step = True
+        self.calls.zero_()
+        return True
+
+    def __getitem__(self, name: str) -> Any:  # a per-call statistic may read a state back
+        return self.values[name]
