@@ -7,6 +7,7 @@ try:  # these import torch: seconds, during which the user may press Ctrl-C
     from neurodiag.activations.bernstein import Bernstein
     from neurodiag.config import ScanConfig
     from neurodiag.errors import NeurodiagError
+    from neurodiag.inspect import inspect
     from neurodiag.monitor import Monitor
     from neurodiag.plots import plot_scan  # also puts the scan figure into HTML reports
     from neurodiag.report.model import COLUMNS, Report, ScanHeader, SiteNeurons
@@ -33,6 +34,7 @@ __all__ = [
     "ScanInterrupted",
     "SiteNeurons",
     "__version__",
+    "inspect",
     "plot_scan",
     "recycle",
     "scan",

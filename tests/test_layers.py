@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
             "testing",
             "integrations",
             "treat",
+            "inspect",
         ),
         5,
     ),

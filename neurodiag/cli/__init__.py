@@ -9,6 +9,7 @@ from typing import Any
 
 from neurodiag.cli import check as _check  # noqa: F401  (registers the command)
 from neurodiag.cli import compare as _compare  # noqa: F401  (registers the command)
+from neurodiag.cli import inspect as _inspect  # noqa: F401  (registers the command)
 from neurodiag.cli import scan as _scan  # noqa: F401  (registers the command)
 from neurodiag.cli import treat as _treat  # noqa: F401  (registers the command)
 from neurodiag.cli.common import app
