@@ -198,3 +198,18 @@ def test_recycle_option_revives_units_killed_during_the_fit(tmp_path: Path) -> N
     assert treated.recycler.recycled >= 4
     assert bool((module.net[2].weight[:, :4] == 0).all())
     assert bool((module.net[0].bias[:4] > -100.0).all())
+
+
+def test_a_regrama_recycler_leaves_no_hook_on_the_module_after_the_fit(tmp_path: Path) -> None:
+    """regrama hooks the pre-activations during training; the callback removes them at the end
+    (the user's module keeps no hook of ours)."""
+    from neurodiag.treat import Recycler
+
+    torch.manual_seed(0)
+    module = Net(die_at=1, lr=0.1)
+    before = _hook_counts(module)
+    recycler = Recycler(method="regrama")
+    callback = NeurodiagCallback(per_site=False, recycle=recycler)
+    _fit(module, callback, max_epochs=2, default_root_dir=tmp_path)
+    assert recycler.links is not None  # it did trace and hook the module
+    assert _hook_counts(module) == before

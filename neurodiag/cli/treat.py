@@ -1,9 +1,10 @@
 """``neurodiag treat``: scan, recycle (ReDo) the dead units, re-scan on the same batches, show
-before and after, and write the treated state_dict."""
+before and after, say what stayed dead and why, and write the treated state_dict."""
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,6 +47,7 @@ from neurodiag.report.verdict_text import plural
 
 if TYPE_CHECKING:
     from neurodiag.report.model import Report
+    from neurodiag.treat.recycle import Outcome
 
 
 @app.command(
@@ -79,6 +81,8 @@ def treat(
             rich_help_panel=METRICS_PANEL,
             metavar="METHOD",
             help="redo: fresh incoming weights and zeroed outgoing ones for dead units; "
+            "regrama: units whose pre-activation gets (almost) no gradient, fresh incoming "
+            "weights and small non-zero outgoing ones; "
             "swap:SPEC: the error sites' activation replaced by SPEC (e.g. swap:bern9), fitted "
             "to the old one; NEW.pt.swap.json holds what rebuilds it.",
         ),
@@ -90,7 +94,8 @@ def treat(
             callback=in_range(),
             rich_help_panel=METRICS_PANEL,
             metavar="TAU",
-            help="Also recycle τ-dormant units (normalised score ≤ TAU), as ReDo does.",
+            help="redo: also recycle τ-dormant units (normalised score ≤ TAU), as ReDo does; "
+            "regrama: the threshold on the gradient score (default 0.01).",
         ),
     ] = None,
     data: DataOpt = None,
@@ -112,12 +117,17 @@ def treat(
     from neurodiag.config import ScanConfig
     from neurodiag.scan import ScanInterrupted
     from neurodiag.scan import scan as run_scan
-    from neurodiag.treat import before_after, output_change, recycle, swap_failing
+    from neurodiag.treat.gradients import measure_grama
+    from neurodiag.treat.proof import assess, before_after, output_change
+    from neurodiag.treat.recycle import recycle, swap_failing
+    from neurodiag.treat.topology import topology
 
     with user_errors(debug):
         swap_spec = method.partition(":")[2] if method.startswith("swap:") else None
-        if method != "redo" and not swap_spec:
-            raise NeurodiagError(f"--method {method!r}: use redo or swap:SPEC (e.g. swap:bern9)")
+        if method not in ("redo", "regrama") and not swap_spec:
+            raise NeurodiagError(
+                f"--method {method!r}: use redo, regrama or swap:SPEC (e.g. swap:bern9)"
+            )
         if swap_spec:  # a bad SPEC fails now, not after the scan (or never: no failing site)
             from neurodiag.activations.specs import parse_spec
 
@@ -165,10 +175,20 @@ def treat(
             result = swap_failing(loaded.model, before, swap_spec, batches[0])
             rebuild = {"spec": swap_spec, "sites": [t.site for t in result.treated]}
             write_text(Path(f"{output}.swap.json"), json.dumps(rebuild, indent=2) + "\n")
+        elif method == "regrama":  # G measured on every scanned batch, with the scan's loss
+            links = topology(loaded.model, batches[0])
+            scores = measure_grama(
+                loaded.model, batches, links, loss_fn=loss_fn, mode=config.mode, seed=config.seed
+            )
+            result = recycle(
+                loaded.model, before, method=method, tau=dormant_tau, links=links,
+                grad_scores=scores,
+            )  # fmt: skip
         else:
             result = recycle(loaded.model, before, batches[0], tau=dormant_tau)
         after = scan_or_exit(result.model, "after")
         change = output_change(loaded.model, result.model, batches)
+        outcome = assess(result, after, batches)
         try:
             with signals_deferred(), replacing(output) as handle:
                 torch.save(result.model.state_dict(), handle)
@@ -191,8 +211,64 @@ def treat(
         console = Console(highlight=False)
         console.print(table)
         console.print(
-            f"{'swapped' if swap_spec else 'recycled'} {plural(result.recycled, 'unit')} at "
-            f"{plural(len(result.treated), 'site')}; largest output "
-            f"change on the {len(batches)} scanned batches: {change:.2e}; wrote {output}",
+            f"largest output change on the {len(batches)} scanned batches: {change:.2e}; "
+            f"wrote {output}",
             markup=False,
         )
+        verb = "swapped" if swap_spec else "recycled"
+        console.print(summary_line(outcome, verb), markup=False)
+        hint = next_step(outcome, model, data=data, weights=weights, input_shape=input_shape)
+        if hint:
+            console.print(hint, markup=False)
+
+
+def summary_line(outcome: Outcome, verb: str = "recycled") -> str:
+    """Units treated, then what the re-scan still finds dead and, where recognised, why."""
+    from neurodiag.treat.recycle import COLLAPSED, UNTREATED
+
+    head = f"{verb} {plural(outcome.recycled, 'unit')} at {plural(outcome.treated_sites, 'site')}"
+    still = outcome.still_dead
+    limit = f"≥ {outcome.dead_pct:g} % dead"
+    if not still:
+        return f"{head}; after treatment no site is {limit}"
+    text = f"{head}; after treatment {len(still)} of {outcome.sites} sites are still {limit}"
+    causes = []
+    collapsed = len(outcome.with_cause(COLLAPSED))
+    if collapsed:
+        causes.append(
+            f"{collapsed} because the layer's input has collapsed (the inputs of all samples "
+            f"point nearly the same way: mean pairwise cosine ≥ {outcome.collapse:g}), so "
+            "fresh units die again and recycling cannot fix that"
+        )
+    untreated = len(outcome.with_cause(UNTREATED))
+    if untreated:
+        causes.append(f"{untreated} left untreated (see note)")
+    unexplained = len(outcome.with_cause(""))
+    if unexplained and causes:
+        causes.append(f"{unexplained} for no cause neurodiag recognises")
+    return text + (": " + "; ".join(causes) if causes else " (no cause neurodiag recognises)")
+
+
+def next_step(
+    outcome: Outcome,
+    model: str,
+    *,
+    data: str | None = None,
+    weights: Path | None = None,
+    input_shape: str | None = None,
+) -> str | None:
+    """What to try when sites stay dead: an activation that cannot die, compared on the same
+    model and data; for a collapsed input also a change of the architecture."""
+    from neurodiag.treat.recycle import COLLAPSED
+
+    if not outcome.still_dead:
+        return None
+    words = ["neurodiag", "compare", model]
+    for flag, value in (("-w", weights), ("-d", data), ("--input-shape", input_shape)):
+        if value is not None:
+            words += [flag, str(value)]
+    command = " ".join(shlex.quote(w) for w in [*words, "-a", "bern9:bn"])
+    text = f"next: {command} (an activation that cannot die"
+    if outcome.with_cause(COLLAPSED):
+        return text + "), or add BatchNorm or a residual branch to those layers"
+    return text + ")"

@@ -114,6 +114,8 @@ class TrainingWatch:
             self.report = monitor.report() if monitor.measured_steps else None
         finally:
             monitor.__exit__(None, None, None)
+            if self.recycler is not None:
+                self.recycler.close()  # regrama's gradient hooks come off with the Monitor's
 
     def warn_if_empty(self, nothing_ran: str) -> None:
         """After training: say so when no step was measured (``Monitor.report`` already warned

@@ -1,19 +1,34 @@
-"""Treating what a scan found: ``recycle`` (ReDo) dead and dormant units, or swap a failing
-site's activation, and prove it with a re-scan."""
+"""Treating what a scan found: ``recycle`` (ReDo, or ReGraMa on the pre-activation gradient)
+dead and dormant units, or swap a failing site's activation, and prove it with a re-scan."""
 
 from neurodiag.treat.during_training import Recycler
-from neurodiag.treat.proof import before_after, output_change
-from neurodiag.treat.recycle import RecycleResult, TreatedSite, recycle, swap_failing
+from neurodiag.treat.gradients import PreActivationGrads, grama_scores, measure_grama
+from neurodiag.treat.proof import assess, before_after, input_cosine, output_change
+from neurodiag.treat.recycle import (
+    Outcome,
+    RecycleResult,
+    StillDead,
+    TreatedSite,
+    recycle,
+    swap_failing,
+)
 from neurodiag.treat.topology import Link, Topology, TopologyTrace, topology
 
 __all__ = [
     "Link",
+    "Outcome",
+    "PreActivationGrads",
     "RecycleResult",
     "Recycler",
+    "StillDead",
     "Topology",
     "TopologyTrace",
     "TreatedSite",
+    "assess",
     "before_after",
+    "grama_scores",
+    "input_cosine",
+    "measure_grama",
     "output_change",
     "recycle",
     "swap_failing",

@@ -10,6 +10,10 @@ training is added or measured::
     with neurodiag.Monitor(model, every=1000, on_window=recycler) as monitor:
         ...  # the training loop
     recycler.to_frame()  # window, step, epoch, site, recycled
+
+``method="regrama"`` scores the units on the gradient of their pre-activation instead, added up
+over the training steps themselves by tensor hooks (``PreActivationGrads``) attached once the
+topology is known; ``close()`` removes them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from neurodiag.errors import NeurodiagError
 from neurodiag.monitor.window import Window
-from neurodiag.treat.recycle import recycle
+from neurodiag.treat.gradients import PreActivationGrads
+from neurodiag.treat.recycle import METHODS, recycle
 from neurodiag.treat.topology import Topology, TopologyTrace, topology
 
 HISTORY_COLUMNS = ("window", "step", "epoch", "site", "recycled")
@@ -32,7 +38,9 @@ class Recycler:
 
     Made with ``model`` and ``example`` it is ready at once; made without (as the callbacks'
     ``recycle=True`` makes it), ``prepare`` supplies them later, or ``trace(model)`` reads the
-    topology from a real training step (whatever it calls).
+    topology from a real training step (whatever it calls). ``method``: ``"redo"`` (the
+    window's dead units, τ-dormant too with ``tau``) or ``"regrama"`` (G_i ≤ ``tau``, default
+    0.01, over the steps since the last treatment).
     """
 
     def __init__(
@@ -43,14 +51,22 @@ class Recycler:
         *,
         tau: float | None = None,
         every_windows: int = 1,
+        method: str = "redo",
     ) -> None:
         if every_windows < 1:
             raise ValueError(f"every_windows must be >= 1, got {every_windows}")
+        if method not in METHODS:
+            raise NeurodiagError(
+                f"unknown recycling method {method!r}; use one of {', '.join(map(repr, METHODS))}"
+            )
         self.model: nn.Module | None = None
         self.optimizer = optimizer
         self.tau = tau
         self.every_windows = every_windows
+        self.method = method
         self.links: Topology | None = None
+        #: regrama: Σ|∂L/∂z| per unit over the training steps since the last treatment
+        self.grads: PreActivationGrads | None = None
         #: one entry per treated site and window: the counts a training log wants
         self.history: list[dict[str, Any]] = []
         if model is not None and example is not None:
@@ -67,7 +83,20 @@ class Recycler:
         whose moments are reset (kept if one was given before)."""
         self.model = model
         self.optimizer = optimizer if optimizer is not None else self.optimizer
-        self.links = topology(model, example)
+        self._linked(topology(model, example))
+
+    def _linked(self, links: Topology) -> None:
+        """Keep the topology; for regrama, hook the linked pre-activations from now on."""
+        self.links = links
+        if self.method == "regrama" and self.model is not None:
+            self.close()
+            self.grads = PreActivationGrads(self.model, links).attach()
+
+    def close(self) -> None:
+        """Remove regrama's gradient hooks (nothing to do for redo)."""
+        if self.grads is not None:
+            self.grads.detach()
+            self.grads = None
 
     def trace(
         self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
@@ -80,21 +109,27 @@ class Recycler:
                 super().__exit__(*exc)
                 recycler.model = model
                 recycler.optimizer = optimizer if optimizer is not None else recycler.optimizer
-                recycler.links = self.links()
+                recycler._linked(self.links())
 
         return _Trace(model)
 
     def __call__(self, window: Window) -> None:
         if self.model is None or self.links is None or (window.index + 1) % self.every_windows:
             return
+        scores = None
+        if self.grads is not None:
+            scores = self.grads.scores()
+            self.grads.reset()
         result = recycle(
             self.model,
             window.report,
             links=self.links,
+            method=self.method,
             tau=self.tau,
             optimizer=self.optimizer,
             in_place=True,
             seed=window.index,
+            grad_scores=scores,
         )
         for treated in result.treated:
             self.history.append(

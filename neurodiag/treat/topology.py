@@ -4,6 +4,11 @@ Read by tensor identity between leaf module calls (one forward of an example bat
 training step of any style under ``TopologyTrace``), never guessed from names or registration
 order; the one naming rule is Hugging Face's gated MLP (``gate_proj``/``up_proj``/``down_proj``
 around ``act_fn``), whose product of two branches no module call shows.
+
+A normalisation layer between the producer and the activation (BatchNorm, LayerNorm, RMSNorm,
+GroupNorm) is part of the link when its entries are one per unit (its per-channel axis is the
+producer's feature axis), so a treatment can reset them; otherwise the site is left untreated.
+An activation whose output is the model's output (an output head) is never treated.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ from neurodiag.errors import NeurodiagError
 from neurodiag.model_state import model_device, preserved
 
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+#: Normalisation layers a treatment looks through (RMSNorm exists from torch 2.4 on).
+_CHANNEL_NORMS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+_SHAPE_NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm,) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
+_NORMS = _CHANNEL_NORMS + _SHAPE_NORMS
 #: Modules that keep each channel (or feature) where it is, so the reader behind them still
 #: reads the recycled units' own columns: dropout, identity, per-channel pooling.
 _PASS_THROUGH = (
@@ -34,6 +45,14 @@ class _Call:
     module: nn.Module
     inputs: tuple[int, ...]
     output: int | None
+    shape: tuple[int, ...] = ()
+
+
+def feature_dim(layer: nn.Module, ndim: int) -> int:
+    """The unit axis of a ``ndim``-dimensional tensor that ``layer`` (a Linear or ConvNd) reads
+    or writes: the last for a Linear, the channel axis (batched or not) for a convolution."""
+    spatial = next((n for cls, n in _CONVS.items() if isinstance(layer, cls)), None)
+    return ndim - 1 if spatial is None else max(0, ndim - spatial - 1)
 
 
 class TopologyTrace:
@@ -43,6 +62,8 @@ class TopologyTrace:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.calls: list[_Call] = []
+        #: ids of the tensors the model returned (an activation writing one is an output head)
+        self.outputs: set[int] = set()
         self._keep: list[Tensor] = []  # ids stay unique while the tensors live
         self._handles: list[Any] = []
 
@@ -54,10 +75,20 @@ class TopologyTrace:
             out = output if isinstance(output, Tensor) else None
             self._keep.extend([*tensors, *([out] if out is not None else [])])
             ident = None if out is None else id(out)
-            self.calls.append(_Call(names[module], module, tuple(map(id, tensors)), ident))
+            shape = () if out is None else tuple(out.shape)
+            self.calls.append(_Call(names[module], module, tuple(map(id, tensors)), ident, shape))
+
+        def returned(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            def keep(tensor: Tensor) -> Tensor:
+                self._keep.append(tensor)
+                self.outputs.add(id(tensor))
+                return tensor
+
+            map_tensors(output, keep)
 
         leaves = [m for m in self.model.modules() if not list(m.children())]
         self._handles = [m.register_forward_hook(hook) for m in leaves]
+        self._handles.append(self.model.register_forward_hook(returned))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -66,12 +97,12 @@ class TopologyTrace:
         self._handles = []
 
     def links(self) -> Topology:
-        links = _links(self.model, self.calls)
+        links = _links(self.model, self.calls, self.outputs)
         self._keep = []
         return links
 
 
-def _trace(model: nn.Module, batch: Any) -> list[_Call]:
+def _trace(model: nn.Module, batch: Any) -> TopologyTrace:
     """The calls of one no-grad eval forward of ``batch`` (modes and buffers restored)."""
     try:
         split = split_batch(batch)
@@ -82,7 +113,21 @@ def _trace(model: nn.Module, batch: Any) -> list[_Call]:
     with TopologyTrace(model) as trace, torch.no_grad(), preserved(model):
         model.eval()
         model(*map_tensors(split.args, move), **map_tensors(split.kwargs, move))
-    return trace.calls
+    return trace
+
+
+def _per_unit(producer: _Call, norm: _Call) -> bool:
+    """Whether ``norm`` keeps one entry per unit of ``producer``: its channel axis (BatchNorm,
+    GroupNorm) or its normalised shape (LayerNorm, RMSNorm) starts at the unit axis."""
+    layer, module = producer.module, norm.module
+    width = getattr(layer, "out_features", getattr(layer, "out_channels", None))
+    shape = producer.shape
+    axis = feature_dim(layer, len(shape))
+    if isinstance(module, _CHANNEL_NORMS):
+        channels = getattr(module, "num_features", getattr(module, "num_channels", None))
+        return axis == 1 and channels == width
+    normalized = tuple(getattr(module, "normalized_shape", ()))
+    return bool(shape) and normalized == shape[axis:] and shape[axis] == width
 
 
 def _producer(calls: list[_Call], index: int) -> tuple[_Call | None, _Call | None, str]:
@@ -96,16 +141,23 @@ def _producer(calls: list[_Call], index: int) -> tuple[_Call | None, _Call | Non
             norm, wanted = call, call.inputs[:1]
             continue
         if isinstance(call.module, _PRODUCERS) and getattr(call.module, "groups", 1) == 1:
+            if norm is not None and not _per_unit(call, norm):
+                kind = type(norm.module).__name__
+                return None, None, f"its {kind} {norm.name!r} does not keep one entry per unit"
             return call, norm, ""
         return None, None, f"fed by {type(call.module).__name__} {call.name!r}"
     return None, None, "no Linear/Conv feeding it was seen"
 
 
-def _consumer(calls: list[_Call], index: int) -> tuple[_Call | None, str]:
+def _consumer(
+    calls: list[_Call], index: int, outputs: set[int] | frozenset[int] = frozenset()
+) -> tuple[_Call | None, str]:
     """The one Linear/Conv reading the output of the call at ``index`` (through Dropout)."""
     wanted = calls[index].output
     start = index
     while True:
+        if wanted in outputs:
+            return None, "an output head (its outputs are the model's): never reset"
         readers = [
             (i, c)
             for i, c in enumerate(calls)
@@ -142,7 +194,7 @@ class Link:
     """Who feeds and who reads one activation module: names in the model."""
 
     producers: tuple[str, ...]  # the Linear/Conv (two for a gated MLP) whose rows are redrawn
-    norm: str | None  # a BatchNorm between producer and activation
+    norm: str | None  # a per-unit norm (BatchNorm, LayerNorm, ...) between producer and activation
     consumer: str  # the Linear/Conv whose columns are zeroed
 
 
@@ -154,10 +206,13 @@ def topology(model: nn.Module, example: Any) -> Topology:
     """The Link of every activation-like leaf module, from one forward of ``example`` (no
     grad, the model's modes and buffers restored). Computed once, it serves every later
     ``recycle`` of the same model (``Recycler`` does that during training)."""
-    return _links(model, _trace(model, example))
+    trace = _trace(model, example)
+    return _links(model, trace.calls, trace.outputs)
 
 
-def _links(model: nn.Module, calls: list[_Call]) -> Topology:
+def _links(
+    model: nn.Module, calls: list[_Call], outputs: set[int] | frozenset[int] = frozenset()
+) -> Topology:
     index_of: dict[str, list[int]] = {}
     for i, call in enumerate(calls):
         index_of.setdefault(call.name, []).append(i)
@@ -178,7 +233,7 @@ def _links(model: nn.Module, calls: list[_Call]) -> Topology:
         if producer is None:
             links[name] = why
             continue
-        consumer, why = _consumer(calls, indices[0])
+        consumer, why = _consumer(calls, indices[0], outputs)
         links[name] = (
             why
             if consumer is None
