@@ -18,6 +18,9 @@ from neurodiag.errors import NeurodiagError
 DEFAULT_EPS = 1e-3
 #: τ: a neuron is τ-dormant when its normalised score s_i ≤ τ (Sokar et al. 2023).
 DEFAULT_TAU = 0.1
+#: Sites with more neurons get no representation rank (its Gram state is neurons² float64:
+#: 128 MiB at 4096).
+DEFAULT_RANK_MAX_NEURONS = 4096
 DEAD_WINDOWS = ("scan", "batch")
 MODES = ("eval", "train")
 
@@ -32,7 +35,10 @@ class ScanConfig:
     behaviour during a scan. ``include``/``exclude``: site-name globs. ``feature_dims``: per-site
     neuron-dim overrides. ``max_batches``, ``seed``, ``timeout_s``: how much data, which RNG.
     ``flag_gates``: judge gates (sites whose output scales another tensor) like activations;
-    by default only NaN/Inf flags them.
+    by default only NaN/Inf flags them. ``rank``: also measure each site's representation rank
+    (``effective_rank``, ``srank``; opt-in: a neurons × neurons float64 Gram matrix per site,
+    O(positions × neurons²) per call), skipped (NaN) at sites with more than
+    ``rank_max_neurons`` neurons.
     """
 
     eps: float = DEFAULT_EPS
@@ -47,6 +53,8 @@ class ScanConfig:
     seed: int = 0
     timeout_s: float | None = None
     flag_gates: bool = False
+    rank: bool = False
+    rank_max_neurons: int = DEFAULT_RANK_MAX_NEURONS
 
     def __post_init__(self) -> None:
         if self.dead_window not in DEAD_WINDOWS:
@@ -59,6 +67,11 @@ class ScanConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise NeurodiagError(f"{name} must be a finite number >= 0, got {value}")
+        if not isinstance(self.rank, bool):
+            raise NeurodiagError(f"rank must be True or False, got {self.rank!r}")
+        limit = self.rank_max_neurons
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise NeurodiagError(f"rank_max_neurons must be an integer >= 1, got {limit!r}")
         if self.max_batches is not None and self.max_batches < 1:
             raise NeurodiagError(f"max_batches must be >= 1, got {self.max_batches}")
         # sequences given as lists stay hashable and immutable
@@ -82,6 +95,7 @@ OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ScanConfig))
 __all__ = [
     "DEAD_WINDOWS",
     "DEFAULT_EPS",
+    "DEFAULT_RANK_MAX_NEURONS",
     "DEFAULT_TAU",
     "MODES",
     "OPTION_NAMES",

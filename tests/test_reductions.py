@@ -338,3 +338,19 @@ def test_bfloat16_model_is_measured_like_float32() -> None:
         assert low.row(site)["nonfinite"] == 0
         assert low.row(site)["dead_pct"] == ref.row(site)["dead_pct"]
         assert low.row(site)["min_abs_deriv"] == ref.row(site)["min_abs_deriv"]
+
+
+def test_a_call_without_positions_folds_nothing_and_is_no_step_call() -> None:
+    """A batch of 0 rows (amax has nothing to reduce): zero counts, empty extremes, and a GELU
+    site is not taken for a step site (max/min of σ' would be derived from counts)."""
+    from neurodiag.activations import derivatives
+    from neurodiag.stats.reductions import reduce_forward
+
+    a = torch.empty(0, 3)
+    red = reduce_forward(
+        a, torch.nn.functional.gelu(a), derivatives.gelu, (0,), 1e-8, torch.float32
+    )
+    assert red.finite_positions == 0 and red.nonfinite == 0
+    assert red.max_abs_deriv is not None and bool((red.max_abs_deriv == -math.inf).all())
+    assert red.min_abs_deriv is not None and bool((red.min_abs_deriv == math.inf).all())
+    assert red.sum_abs_act.tolist() == [0.0, 0.0, 0.0]

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from neurodiag.report.cells import PERCENT_COLUMNS, fmt_general, fmt_sci, is_missing
+from neurodiag.report.cells import (
+    COUNT_COLUMNS,
+    PERCENT_COLUMNS,
+    fmt_general,
+    fmt_sci,
+    is_missing,
+)
 
 NO_VALUE = "no value"
 
@@ -21,7 +27,7 @@ def fmt_value(metric: str, value: Any) -> str:
     number = float(value)
     if metric in PERCENT_COLUMNS:
         return f"{number:.1f}"
-    if metric == "nonfinite":
+    if metric in COUNT_COLUMNS:  # nonfinite, massive
         return str(int(number))
     return fmt_sci(number)
 
@@ -32,7 +38,7 @@ def fmt_limit(metric: str, limit: float | None, *, derived: bool = False) -> str
         return ""
     if derived:
         return fmt_value(metric, limit)
-    if metric == "nonfinite":
+    if metric in COUNT_COLUMNS:
         return str(int(limit))
     return fmt_general(float(limit))
 

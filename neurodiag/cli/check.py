@@ -59,6 +59,8 @@ from neurodiag.cli.common import (
     OutputOpt,
     PlotOpt,
     ProgressOpt,
+    RankMaxNeuronsOpt,
+    RankOpt,
     SeedOpt,
     TargetOpt,
     TauOpt,
@@ -78,7 +80,7 @@ from neurodiag.cli.common import (
     write_text,
 )
 from neurodiag.cli.runner import scan_config, scan_from_options
-from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
+from neurodiag.config import DEFAULT_EPS, DEFAULT_RANK_MAX_NEURONS, DEFAULT_TAU
 from neurodiag.errors import NeurodiagError
 from neurodiag.report.model import Report
 from neurodiag.scan import NONFINITE_LOSS, ScanInterrupted
@@ -271,6 +273,8 @@ def check(
     progress: ProgressOpt = True,
     plot: PlotOpt = None,
     forward_only: ForwardOnlyOpt = False,
+    rank: RankOpt = False,
+    rank_max_neurons: RankMaxNeuronsOpt = DEFAULT_RANK_MAX_NEURONS,
     thresholds: dict[str, Any] | None = None,
 ) -> None:
     """Scan MODEL like `scan`, then exit 1 if a site breaks a threshold (or regressed).
@@ -322,7 +326,7 @@ def check(
                     timeout=timeout,
                     forward_only=forward_only,
                     flag_gates=flag_gates,
-                ),
+                ).with_options(rank=rank, rank_max_neurons=rank_max_neurons),
                 data=data,
                 weights=weights,
                 device=device,

@@ -691,6 +691,25 @@ ForwardOnlyOpt = Annotated[
         "(the gradient columns stay empty); about half the time of a full scan.",
     ),
 ]
+RankOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rank",
+        rich_help_panel=METRICS_PANEL,
+        help="Also measure each site's representation rank (effective_rank, srank in CSV, "
+        "JSON and Markdown): a neurons² Gram matrix per site, O(positions × neurons²) per batch.",
+    ),
+]
+RankMaxNeuronsOpt = Annotated[
+    int,
+    typer.Option(
+        "--rank-max-neurons",
+        min=1,
+        metavar="N",
+        rich_help_panel=METRICS_PANEL,
+        help="With --rank: skip (empty rank) sites with more than N neurons.",
+    ),
+]
 
 
 #: treat and compare hold every batch in memory; a loader without a length that gives more than

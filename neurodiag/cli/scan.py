@@ -30,6 +30,8 @@ from neurodiag.cli.common import (
     OutputOpt,
     PlotOpt,
     ProgressOpt,
+    RankMaxNeuronsOpt,
+    RankOpt,
     SeedOpt,
     TargetOpt,
     TauOpt,
@@ -46,7 +48,7 @@ from neurodiag.cli.common import (
     user_errors,
     validate_plot,
 )
-from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
+from neurodiag.config import DEFAULT_EPS, DEFAULT_RANK_MAX_NEURONS, DEFAULT_TAU
 
 
 @app.command(
@@ -90,6 +92,8 @@ def scan(
     progress: ProgressOpt = True,
     plot: PlotOpt = None,
     forward_only: ForwardOnlyOpt = False,
+    rank: RankOpt = False,
+    rank_max_neurons: RankMaxNeuronsOpt = DEFAULT_RANK_MAX_NEURONS,
 ) -> None:
     """Scan every activation site of MODEL and report dead/dormant neurons and gradient flow."""
     from neurodiag.cli.runner import scan_config, scan_from_options
@@ -116,7 +120,7 @@ def scan(
                     timeout=timeout,
                     forward_only=forward_only,
                     flag_gates=flag_gates,
-                ),
+                ).with_options(rank=rank, rank_max_neurons=rank_max_neurons),
                 data=data,
                 weights=weights,
                 device=device,

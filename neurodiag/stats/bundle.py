@@ -41,6 +41,13 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _fits(spec: object, neurons: int) -> bool:
+    """A state may declare ``max_neurons`` (an O(neurons²) one: ``stats.rank``); a site with more
+    neurons does not get it, and the statistics reading it give NaN there."""
+    limit = getattr(spec, "max_neurons", None)
+    return limit is None or neurons <= limit
+
+
 @dataclass(frozen=True)
 class SiteSummary:
     """Per-site numbers (the report row without names) and per-neuron tensors (CPU)."""
@@ -66,9 +73,13 @@ class SiteStats:
         self.config = config
         self.registry = registry
         self.statistics: list[Statistic] = [cls(config) for cls in registry]
-        specs = [spec for stat in self.statistics for spec in stat.state_specs()]
+        specs = [
+            spec for stat in self.statistics for spec in stat.state_specs() if _fits(spec, neurons)
+        ]
         self.store = StateStore(specs, neurons, device, self.dtype)
         self._forward = [n for n in self.store.specs if n in _FORWARD_FIELDS]
+        #: The representation rank's Gram matrix is wanted (opt-in, O(neurons²) per call).
+        self._gram = "gram" in self.store.specs
         self._grad = [n for n in self.store.specs if n in _GRAD_FIELDS]
         self._per_call = [stat for stat in self.statistics if stat.per_call]
         #: Some call took the step shortcut: max/min |σ'| are derived from the totals.
@@ -92,7 +103,7 @@ class SiteStats:
         step: bool = False,
     ) -> None:
         """One call: pre-activation ``z`` (None if overwritten in place), activation ``a``."""
-        red = reduce_forward(z, a, derivative, dims, self.config.eps, self.dtype, step)
+        red = reduce_forward(z, a, derivative, dims, self.config.eps, self.dtype, step, self._gram)
         if red.max_abs_deriv is None:
             self.step = True
         store = self.store

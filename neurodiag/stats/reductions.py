@@ -1,9 +1,11 @@
 """The per-call reductions every statistic reads: one measuring path per observation kind.
 
 A site call is reduced to per-neuron values over its **finite positions** (an entry is finite
-when z and a, or ∂L/∂a, are neither NaN nor ±Inf): Σ|a|, the finite positions, the positions with
-|σ'| > ε, max and min of |σ'|; Σ|∂L/∂a| and its finite positions; and the count of non-finite
-entries. Non-finite entries are counted and kept out of everything else.
+when z and a, or ∂L/∂a, are neither NaN nor ±Inf): Σ|a|, max |a|, the finite positions, the
+positions with |σ'| > ε, max and min of |σ'|; Σ|∂L/∂a| and its finite positions; and the count of
+non-finite entries. Non-finite entries are counted and kept out of everything else. Only when the
+representation rank is asked for (``gram=True``): the call's Gram matrix AᵀA in float64 over its
+finite rows (``gram_of``), O(neurons²).
 
 ``exact_forward`` / ``exact_grad`` are the reference: masks, σ' in slices along a position dim
 (so σ's temporaries stay O(slice) whatever the activation size). Two shortcuts sit behind the same
@@ -51,6 +53,9 @@ class ForwardReductions:
 
     ``finite_positions`` is a host int when every position was finite (the common case);
     ``max_abs_deriv``/``min_abs_deriv`` are None on the step shortcut (see ``step_extremes``).
+    ``max_abs_act`` is 0 for a neuron without a finite position (statistics mask it with
+    ``finite_positions``). ``gram``/``gram_rows`` (the (F, F) float64 AᵀA over the finite rows,
+    and how many rows) are None unless asked for.
     """
 
     finite_positions: Tensor | int
@@ -59,6 +64,9 @@ class ForwardReductions:
     max_abs_deriv: Tensor | None
     min_abs_deriv: Tensor | None
     nonfinite: Tensor | int
+    max_abs_act: Tensor
+    gram: Tensor | None = None
+    gram_rows: Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -166,6 +174,56 @@ def _in_scratch(
     return _combine(parts, torch.sum)
 
 
+def _amax(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``x.amax(dims)``, the trailing dims first when the neurons sit before them (conv
+    (N, C, H, W): max over (H, W), then N): CPU reduces contiguous inner dims vectorised, up to
+    1.5x faster than one amax over (0, 2, 3)."""
+    split, last = len(dims), x.dim() - 1
+    while split and dims[split - 1] == last - (len(dims) - split):  # dims[split:] are trailing
+        split -= 1
+    if 0 < split < len(dims):
+        return x.amax(dims[split:]).amax(dims[:split])
+    return x.amax(dims)
+
+
+#: Same-size integer dtypes: IEEE floats ≥ 0 (and -0.0, the smallest) order as their bits do.
+_BITS = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def _max_nonnegative(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``_amax`` of a finite ``x`` ≥ 0 (a ReLU's output); large ones as integers, which CPU
+    reduces up to 2x faster than floats. -0.0 (relu(-0.0)) may come back for a neuron that is
+    -0.0 everywhere: statistics read max |a| through ``abs``."""
+    bits = _BITS.get(x.dtype)
+    if bits is None or x.numel() <= SCRATCH_LIMIT:
+        return _amax(x, dims)
+    return _amax(x.view(bits), dims).view(x.dtype)
+
+
+def _abs_sum_max(x: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Σ|x| (in ``dtype``) and max |x| over ``dims`` from one |x| in the scratch (as
+    ``_in_scratch``): the max reads what the sum just read, still in cache."""
+    if x.numel() <= SCRATCH_LIMIT:
+        t = torch.abs(x, out=_scratch(x))
+        return t.sum(dims, dtype=dtype), _amax(t, dims)
+    pieces = _slices(None, x, dims)
+    if len(pieces) == 1 or pieces[0][1].numel() > 4 * SCRATCH_LIMIT:
+        t = x.abs()
+        return t.sum(dims, dtype=dtype), _amax(t, dims)
+    sums: list[Tensor] = []
+    highs: list[Tensor] = []
+    for _, c in pieces:
+        t = torch.abs(c, out=_scratch(c))
+        sums.append(t.sum(dims, dtype=dtype))
+        highs.append(_amax(t, dims))
+    return _combine(sums, torch.sum), _combine(highs, torch.amax)
+
+
 # -- forward ---------------------------------------------------------------------------------------
 def reduce_forward(
     z: Tensor | None,
@@ -175,18 +233,41 @@ def reduce_forward(
     eps: float,
     dtype: torch.dtype,
     step: bool = False,
+    gram: bool = False,
 ) -> ForwardReductions:
-    """The reductions of one forward call (``z`` None: an in-place op overwrote it)."""
+    """The reductions of one forward call (``z`` None: an in-place op overwrote it); with
+    ``gram`` also the call's Gram matrix (``gram_of``)."""
     z, a, dims = _as_positions(z, a, dims)
+    if a.numel() == 0:  # no position (a batch of 0 rows): nothing to fold, no max to take
+        return _no_positions(a, dims, dtype)
+    red = None
     if a.is_cpu and "cpu" in HOST_READ_DEVICES:
-        quick = (
+        red = (
             _quick_step(z, a, dims, dtype)
             if step and eps < 1 and STEP_SHORTCUT
             else _quick_general(z, a, derivative, dims, eps, dtype)
         )
-        if quick is not None:
-            return quick
-    return exact_forward(z, a, derivative, dims, eps, dtype)
+    if red is None:
+        red = exact_forward(z, a, derivative, dims, eps, dtype)
+    if gram:
+        red.gram, red.gram_rows = gram_of(z, a, dims)
+    return red
+
+
+def _no_positions(a: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> ForwardReductions:
+    """The reductions of a call without positions: zero counts and sums, empty extremes
+    (-inf / +inf, which fold as nothing; None would read as the step shortcut)."""
+    shape = [n for i, n in enumerate(a.shape) if i not in dims]
+    zeros = torch.zeros(shape, dtype=dtype, device=a.device)
+    return ForwardReductions(
+        finite_positions=0,
+        sum_abs_act=zeros,
+        active_entries=zeros,
+        max_abs_deriv=torch.full_like(zeros, -math.inf),
+        min_abs_deriv=torch.full_like(zeros, math.inf),
+        nonfinite=0,
+        max_abs_act=zeros,
+    )
 
 
 def exact_forward(
@@ -212,6 +293,7 @@ def exact_forward(
         max_abs_deriv=_combine([p.max_abs_deriv for p in parts], torch.amax),  # type: ignore[misc]
         min_abs_deriv=_combine([p.min_abs_deriv for p in parts], torch.amin),  # type: ignore[misc]
         nonfinite=nonfinite,
+        max_abs_act=_combine([p.max_abs_act for p in parts], torch.amax),
     )
 
 
@@ -231,13 +313,15 @@ def _masked(
     clean_a = torch.where(ok, a, zero)
     clean_z = torch.where(ok, z, zero) if z is not None else None
     d = derivative(clean_z, clean_a).abs().to(dtype)
+    abs_a = clean_a.abs()
     return ForwardReductions(
         finite_positions=ok.sum(dims, dtype=dtype),
-        sum_abs_act=clean_a.abs().sum(dims, dtype=dtype),
+        sum_abs_act=abs_a.sum(dims, dtype=dtype),
         active_entries=(ok & (d > eps)).sum(dims, dtype=dtype),
         max_abs_deriv=torch.where(ok, d, -math.inf).amax(dims),
         min_abs_deriv=torch.where(ok, d, math.inf).amin(dims),
         nonfinite=ok.numel() - ok.sum(),
+        max_abs_act=abs_a.amax(dims).to(dtype),  # 0 where no position is finite
     )
 
 
@@ -249,6 +333,7 @@ def traced_forward(
     eps: float,
     dtype: torch.dtype,
     step: bool = False,
+    gram: bool = False,
 ) -> ForwardReductions:
     """The exact reductions written for Dynamo: no host read, no slicing, every value a tensor.
 
@@ -259,8 +344,19 @@ def traced_forward(
     totals (``step_extremes``) as on the eager step shortcut.
     """
     z, a, dims = _as_positions(z, a, dims)
-    if not (step and eps < 1 and STEP_SHORTCUT):
-        return _masked(z, a, derivative, dims, eps, dtype)
+    if step and eps < 1 and STEP_SHORTCUT:
+        red = _traced_step(z, a, dims, dtype)
+    else:
+        red = _masked(z, a, derivative, dims, eps, dtype)
+    if gram:
+        red.gram, red.gram_rows = gram_of(z, a, dims, traced=True)
+    return red
+
+
+def _traced_step(
+    z: Tensor | None, a: Tensor, dims: tuple[int, ...], dtype: torch.dtype
+) -> ForwardReductions:
+    """``traced_forward`` of a ReLU site: no σ', a ≥ 0 where finite."""
     ok = torch.isfinite(a)
     if z is not None:
         ok &= torch.isfinite(z)
@@ -273,6 +369,7 @@ def traced_forward(
         max_abs_deriv=None,
         min_abs_deriv=None,
         nonfinite=ok.numel() - finite.sum(dtype=torch.float64).to(torch.int64),  # no 2nd pass
+        max_abs_act=clean.amax(dims).to(dtype),
     )
 
 
@@ -298,6 +395,7 @@ def _quick_step(
     if not (_finite(z.sum()) if z is not None else _finite(sum_abs)):
         return None
     active = _in_scratch(a, dims, dtype, lambda x, out: torch.gt(x, 0, out=out))
+    high = _max_nonnegative(a, dims)
     return ForwardReductions(
         finite_positions=_positions(a.shape, dims),
         sum_abs_act=sum_abs,
@@ -305,6 +403,7 @@ def _quick_step(
         max_abs_deriv=None,
         min_abs_deriv=None,
         nonfinite=0,
+        max_abs_act=high if high.dtype == dtype else high.to(dtype),  # a ≥ 0: |a| = a
     )
 
 
@@ -317,7 +416,7 @@ def _quick_general(
     dtype: torch.dtype,
 ) -> ForwardReductions | None:
     """Any σ on CPU without masks; None if a non-finite entry may be there."""
-    sum_abs = _in_scratch(a, dims, dtype, torch.abs)
+    sum_abs, max_abs = _abs_sum_max(a, dims, dtype)
     highs: list[Tensor] = []
     lows: list[Tensor] = []
     active: list[Tensor] = []
@@ -341,6 +440,7 @@ def _quick_general(
         max_abs_deriv=high.to(dtype),
         min_abs_deriv=low.to(dtype),
         nonfinite=0,
+        max_abs_act=max_abs if max_abs.dtype == dtype else max_abs.to(dtype),
     )
 
 
@@ -358,6 +458,43 @@ def step_extremes(active: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
     high = torch.where(measured, high, torch.full_like(active, -math.inf))
     low = torch.where(measured, low, torch.full_like(active, math.inf))
     return high, low
+
+
+# -- representation rank ---------------------------------------------------------------------
+#: Elements (float64) per row block of ``gram_of``: its temporaries stay O(block), 2 MB.
+GRAM_BLOCK_ELEMENTS = 1 << 18
+
+
+def _neuron_rows(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``x`` as a (positions, neurons) matrix: the one dim not in ``dims`` moved last."""
+    feature = next(i for i in range(x.dim()) if i not in dims)
+    return x.movedim(feature, -1).reshape(-1, x.shape[feature])
+
+
+def gram_of(
+    z: Tensor | None, a: Tensor, dims: tuple[int, ...], traced: bool = False
+) -> tuple[Tensor, Tensor]:
+    """AᵀA in float64 (A: rows = positions, columns = neurons) over the finite rows, and the
+    number of those rows. A row with a non-finite entry (in a, or in z where kept) is left out
+    whole: a singular value needs the whole row. ``a`` is (positions..., neurons) as
+    ``_as_positions`` leaves it. Eager calls go in row blocks of ``GRAM_BLOCK_ELEMENTS``
+    (temporaries O(block)); ``traced`` ones in one block (no Python loop for Dynamo)."""
+    rows = _neuron_rows(a, dims)
+    pre = _neuron_rows(z, dims) if z is not None else None
+    n, neurons = rows.shape
+    step = n if traced else max(1, GRAM_BLOCK_ELEMENTS // max(neurons, 1))
+    gram = torch.zeros((neurons, neurons), dtype=torch.float64, device=a.device)
+    kept = torch.zeros((), dtype=torch.float64, device=a.device)
+    zero = torch.zeros((), dtype=torch.float64, device=a.device)
+    for i in range(0, n, step):
+        block = rows[i : i + step]
+        ok = torch.isfinite(block).all(1)
+        if pre is not None:
+            ok &= torch.isfinite(pre[i : i + step]).all(1)
+        clean = torch.where(ok[:, None], block.to(torch.float64), zero)
+        gram.addmm_(clean.T, clean)
+        kept += ok.sum(dtype=torch.float64)
+    return gram, kept
 
 
 # -- gradient ------------------------------------------------------------------------------------

@@ -15,8 +15,10 @@ from neurodiag.stats.dormant import DormantNeurons
 from neurodiag.stats.grad_dormant import GradDormantNeurons
 from neurodiag.stats.inactive import InactiveEntries
 from neurodiag.stats.mag import MeanAbsGradient
+from neurodiag.stats.massive import MassiveActivations
 from neurodiag.stats.min_deriv import MinAbsDerivative
 from neurodiag.stats.nonfinite import NonFiniteEntries
+from neurodiag.stats.rank import RepresentationRank
 from neurodiag.stats.statistic import Column, Statistic, Threshold
 from neurodiag.stats.zero_output import ZeroOutputNeurons
 
@@ -65,6 +67,8 @@ for _cls in (
     BernsteinBound,
     InactiveEntries,
     NonFiniteEntries,
+    MassiveActivations,
+    RepresentationRank,
 ):
     STATISTICS.register(_cls)
 

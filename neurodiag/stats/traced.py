@@ -5,8 +5,8 @@ not touch Python state that changes per call (a recompile per step), and must ke
 the same tensors (Dynamo reads them as graph inputs). So the compiled path folds each call's
 ``traced_forward`` reductions into a fixed set of tensors, mutated in place, and the Monitor
 ``drain``s them into the site's ``SiteStats`` when it reads a window; draining resets them in
-place. Gradients are not here: the backward calls the gradient hooks in Python, where the
-eager ``SiteStats.observe_grad`` costs less than a compiled frame per hook call.
+place. Gradients too: the tensor hooks a traced forward registers become part of the compiled
+backward (``exact_grad``: masks, no host read).
 """
 
 from __future__ import annotations
@@ -18,11 +18,19 @@ from torch import Tensor
 
 from neurodiag.stats.base import StateSpec
 from neurodiag.stats.bundle import SiteStats
-from neurodiag.stats.reductions import DerivativeFn, ForwardReductions, traced_forward
+from neurodiag.stats.reductions import (
+    DerivativeFn,
+    ForwardReductions,
+    GradReductions,
+    exact_grad,
+    traced_forward,
+)
+
+_FIELDS = frozenset(ForwardReductions.__slots__) | frozenset(GradReductions.__slots__)
 
 
 class TracedSiteStates:
-    """The forward states ``SiteStats`` folds per call, of one site, as fixed tensors."""
+    """The states ``SiteStats`` folds per call, of one site, as fixed tensors."""
 
     def __init__(self, stats: SiteStats, derivative: DerivativeFn, step: bool) -> None:
         self.derivative = derivative
@@ -30,22 +38,31 @@ class TracedSiteStates:
         self.eps = stats.config.eps
         self.dtype = stats.dtype
         self.statistics = [stat for stat in stats.statistics if stat.per_call]
-        names = [n for n in stats.store.specs if n in ForwardReductions.__slots__]
+        names = [n for n in stats.store.specs if n in _FIELDS]
         names += [spec.name for stat in self.statistics for spec in stat.state_specs()]
         self.specs: dict[str, StateSpec] = {n: stats.store.specs[n] for n in dict.fromkeys(names)}
         # scalars as shape (1,): torch 2.13 loses in-place updates of a 0-d float64 tensor made
         # inside compiled code (Dynamo takes it for a Python float); (1,) ones are kept
-        self.values: dict[str, Tensor] = {
-            name: spec.initial(stats.neurons, stats.device, stats.dtype).reshape(-1)
+        initial = {
+            name: spec.initial(stats.neurons, stats.device, stats.dtype)
             for name, spec in self.specs.items()
         }
+        #: each state's shape in ``SiteStats`` ((), (F,) or (F, F) for the rank's Gram matrix)
+        self.shapes = {name: value.shape for name, value in initial.items()}
+        self.values: dict[str, Tensor] = {
+            name: value.reshape(1) if value.dim() == 0 else value for name, value in initial.items()
+        }
         self.forward_names = [n for n in self.specs if n in ForwardReductions.__slots__]
+        self.grad_names = [n for n in self.specs if n in GradReductions.__slots__]
+        self.gram = "gram" in self.specs
         self.calls = torch.zeros(1, dtype=torch.int64, device=stats.device)
 
     # -- traced --------------------------------------------------------------------------------
     def observe_forward(self, z: Tensor | None, a: Tensor, dims: tuple[int, ...]) -> None:
         """One call (traceable: tensor ops and in-place folds only)."""
-        red = traced_forward(z, a, self.derivative, dims, self.eps, self.dtype, self.step)
+        red = traced_forward(
+            z, a, self.derivative, dims, self.eps, self.dtype, self.step, self.gram
+        )
         for name in self.forward_names:
             value = getattr(red, name)
             if value is not None:
@@ -53,6 +70,12 @@ class TracedSiteStates:
         for stat in self.statistics:
             stat.update(self, red)
         self.calls.add_(1)
+
+    def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
+        """One ∂L/∂a (traceable: AOTAutograd puts the hook into the compiled backward)."""
+        red = exact_grad(grad, dims, self.dtype)
+        for name in self.grad_names:
+            self.fold(name, getattr(red, name))
 
     def fold(self, name: str, value: Tensor | int) -> None:
         """``StateStore.fold`` for the per-call statistics, written in ops Dynamo traces."""
@@ -74,8 +97,7 @@ class TracedSiteStates:
         if int(self.calls) == 0:
             return False
         for name, value in self.values.items():
-            shape = (stats.neurons,) if self.specs[name].per_neuron else ()
-            stats.store.fold(name, value.clone().reshape(shape))
+            stats.store.fold(name, value.clone().reshape(self.shapes[name]))
             value.fill_(self.specs[name].empty())
         if self.step:
             stats.step = True
