@@ -1293,6 +1293,11 @@ def set_measure_path(path: str) -> None:
         reductions.STEP_SHORTCUT = False
     if path == "reference":
         reductions.HOST_READ_DEVICES = frozenset()
+    if path == "hooks-only":  # the floor of per-site Python hooks: every hook runs, none measures
+        from neurodiag.stats.bundle import SiteStats
+
+        SiteStats.observe_forward = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        SiteStats.observe_grad = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1341,11 +1346,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument(
         "--measure-path",
-        choices=("default", "no-step", "reference"),
+        choices=("default", "no-step", "reference", "hooks-only"),
         default="default",
         help="which measuring path neurodiag uses (neurodiag/stats/reductions.py): default "
         "(both shortcuts), no-step (without the ReLU step shortcut) or reference (the exact "
-        "masked path for every call, as on accelerators): what each shortcut earns",
+        "masked path for every call, as on accelerators): what each shortcut earns; "
+        "hooks-only: every hook runs and measures nothing (the floor of per-site hooks; "
+        "its reports are empty)",
     )
     parser.add_argument(
         "--sync-check",

@@ -8,7 +8,6 @@ does for Inductor, the failures were Dynamo's); one ``slow`` case uses Inductor 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -193,16 +192,14 @@ def test_a_compiled_loop_measures_what_the_eager_loop_measures(
     if kind is not Block:  # module sites only: measured inside the graph after the first step
         assert "measured inside the compiled graph" in note
         assert not [m for m in messages if "keeps running eagerly" in m]
-        # neurodiag's own: its gradient hooks run eagerly (torch._dynamo.disable), and in d its
-        # step counter too; d's step also breaks at its own .backward()
-        found = re.search(r"graph breaks while attached: (\d+), neurodiag's own: (\d+) ", note)
-        assert found is not None
-        total, own = int(found[1]), int(found[2])
-        assert own >= 1 and total == own + (1 if case == "d" else 0)
+        # d: neurodiag's step counter runs eagerly inside the compiled step (torch._dynamo.disable),
+        # and the step breaks at its own .backward(); else one forward and one backward graph
+        total, own = (2, 1) if case == "d" else (0, 0)
+        assert f"graph breaks while attached: {total}, neurodiag's own: {own}" in note
     else:  # F.gelu is seen only through the function mode: eager, and said so once
         assert "ran eagerly while measured" in note and "functional activation calls" in note
         assert len([m for m in messages if "keeps running eagerly" in m]) == 1
-        assert "graph breaks while attached: 0, neurodiag's own: 0 " in note
+        assert note.endswith("graph breaks while attached: 0, neurodiag's own: 0")
 
 
 def test_sites_of_a_compiled_submodule_keep_their_eager_names() -> None:
@@ -293,6 +290,9 @@ def test_lightning_fit_of_a_compiled_module_equals_the_eager_fit() -> None:
             _fit(fitted, callback, max_epochs=2)
         compiled = [str(w.message) for w in caught if "compiled (torch.compile)" in str(w.message)]
         assert len(compiled) == int(compile_it)
+        assert callback.report is not None
+        if compile_it:
+            assert "measured inside the compiled graph" in callback.report.header.notes[0]
         frames.append(callback.to_frame())
     eager, compiled_frame = frames
     assert compiled_frame["dead_pct"].tolist() == [0.0, 50.0]
@@ -317,8 +317,10 @@ def test_huggingface_training_with_torch_compile_equals_eager(tmp_path: Any) -> 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer.train()
-        messages.append([str(w.message) for w in caught if "torch.compile" in str(w.message)])
+        messages.append([str(w.message) for w in caught if "neurodiag" in str(w.message)])
         assert callback.report is not None and callback.report.sites == SITES
+        if compile_it:  # HF's GELUActivation (unregistered): σ' by jvp inside the graph
+            assert "measured inside the compiled graph" in callback.report.header.notes[0]
         frames.append(callback.to_frame())
     assert not messages[0] and len(messages[1]) == 1 and "runs eagerly" in messages[1][0]
     eager, compiled = frames
@@ -398,3 +400,32 @@ def test_inductor_graph_measurement_equals_eager() -> None:
             _loop(model, _step_of(compiled), batches)
         assert monitor._graph.used
         _assert_equal(monitor.report(), _eager_report(SmallCnn, True))
+
+
+def test_lightning_recycle_under_torch_compile_revives_the_killed_units(tmp_path: Any) -> None:
+    """``recycle=True`` with ``trainer.fit(torch.compile(module))``: the units killed in epoch 1
+    are found inside the compiled graph and recycled in place, as in the eager fit."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from neurodiag.integrations.lightning import NeurodiagCallback
+    from tests.test_lightning import Net, _loader
+
+    torch.manual_seed(0)
+    module = Net(die_at=1, lr=0.1)
+    callback = NeurodiagCallback(per_site=False, recycle=True)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(torch.compile(module, backend=BACKEND), _loader())
+    assert callback.report is not None
+    assert "measured inside the compiled graph" in callback.report.header.notes[0]
+    assert callback.history[1].report.row("net.1")["dead_pct"] == 50.0
+    assert callback.recycler is not None and callback.recycler.recycled >= 4
+    assert bool((module.net[2].weight[:, :4] == 0).all())

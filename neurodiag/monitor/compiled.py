@@ -67,7 +67,7 @@ def called_from_compiled_code() -> bool:
 
 #: Functions of neurodiag that Dynamo is told not to trace (``torch._dynamo.disable``): a break
 #: whose reason names one is neurodiag's own (they run eagerly, outside any forward graph).
-OWN_BREAKS = ("Monitor._on_forward", "_SiteHook.observe_grad")
+OWN_BREAKS = ("Monitor._on_forward",)
 
 
 def graph_break_total(own: bool = False) -> int:

@@ -434,8 +434,8 @@ class Monitor:
             breaks, own = eager[0] + graph[0], eager[1] + graph[1]
             notes.append(
                 f"torch.compile: {self._compiled} {how}; Dynamo graph breaks while attached: "
-                f"{breaks}, neurodiag's own: {own} (its step counter and gradient hooks run "
-                "eagerly, outside the forward graph)"
+                f"{breaks}, neurodiag's own: {own}"
+                + (" (its step counter, called from inside compiled code)" if own else "")
             )
         if self.measure_every > 1:
             notes.append(

@@ -4,9 +4,10 @@ After the Monitor's first measured step has found the sites eagerly (discovery n
 at every call), a model whose sites are all activation modules gets one forward hook per site
 module written in traceable ops (``neurodiag.stats.traced``): Dynamo inlines them into the
 user's graph, so the per-site reductions run inside the compiled step instead of forcing it
-eager. Gradients come from tensor hooks registered in the same forward hooks; the backward
-runs them eagerly (``torch._dynamo.disable``: compiling each hook call as a frame of its own
-costs more than the eager reductions), which Dynamo counts as neurodiag's own graph breaks.
+eager. Gradients come from tensor hooks registered in the same forward hooks, written the same
+way: AOTAutograd puts them into the compiled backward (one forward and one backward graph per
+step; a hook that left the graph, e.g. behind ``torch._dynamo.disable``, would split the forward
+at every site).
 
 Two Dynamo settings make the hooks seen whenever the model was compiled:
 ``skip_nnmodule_hook_guards`` is turned off while they are attached (compiled code then
@@ -18,7 +19,6 @@ process-wide: every compiled function recompiles once, and once more after the M
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,9 +43,6 @@ class _SiteHook:
         self.inplace = plan.inplace
         self.feature_dim = plan.site.feature_dim
         self.owner = owner
-        #: run by the backward in Python: a hook registered from traced code would otherwise be
-        #: compiled as a frame of its own per call, which costs more than the eager reductions
-        self.grad_hook = torch._dynamo.disable(self.observe_grad)  # type: ignore[no-untyped-call]
 
     def _stats(self) -> SiteStats:
         stats = self.site.stats
@@ -63,11 +60,12 @@ class _SiteHook:
         pre = None if (self.inplace or output is z) else z.detach()
         self.states.observe_forward(pre, output.detach(), dims)
         if output.requires_grad and self.wants_grad:
-            output.register_hook(functools.partial(self.grad_hook, dims=dims))  # type: ignore[no-untyped-call]
+            hook = self
 
-    def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
-        """∂L/∂a of one call, eagerly during the backward (see ``grad_hook``)."""
-        self._stats().observe_grad(grad.detach(), dims)
+            def grad_hook(grad: Tensor) -> None:
+                hook.states.observe_grad(grad.detach(), dims)
+
+            output.register_hook(grad_hook)  # type: ignore[no-untyped-call]
 
     def drain(self) -> None:
         self.states.drain_into(self._stats())

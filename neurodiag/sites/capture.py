@@ -228,9 +228,10 @@ class SiteRecorder:
         """How each site of this model is measured by a hook alone, or why one cannot be.
 
         For measuring inside a compiled graph (``neurodiag.monitor.graph``): every site must be
-        an activation module of a registered kind, called once per forward, whose σ' is plain
-        torch ops (no Bernstein kernel, no autograd of an unknown module) and that needs no copy
-        of an input overwritten in place. A reason names the first site that is not.
+        an activation module called once per forward whose σ' is plain torch ops (a registered
+        kind other than Bernstein, or an unregistered module differentiated by ``torch.func.jvp``
+        of its forward) and that needs no copy of an input overwritten in place. A reason names
+        the first site that is not.
         """
         if self.found_functional:
             return "functional activation calls (F.gelu, torch.relu, ...) are seen only eagerly"
@@ -244,8 +245,11 @@ class SiteRecorder:
             if key.index > 0 or (module, 1) in self._module_keys:
                 return f"{name} is called more than once per forward"
             kind = self._module_kinds.get(module)
-            if kind is None:
-                return f"{name} is an unregistered activation ({type(module).__name__})"
+            if kind is None:  # σ' by forward-mode autograd of its own forward (Dynamo traces it)
+                if module in self._unknown_in_place_modules:
+                    return f"{name} works in place and its σ' needs the overwritten input"
+                plans.append(ModuleSitePlan(module, site, _jvp_derivative(module), False, False))
+                continue
             if kind.delta_bar is not None:
                 return f"{name} is a Bernstein activation (its σ' is not traced)"
             inplace = _inplace(module)
@@ -806,6 +810,19 @@ def _bind_derivative(kind: ActivationKind, params: Mapping[str, Any]) -> Derivat
     if not params:
         return derivative
     return functools.partial(derivative, **params)
+
+
+def _jvp_derivative(module: nn.Module) -> DerivativeFn:
+    """σ'(z) of an unknown elementwise module by forward-mode autograd (traceable by Dynamo,
+    unlike ``torch.autograd.grad``): the eager path's ``_autograd_derivative``, in a graph."""
+
+    def derivative(z: Tensor | None, a: Tensor) -> Tensor:
+        if z is None:
+            raise RuntimeError(f"cannot differentiate {type(module).__name__} without its input")
+        slope: Tensor = torch.func.jvp(module.forward, (z,), (torch.ones_like(z),))[1]
+        return slope
+
+    return derivative
 
 
 def _autograd_derivative(module: nn.Module, recorder: SiteRecorder) -> DerivativeFn:
