@@ -26,8 +26,9 @@ class TrainingWatch:
     site's ``metrics`` besides the summary; ``thresholds`` + ``stop_on_alert``: ask the
     framework to stop the first time a site breaks a limit; ``recycle`` (True, or a
     ``neurodiag.treat.Recycler``): ReDo on what each window found dead, in place, with the
-    optimiser's moments reset (``recycler.history`` has the counts). Other keywords go to the
-    Monitor."""
+    optimiser's moments reset (``recycler.history`` has the counts); a method name (``"cbp"``:
+    continual backprop after every training step) makes a Recycler with that method's defaults.
+    Other keywords go to the Monitor."""
 
     def __init__(
         self,
@@ -37,11 +38,17 @@ class TrainingWatch:
         metrics: Sequence[str] = SITE_METRICS,
         thresholds: ThresholdsLike = None,
         stop_on_alert: bool = False,
-        recycle: bool | Recycler = False,
+        recycle: bool | str | Recycler = False,
         **monitor_options: Any,
     ) -> None:
         self.recycler: Recycler | None = (
-            recycle if isinstance(recycle, Recycler) else Recycler() if recycle else None
+            recycle
+            if isinstance(recycle, Recycler)
+            else Recycler(method=recycle)
+            if isinstance(recycle, str)
+            else Recycler()
+            if recycle
+            else None
         )
         self._trace: Any = None
         self.every = every
@@ -94,9 +101,14 @@ class TrainingWatch:
             self._trace = self.recycler.trace(model, optimizer).__enter__()
 
     def end_recycling_trace(self) -> None:
+        """At the end of every training step (after the optimiser's): the first step's trace
+        gives the topology; a CBP Recycler then replaces what it owes (``Recycler.step``)."""
         trace, self._trace = self._trace, None
         if trace is not None:
             trace.__exit__(None, None, None)
+        if self.recycler is not None:
+            epoch = self.monitor.epoch if self.monitor is not None else None
+            self.recycler.step(epoch=epoch)
 
     def end_epoch(self) -> None:
         """An epoch is a window unless windows are ``every`` N steps."""
@@ -115,7 +127,7 @@ class TrainingWatch:
         finally:
             monitor.__exit__(None, None, None)
             if self.recycler is not None:
-                self.recycler.close()  # regrama's gradient hooks come off with the Monitor's
+                self.recycler.close()  # regrama's and cbp's hooks come off with the Monitor's
 
     def warn_if_empty(self, nothing_ran: str) -> None:
         """After training: say so when no step was measured (``Monitor.report`` already warned

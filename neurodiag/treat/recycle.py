@@ -49,16 +49,29 @@ from neurodiag.errors import NeurodiagError
 from neurodiag.loss import UserLoss
 from neurodiag.report.model import Report
 from neurodiag.treat.gradients import measure_grama
+from neurodiag.treat.shrink_perturb import check_shrink_perturb, shrink_perturb
 from neurodiag.treat.topology import Link, Topology, topology
+from neurodiag.treat.units import (
+    fresh_layer,
+    layer_weight,
+    reset_moments,
+    reset_norm,
+    reset_rows,
+    zero_columns,
+)
 
-#: Optimiser state entries shaped like their parameter (Adam, AdamW, SGD momentum, RMSprop...).
-_MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg")
+#: The methods that treat the units a report (or the gradient score) found.
 METHODS = ("redo", "regrama")
+#: ``recycle``'s methods: those, and Shrink & Perturb on the whole network (no report needed).
+RECYCLE_METHODS = (*METHODS, "shrink_perturb")
 #: ReGraMa's threshold on G_i when ``tau`` is not given (the paper's and AgileRL's default).
 GRAMA_TAU = 0.01
 #: ReGraMa: a revived unit's outgoing weights have this mean |w| relative to the mean |w| of the
 #: reader's live columns (those of the units not revived), so it gets gradient at once.
 OUTGOING_SCALE = 0.02
+#: Shrink & Perturb's defaults (λ, σ): Ash & Adams' warm-start trick at the scale they used.
+SHRINK = 0.4
+PERTURB = 0.1
 
 
 @dataclass(frozen=True)
@@ -119,48 +132,15 @@ class RecycleResult:
     treated: list[TreatedSite] = field(default_factory=list)
     untreated: list[tuple[str, str]] = field(default_factory=list)
     method: str = "redo"
-    #: the topology the treatment used (None for a swap)
+    #: the topology the treatment used (None for a swap or Shrink & Perturb)
     links: Topology | None = None
     outcome: Outcome | None = None
+    #: Shrink & Perturb: the modules whose parameters were shrunk and perturbed
+    perturbed: list[str] = field(default_factory=list)
 
     @property
     def recycled(self) -> int:
         return sum(len(t.neurons) for t in self.treated)
-
-
-def _fresh(layer: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``layer`` re-drawn by its own ``reset_parameters`` from ``seed``, without
-    touching the caller's RNG."""
-    new = copy.deepcopy(layer).cpu()  # the CPU RNG, forked: no device RNG is touched
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        new.reset_parameters()  # type: ignore[operator]
-    return new
-
-
-def _weight(layer: nn.Module) -> Tensor:
-    weight = layer.weight
-    assert isinstance(weight, Tensor)
-    return weight
-
-
-def _reset_rows(
-    layer: nn.Module, rows: Tensor, optimizer: torch.optim.Optimizer | None, seed: int
-) -> None:
-    fresh = _fresh(layer, seed)
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            param = getattr(layer, name, None)
-            if param is not None:
-                param[rows] = getattr(fresh, name)[rows.cpu()].to(param)
-                _reset_moments(optimizer, param, (rows,))
-
-
-def _zero_columns(layer: nn.Module, cols: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-    weight = _weight(layer)
-    with torch.no_grad():
-        weight[:, cols] = 0.0
-    _reset_moments(optimizer, weight, (slice(None), cols))
 
 
 def _small_columns(
@@ -170,8 +150,8 @@ def _small_columns(
     rescaled so its mean |w| is ``OUTGOING_SCALE`` × the mean |w| over the live columns (every
     entry of the columns not revived; the fresh draw's own mean |w| when none is live or all
     are 0). Small, so the outputs barely move; non-zero, so the unit gets gradient."""
-    weight = _weight(layer)
-    fresh = _weight(_fresh(layer, seed)).to(weight)
+    weight = layer_weight(layer)
+    fresh = layer_weight(fresh_layer(layer, seed)).to(weight)
     live = torch.ones(weight.shape[1], dtype=torch.bool, device=weight.device)
     live[cols] = False
     with torch.no_grad():
@@ -183,33 +163,7 @@ def _small_columns(
         size = draw.abs().mean(dim=dims, keepdim=True)
         unit = torch.where(size > 0, draw / size.clamp_min(torch.finfo(draw.dtype).tiny), 1.0)
         weight[:, cols] = OUTGOING_SCALE * scale * unit
-    _reset_moments(optimizer, weight, (slice(None), cols))
-
-
-def _reset_norm(norm: nn.Module, rows: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-    with torch.no_grad():
-        for name, value in (("weight", 1.0), ("bias", 0.0)):
-            param = getattr(norm, name, None)
-            if param is not None:
-                param[rows] = value
-                _reset_moments(optimizer, param, (rows,))
-        for name, value in (("running_mean", 0.0), ("running_var", 1.0)):
-            buffer = getattr(norm, name, None)
-            if buffer is not None:
-                buffer[rows] = value
-
-
-def _reset_moments(optimizer: torch.optim.Optimizer | None, param: Tensor, index: Any) -> None:
-    if optimizer is None:
-        return
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    with torch.no_grad():
-        for key in _MOMENT_KEYS:
-            moment = state.get(key)
-            if isinstance(moment, Tensor) and moment.shape == param.shape:
-                moment[index] = 0.0
+    reset_moments(optimizer, weight, (slice(None), cols))
 
 
 def _neurons(report: Report, site: str, tau: float | None) -> Tensor | None:
@@ -232,7 +186,7 @@ def _grad_dormant(scores: Mapping[str, Tensor], site: str, tau: float) -> Tensor
 
 def recycle(
     model: nn.Module,
-    report: Report,
+    report: Report | None = None,
     example: Any = None,
     *,
     method: str = "redo",
@@ -244,6 +198,8 @@ def recycle(
     seed: int = 0,
     grad_scores: Mapping[str, Tensor] | None = None,
     loss_fn: UserLoss | None = None,
+    shrink: float = SHRINK,
+    perturb: float = PERTURB,
 ) -> RecycleResult:
     """Recycle the units of the sites of ``report`` that ``method`` finds dormant.
 
@@ -258,15 +214,30 @@ def recycle(
     ``optimizer`` (needs ``in_place``) gets the moments of the touched rows and columns zeroed.
     ``sites`` restricts the treatment to those names. The new weights are drawn from ``seed`` and
     the layer's name, so a treatment is reproducible (``Recycler`` passes the window index).
+
+    ``shrink_perturb``: every parameter θ ← ``shrink``·θ + ``perturb``·ε, ε a fresh draw of its
+    layer's init (``neurodiag.treat.shrink_perturb``); no report, example or topology needed,
+    the optimiser's state is left alone; ``result.perturbed`` names the modules treated.
     """
-    if method not in METHODS:
+    if method not in RECYCLE_METHODS:
         raise NeurodiagError(
-            f"unknown recycling method {method!r}; use one of {', '.join(map(repr, METHODS))}"
+            f"unknown recycling method {method!r}; "
+            f"use one of {', '.join(map(repr, RECYCLE_METHODS))}"
         )
     if optimizer is not None and not in_place:
         raise NeurodiagError(
             "an optimizer holds the model's own parameters: pass in_place=True with it"
         )
+    if method == "shrink_perturb":
+        check_shrink_perturb(shrink, perturb)
+        target = model if in_place else copy.deepcopy(model)
+        result = RecycleResult(target, method=method)
+        result.perturbed, result.untreated = shrink_perturb(
+            target, shrink=shrink, perturb=perturb, seed=seed
+        )
+        return result
+    if report is None:
+        raise NeurodiagError(f"recycle(method={method!r}) needs the scan's report")
     if tau is not None and not tau >= 0:
         raise NeurodiagError(f"tau must be a number >= 0, got {tau!r}")
     if links is None and example is None:
@@ -313,20 +284,20 @@ def _apply(
     method: str = "redo",
 ) -> TreatedSite:
     producers = [model.get_submodule(name) for name in link.producers]
-    rows = chosen.to(_weight(producers[0]).device)
+    rows = chosen.to(layer_weight(producers[0]).device)
     for name, layer in zip(link.producers, producers, strict=True):
-        _reset_rows(layer, rows, optimizer, zlib.crc32(f"{seed}:{name}".encode()))
+        reset_rows(layer, rows, optimizer, zlib.crc32(f"{seed}:{name}".encode()))
     if link.norm is not None:
-        _reset_norm(model.get_submodule(link.norm), rows, optimizer)
+        reset_norm(model.get_submodule(link.norm), rows, optimizer)
     consumer = model.get_submodule(link.consumer)
     if method == "regrama":
         _small_columns(
             consumer, rows, optimizer, zlib.crc32(f"{seed}:{link.consumer}:out".encode())
         )
     else:
-        _zero_columns(consumer, rows, optimizer)
+        zero_columns(consumer, rows, optimizer)
     names = link.producers + ((link.norm,) if link.norm is not None else ())
-    width = int(_weight(producers[0]).shape[0])
+    width = int(layer_weight(producers[0]).shape[0])
     return TreatedSite(site, names, link.consumer, tuple(int(i) for i in chosen), width)
 
 
