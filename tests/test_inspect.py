@@ -522,3 +522,50 @@ def test_fsdp2_sharded_parameters_are_gathered() -> None:
     first = result["got"].iloc[0]
     assert (first["dead_rows"], first["duplicate_rows"]) == (3, 2) and first["nu_dead_rows"] >= 3
     assert (result["got"]["weight_distance"] > 0).all()
+
+
+def test_cli_thresholds_gate_ci_with_exit_1_and_one_line_per_broken_layer(
+    trained: tuple[nn.Sequential, torch.optim.Optimizer, dict[str, torch.Tensor]],
+    tmp_path: Path,
+) -> None:
+    """Layer "0" has 3 of 32 rows dead (9.4 %) and 2 duplicate (6.2 %): a limit just under
+    breaks, one at or over passes; ν-dead needs the optimizer state (absent: no verdict)."""
+    net, adam, _ = trained
+    (tmp_path / "model.py").write_text(MODEL_FILE)
+    torch.save(net.state_dict(), tmp_path / "ckpt.pt")
+    torch.save(adam.state_dict(), tmp_path / "opt.pt")
+    args = ["inspect", str(tmp_path / "model.py"), "--weights", str(tmp_path / "ckpt.pt")]
+    args += ["-f", "csv"]
+
+    def run(*extra: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, [*args, *extra])
+        return result.exit_code, result.stderr
+
+    assert run("--max-dead-rows-pct", "9.5", "--max-duplicate-rows-pct", "6.3") == (0, "")
+    code, err = run("--max-dead-rows-pct", "9.3", "--max-duplicate-rows-pct", "6.25")
+    assert code == 1 and err.splitlines() == ["✗ 0: dead rows 9.4 % > 9.3 %"]
+    assert run("--max-nu-dead-rows-pct", "0") == (0, "")  # no optimizer state: nothing to judge
+    code, err = run("--optimizer", str(tmp_path / "opt.pt"), "--max-nu-dead-rows-pct", "20")
+    assert code == 1 and err.startswith("✗ 0: ν-dead rows ")
+    code, err = run("--max-dead-rows-pct", "101")
+    assert code == 2 and "less than or equal" in err
+
+
+def test_violations_is_the_library_gate() -> None:
+    from neurodiag.inspect.gate import violations
+
+    frame = pd.DataFrame(
+        {
+            "layer": ["a", "b"],
+            "dead_rows_pct": [10.0, 0.0],
+            "duplicate_rows_pct": [0.0, 50.0],
+            "nu_dead_rows_pct": [math.nan, 1.0],
+        }
+    )
+    assert violations(frame, {"max_dead_rows_pct": 10.0}) == []
+    assert violations(frame, {"max_dead_rows_pct": 9.9, "max_duplicate_rows_pct": None}) == [
+        "a: dead rows 10.0 % > 9.9 %"
+    ]
+    assert violations(frame, {"max_nu_dead_rows_pct": 0.5}) == ["b: ν-dead rows 1.0 % > 0.5 %"]
+    with pytest.raises(ValueError, match="unknown inspect limits"):
+        violations(frame, {"max_dead": 1.0})

@@ -28,6 +28,7 @@ from neurodiag.cli.common import (
     epilog="[bold]Examples[/bold]\n\n"
     "neurodiag inspect sample_models/plain_mlp.py\n\n"
     "neurodiag inspect model.py --weights ckpt.pt --optimizer opt.pt --initial init.pt -f json\n\n"
+    "neurodiag inspect model.py --weights ckpt.pt --max-dead-rows-pct 5   # CI: exit 1 above\n\n"
     "Columns, definitions and tolerances: docs/inspect.md."
 )
 def inspect(
@@ -58,6 +59,30 @@ def inspect(
             help="State dict before training (weights_only): weight_distance.",
         ),
     ] = None,
+    max_dead_rows_pct: Annotated[
+        float | None,
+        typer.Option(
+            "--max-dead-rows-pct", help="Exit 1 if a layer has more dead rows (%).", min=0, max=100
+        ),
+    ] = None,
+    max_duplicate_rows_pct: Annotated[
+        float | None,
+        typer.Option(
+            "--max-duplicate-rows-pct",
+            help="Exit 1 if a layer has more duplicate rows (%).",
+            min=0,
+            max=100,
+        ),
+    ] = None,
+    max_nu_dead_rows_pct: Annotated[
+        float | None,
+        typer.Option(
+            "--max-nu-dead-rows-pct",
+            help="Exit 1 if a layer has more ν-dead rows (%; needs --optimizer).",
+            min=0,
+            max=100,
+        ),
+    ] = None,
     fmt: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
     debug: DebugOpt = False,
@@ -68,6 +93,7 @@ def inspect(
 
     from neurodiag.inspect import inspect as run_inspect
     from neurodiag.inspect import render
+    from neurodiag.inspect.gate import violations
     from neurodiag.inspect.layers import optimizer_state_dict
     from neurodiag.inspect.report import table
     from neurodiag.loading import load_model
@@ -100,6 +126,18 @@ def inspect(
         frame = run_inspect(loaded.model, optimizer=opt_state, initial=start)
         if output is None and fmt is OutputFormat.table and sys.stdout.isatty():
             Console(highlight=False).print(table(frame))
-            return
-        width = piped_width() if output is None else None
-        print_or_write(render(frame, fmt.value, width=width), output)
+        else:
+            width = piped_width() if output is None else None
+            print_or_write(render(frame, fmt.value, width=width), output)
+        broken = violations(
+            frame,
+            {
+                "max_dead_rows_pct": max_dead_rows_pct,
+                "max_duplicate_rows_pct": max_duplicate_rows_pct,
+                "max_nu_dead_rows_pct": max_nu_dead_rows_pct,
+            },
+        )
+    for line in broken:
+        print(f"✗ {line}", file=sys.stderr)
+    if broken:
+        raise typer.Exit(1)
