@@ -17,6 +17,7 @@ from torch import nn
 
 from neurodiag.check.evaluation import ThresholdsLike
 from neurodiag.monitor import SITE_METRICS, Alert, Monitor, Window, history_frame, window_scalars
+from neurodiag.monitor.window import update_frame
 from neurodiag.report.model import Report
 from neurodiag.treat.during_training import Recycler
 
@@ -28,7 +29,7 @@ class TrainingWatch:
     ``neurodiag.treat.Recycler``): ReDo on what each window found dead, in place, with the
     optimiser's moments reset (``recycler.history`` has the counts); a method name (``"cbp"``:
     continual backprop after every training step) makes a Recycler with that method's defaults.
-    Other keywords go to the Monitor."""
+    Other keywords go to the Monitor (``update_ratio=True``: ``update_ratio/<layer>`` scalars)."""
 
     def __init__(
         self,
@@ -138,3 +139,8 @@ class TrainingWatch:
     def to_frame(self, *, cumulative: bool = False) -> pd.DataFrame:
         """One row per (window, site), as ``Monitor.to_frame``."""
         return history_frame(self.history, cumulative=cumulative)
+
+    def update_frame(self) -> pd.DataFrame:
+        """One row per (window, layer) of the update ratios (``update_ratio=True``), as
+        ``Monitor.update_frame``."""
+        return update_frame(self.history)

@@ -44,7 +44,14 @@ from neurodiag.monitor.compiled import (
     stance_available,
 )
 from neurodiag.monitor.graph import GraphMeasurement
-from neurodiag.monitor.window import Window, WindowKind, describe_window, history_frame
+from neurodiag.monitor.update_ratio import DEFAULT_BOUNDS, UpdateRatios
+from neurodiag.monitor.window import (
+    Window,
+    WindowKind,
+    describe_window,
+    history_frame,
+    update_frame,
+)
 from neurodiag.report.build import build_report
 from neurodiag.report.model import Report, ScanHeader
 from neurodiag.scan import recorder_for, unwrap_compiled
@@ -82,6 +89,8 @@ class Monitor:
         keep_neurons: bool = False,
         sync_windows: bool | None = None,
         compiled: CompiledMeasuring = "graph",
+        update_ratio: bool = False,
+        update_ratio_bounds: tuple[float, float] | None = DEFAULT_BOUNDS,
         config: ScanConfig | None = None,
         registry: ActivationRegistry = REGISTRY,
         **options: Any,
@@ -94,6 +103,11 @@ class Monitor:
         listeners get them otherwise). ``sync_windows`` (default: when torch.distributed runs
         with 2+ ranks) reduces each window across ranks: every rank must then close the same
         windows, as with any collective.
+
+        ``update_ratio=True`` gives each window's ``update_ratios`` (per layer's ``weight``:
+        ‖W_end − W_start‖ / ‖W_start‖; ``neurodiag.monitor.update_ratio``) at the cost of one
+        copy of the trainable weights on their device; a trainable layer outside
+        ``update_ratio_bounds`` (None: no alert) in a window raises an ``Alert``.
         """
         if every is not None and every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
@@ -117,6 +131,7 @@ class Monitor:
         self._alerts = AlertTracker(thresholds) if thresholds is not None else None
         self._listeners = [on_window] if callable(on_window) else list(on_window)
         self._recorder = recorder_for(self._target, self.options, registry)
+        self._updates = UpdateRatios(self._target, update_ratio_bounds) if update_ratio else None
         #: the epoch the steps now running belong to (set it, or let a callback); labels windows
         self.epoch: int | None = None
         self.history: list[Window] = []
@@ -330,6 +345,8 @@ class Monitor:
         # measure_every: the hooks stay attached but return at once on the steps not measured
         # (and register no gradient hook, so their backward costs nothing either)
         measured = self._steps % self.measure_every == 0
+        if self._updates is not None and self._steps == self._window_start:
+            self._updates.snapshot()  # the weights at the window's start
         if measured and self._graph_ready():
             self._enter_graph()
         self._set_enabled(measured)
@@ -377,6 +394,11 @@ class Monitor:
         step_end, samples, batches, then every report column. ``cumulative=True``: each row
         covers every step up to the window's end (needs ``track_cumulative=True``)."""
         return history_frame(self.history, cumulative=cumulative)
+
+    def update_frame(self) -> pd.DataFrame:
+        """The update ratios (``update_ratio=True``) as one row per (window, layer): window,
+        step_start, step_end, epoch, layer, update_ratio, frozen."""
+        return update_frame(self.history)
 
     def _cumulative_sites(self) -> dict[SiteKey, Site]:
         self._graph.drain()
@@ -461,6 +483,7 @@ class Monitor:
             batches, samples = self._global_counts(batches, samples)
         if batches == 0:
             return None
+        updates = self._updates.ratios() if self._updates is not None else None
         live = self._recorder.sites
         sites = {key: copy_site(site, stats_of(site)) for key, site in live.items()}
         if sync:  # reduce copies: the local states still fold into the local totals
@@ -484,6 +507,12 @@ class Monitor:
         if self._alerts is not None:
             index = len(self.history)
             alerts = tuple(self._alerts.update(report, window=index, step=end, epoch=self.epoch))
+        ratios, frozen = updates or ({}, ())
+        if self._updates is not None and updates is not None:
+            index = len(self.history)
+            alerts += tuple(
+                self._updates.alerts(ratios, frozen, window=index, step=end, epoch=self.epoch)
+            )
         window = Window(
             index=len(self.history),
             kind=kind,
@@ -495,6 +524,8 @@ class Monitor:
             report=report,
             cumulative=cumulative,
             alerts=alerts,
+            update_ratios=ratios,
+            frozen_layers=frozen,
         )
         self.history.append(window if self.keep_neurons else window.without_neurons())
         self.alerts.extend(alerts)

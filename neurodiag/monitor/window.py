@@ -75,6 +75,10 @@ class Window:
     report: Report
     cumulative: Report | None = None
     alerts: tuple[Alert, ...] = field(default=())
+    #: ``Monitor(update_ratio=True)``: each layer's ‖W_end − W_start‖ / ‖W_start‖ over the window
+    update_ratios: dict[str, float] = field(default_factory=dict)
+    #: the layers of ``update_ratios`` frozen (``requires_grad=False``) at the window's start
+    frozen_layers: tuple[str, ...] = field(default=())
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -161,6 +165,32 @@ def history_frame(windows: Iterable[Window], *, cumulative: bool = False) -> pd.
     return typed
 
 
+#: Columns of an update-ratio frame, in this order.
+UPDATE_COLUMNS: tuple[str, ...] = (
+    "window",
+    "step_start",
+    "step_end",
+    "epoch",
+    "layer",
+    "update_ratio",
+    "frozen",
+)
+
+
+def update_frame(windows: Iterable[Window]) -> pd.DataFrame:
+    """One row per (window, layer) of the windows' update ratios."""
+    rows = [
+        (w.index, w.step_start, w.step_end, w.epoch, layer, ratio, layer in w.frozen_layers)
+        for w in windows
+        for layer, ratio in w.update_ratios.items()
+    ]
+    frame = pd.DataFrame(rows, columns=list(UPDATE_COLUMNS))
+    typed: pd.DataFrame = frame.astype(
+        {"epoch": "Int64", "update_ratio": "float64", "frozen": "bool"}
+    )
+    return typed
+
+
 def window_scalars(
     window: Window,
     *,
@@ -169,7 +199,9 @@ def window_scalars(
     metrics: Sequence[str] = SITE_METRICS,
 ) -> dict[str, float]:
     """Flat ``{"neurodiag/max_dead_pct": ..., "neurodiag/<site>/dead_pct": ...}`` for a logger;
-    missing values (no gradient reached a site) are left out rather than logged as NaN."""
+    missing values (no gradient reached a site) are left out rather than logged as NaN. With
+    update ratios: ``<prefix>/min_update_ratio``/``max_update_ratio`` over the trainable layers
+    and, ``per_site``, ``<prefix>/update_ratio/<layer>`` for every layer."""
     scalars = {
         f"{prefix}/{name}": float(value)
         for name, value in window.summary.items()
@@ -181,16 +213,28 @@ def window_scalars(
                 value: Any = row.get(metric)
                 if not is_missing(value):
                     scalars[f"{prefix}/{row['site']}/{metric}"] = float(value)
+    ratios = window.update_ratios
+    if per_site:
+        for layer, ratio in ratios.items():
+            if not math.isnan(ratio):
+                scalars[f"{prefix}/update_ratio/{layer}"] = ratio
+    trained = [r for name, r in ratios.items() if name not in window.frozen_layers]
+    trained = [r for r in trained if not math.isnan(r)]
+    if trained:  # trainable layers only: a frozen one reads 0 by construction
+        scalars[f"{prefix}/min_update_ratio"] = min(trained)
+        scalars[f"{prefix}/max_update_ratio"] = max(trained)
     return scalars
 
 
 __all__ = [
     "SITE_METRICS",
+    "UPDATE_COLUMNS",
     "WINDOW_COLUMNS",
     "Window",
     "WindowKind",
     "describe_window",
     "history_frame",
     "summarize_rows",
+    "update_frame",
     "window_scalars",
 ]
