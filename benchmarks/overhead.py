@@ -204,6 +204,93 @@ class ResNet50Like(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+class LstmLanguageModel(nn.Module):
+    """A word-level LSTM language model (Zaremba et al.'s medium size, smaller vocabulary):
+    embedding 2,000 x 256, 2-layer LSTM 512, dropout 0, a tied-size decoder; the loss is the
+    next token of every position. Its gates are inside the LSTM kernel: the sites are none but
+    what the user adds, so this row shows what a Monitor costs a model with nothing to hook."""
+
+    def __init__(self, vocab: int = 2000) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 256)
+        self.lstm = nn.LSTM(256, 512, num_layers=2, batch_first=True)
+        self.proj = nn.Sequential(nn.Linear(512, 256), nn.Tanh())
+        self.decoder = nn.Linear(256, vocab)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.lstm(self.embed(x))
+        return self.decoder(self.proj(out)).flatten(0, 1)  # (batch * seq, vocab)
+
+
+class SmallBert(nn.Module):
+    """Hugging Face BERT (4 layers, hidden 256, 4 heads, intermediate 1024, GELUActivation
+    modules, tanh pooler) built from a config, no download; sequence classification."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        config = BertConfig(
+            vocab_size=2000,
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=1024,
+            max_position_embeddings=128,
+            num_labels=10,
+        )
+        self.bert = BertForSequenceClassification(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.bert(input_ids=x).logits
+        return logits
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18's block: two 3x3 conv + BN, in-place ReLU, identity or projection shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.down: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.down = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+        self.out = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.out(y + self.down(x))
+
+
+class ResNet18Like(nn.Module):
+    """ResNet-18's layout (2-2-2-2 basic blocks, 64-512 channels, 11.2M parameters) with a
+    CIFAR stem (3x3 conv, no max-pool) for 32x32 inputs, written out (torchvision is not a
+    dependency). 17 ReLU sites, each called once per forward."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 64, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+        ]
+        in_ch = 64
+        for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1)]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
 @dataclass
 class Case:
     key: str
@@ -212,6 +299,10 @@ class Case:
     input_shape: tuple[int, ...]  # one batch, batch size first
     default_batches: int
     num_classes: int = 10
+    #: token ids in [0, tokens) instead of normal inputs (language models)
+    tokens: int | None = None
+    #: targets per sample (a language model predicts every position)
+    targets_per_sample: int = 1
 
 
 CASES = {
@@ -221,6 +312,19 @@ CASES = {
     "e": Case(
         "e", "ResNet-50-sized CNN, batch 32 on 3x224x224", ResNet50Like, (32, 3, 224, 224), 4
     ),
+    # real models at realistic CPU batch sizes (issue 25): not in the default set, minutes each
+    "f": Case(
+        "f",
+        "LSTM language model 2x512, batch 32x64 tokens",
+        LstmLanguageModel,
+        (32, 64),
+        3,
+        num_classes=2000,
+        tokens=2000,
+        targets_per_sample=64,
+    ),
+    "g": Case("g", "BERT 4x256 (HF), batch 16x128 tokens", SmallBert, (16, 128), 3, tokens=2000),
+    "h": Case("h", "ResNet-18-style CNN, batch 64 on 3x32x32", ResNet18Like, (64, 3, 32, 32), 3),
 }
 #: Models run when --models is not given (e is for GPUs).
 DEFAULT_MODELS = "a,b,c,d"
@@ -231,8 +335,12 @@ def make_batches(
 ) -> list[tuple[Tensor, Tensor]]:
     batches = []
     for _ in range(n):
-        x = torch.randn(case.input_shape, generator=generator)
-        y = torch.randint(0, case.num_classes, case.input_shape[:1], generator=generator)
+        if case.tokens is None:
+            x = torch.randn(case.input_shape, generator=generator)
+        else:
+            x = torch.randint(0, case.tokens, case.input_shape, generator=generator)
+        targets = (case.input_shape[0] * case.targets_per_sample,)
+        y = torch.randint(0, case.num_classes, targets, generator=generator)
         batches.append((x.to(device), y.to(device)))
     return batches
 
@@ -1312,7 +1420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default=DEFAULT_MODELS,
-        help="subset of a,b,c,d,e (default a,b,c,d; e, ResNet-50-sized, is meant for GPUs)",
+        help="subset of a-h (default a,b,c,d; e, ResNet-50-sized, is meant for GPUs; f, g, h: "
+        "an LSTM language model, a small HF BERT, a ResNet-18-style CNN, minutes each)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument(
