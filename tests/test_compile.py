@@ -429,3 +429,29 @@ def test_lightning_recycle_under_torch_compile_revives_the_killed_units(tmp_path
     assert callback.history[1].report.row("net.1")["dead_pct"] == 50.0
     assert callback.recycler is not None and callback.recycler.recycled >= 4
     assert bool((module.net[2].weight[:, :4] == 0).all())
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "soft"])
+def test_pause_and_resume_inside_the_graph_equal_eager(detach: bool) -> None:
+    """Steps run while paused are not measured, in the graph as eagerly; resuming measures on
+    (a detached pause re-enters the graph, a soft one keeps the hooks inert)."""
+
+    def run(compiled: bool) -> Report:
+        model = _model(SmallCnn, True)
+        target: Any = torch.compile(model, backend=BACKEND) if compiled else model
+        g = torch.Generator().manual_seed(5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with neurodiag.Monitor(target) as monitor:
+                for step in range(6):
+                    if step == 2:
+                        monitor.pause(detach=detach)
+                    if step == 4:
+                        monitor.resume()
+                    x, y = SmallCnn.batch(g), torch.randint(0, 2, (6,), generator=g)
+                    F.cross_entropy(target(x), y).backward()
+        assert monitor.measured_steps == 4
+        assert not compiled or monitor._graph.used
+        return monitor.report()
+
+    _assert_equal(run(True), run(False))
