@@ -55,7 +55,6 @@ class TracedSiteStates:
         self.forward_names = [n for n in self.specs if n in ForwardReductions.__slots__]
         self.grad_names = [n for n in self.specs if n in GradReductions.__slots__]
         self.gram = "gram" in self.specs
-        self.calls = torch.zeros(1, dtype=torch.int64, device=stats.device)
 
     # -- traced --------------------------------------------------------------------------------
     def observe_forward(self, z: Tensor | None, a: Tensor, dims: tuple[int, ...]) -> None:
@@ -69,7 +68,6 @@ class TracedSiteStates:
                 self.fold(name, value)
         for stat in self.statistics:
             stat.update(self, red)
-        self.calls.add_(1)
 
     def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
         """One ∂L/∂a (traceable: AOTAutograd puts the hook into the compiled backward)."""
@@ -89,20 +87,17 @@ class TracedSiteStates:
             state.copy_(torch.minimum(state, torch.as_tensor(value, dtype=state.dtype)))
 
     # -- eager ---------------------------------------------------------------------------------
-    def drain_into(self, stats: SiteStats) -> bool:
+    def drain_into(self, stats: SiteStats) -> None:
         """Fold what the compiled calls measured into ``stats`` and start again from empty.
 
-        Returns whether any call was measured since the last drain (one host read).
+        No host read: folding empty states changes nothing (0 sums, -inf maxima, +inf minima),
+        so a site the window never reached is folded too rather than asked.
         """
-        if int(self.calls) == 0:
-            return False
         for name, value in self.values.items():
             stats.store.fold(name, value.clone().reshape(self.shapes[name]))
             value.fill_(self.specs[name].empty())
-        if self.step:
+        if self.step:  # max/min of σ' follow from the totals (empty when nothing was finite)
             stats.step = True
-        self.calls.zero_()
-        return True
 
     def __getitem__(self, name: str) -> Any:  # a per-call statistic may read a state back
         return self.values[name]
