@@ -220,7 +220,7 @@ def test_compiled_traced_states_fold_max_abs_act() -> None:
             z = _poisoned((6, 4), seed) * 40
             eager.observe_forward(z, fn(z), derivative, (0,), step)
             traced.observe_forward(z, fn(z), (0,))
-        assert traced.drain_into(graph)
+        traced.drain_into(graph)
         torch.testing.assert_close(graph.store["max_abs_act"], eager.store["max_abs_act"])
 
 
