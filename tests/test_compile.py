@@ -405,25 +405,21 @@ def test_inductor_graph_measurement_equals_eager() -> None:
 def test_lightning_recycle_under_torch_compile_revives_the_killed_units(tmp_path: Any) -> None:
     """``recycle=True`` with ``trainer.fit(torch.compile(module))``: the units killed in epoch 1
     are found inside the compiled graph and recycled in place, as in the eager fit."""
-    pl = pytest.importorskip("lightning.pytorch")
+    pytest.importorskip("lightning.pytorch")
     from neurodiag.integrations.lightning import NeurodiagCallback
-    from tests.test_lightning import Net, _loader
+    from tests.test_lightning import Net, _fit
 
     torch.manual_seed(0)
     module = Net(die_at=1, lr=0.1)
     callback = NeurodiagCallback(per_site=False, recycle=True)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(torch.compile(module, backend=BACKEND), _loader())
+        _fit(
+            torch.compile(module, backend=BACKEND),
+            callback,
+            max_epochs=2,
+            default_root_dir=tmp_path,
+        )
     assert callback.report is not None
     assert "measured inside the compiled graph" in callback.report.header.notes[0]
     assert callback.history[1].report.row("net.1")["dead_pct"] == 50.0

@@ -28,6 +28,7 @@ from torch.utils.hooks import RemovableHandle
 
 from neurodiag.monitor.compiled import BreakCounter
 from neurodiag.sites.capture import ModuleSitePlan
+from neurodiag.sites.site import reduction_dims
 from neurodiag.stats.bundle import SiteStats
 from neurodiag.stats.traced import TracedSiteStates
 
@@ -55,8 +56,7 @@ class _SiteHook:
         z = args[0]
         if not isinstance(z, Tensor) or z.shape != output.shape:
             return
-        ndim = output.dim()
-        dims = tuple(i for i in range(ndim) if i != self.feature_dim % max(ndim, 1))
+        dims = reduction_dims(output.dim(), self.feature_dim)
         pre = None if (self.inplace or output is z) else z.detach()
         self.states.observe_forward(pre, output.detach(), dims)
         if output.requires_grad and self.wants_grad:

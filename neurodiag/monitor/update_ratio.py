@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from neurodiag.monitor.alerts import Alert
+from neurodiag.sites.capture import strip_wrapper
 from neurodiag.sites.site import ROOT_NAME
 
 #: SageMaker Debugger's default bounds: a ratio outside them in a window raises an alert.
@@ -175,10 +176,8 @@ def _weights(model: nn.Module) -> list[tuple[str, Tensor]]:
 
 
 def _layer_name(name: str) -> str:
-    """The user's name, as the sites get it: no ``_orig_mod`` part, no DDP ``module.``."""
-    name = ".".join(part for part in name.split(".") if part != "_orig_mod")
-    name = name.removeprefix("module.") if name != "module" else ""
-    return name or ROOT_NAME
+    """The user's name, as the sites get it (``strip_wrapper``); the model itself is ROOT_NAME."""
+    return strip_wrapper(name) or ROOT_NAME
 
 
 def _norm(tensor: Tensor) -> Tensor:

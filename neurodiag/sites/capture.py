@@ -80,7 +80,7 @@ def _recomputing() -> bool:
 _graph_task_id = torch._C._current_graph_task_id
 
 
-def _strip_wrapper(name: str) -> str:
+def strip_wrapper(name: str) -> str:
     """DDP/DataParallel wrap the model as ``module``, ``torch.compile`` a submodule as
     ``_orig_mod``: report the user's own names (``block._orig_mod.act`` is ``block.act``)."""
     name = ".".join(part for part in name.split(".") if part != "_orig_mod")
@@ -156,7 +156,7 @@ class SiteRecorder:
         self.sites: dict[SiteKey, Site] = {}
         self.skipped: set[SiteKey] = set()
         self.module_site_depth = 0
-        self._names = {m: _strip_wrapper(n) for n, m in model.named_modules()}
+        self._names = {m: strip_wrapper(n) for n, m in model.named_modules()}
         self._module_kinds: dict[nn.Module, ActivationKind | None] = {}
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
