@@ -17,7 +17,8 @@ copies of the model with the same weights and the same batches:
   open for the whole benchmark, measuring every step: inside the compiled graph when every site
   is an activation module ((a), (b)), else eagerly under ``force_eager`` ((c): F.gelu is only
   seen through the function mode); the report header says which;
-* ``eager+monitor``    -- the eager loop with a Monitor, the figure of overhead.py's train rows.
+* ``eager+monitor``    -- the eager loop with a Monitor (overhead.py's ``RunningMonitor``), the
+  figure of overhead.py's train rows.
 
 Compilation (Inductor, default options) happens in the untimed warm-up passes. Variants are
 interleaved (order reversed every other repetition); the table shows medians per pass, the
@@ -67,14 +68,15 @@ def bench(case: overhead.Case, batches_n: int, repeats: int) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         monitor = neurodiag.Monitor(compiled_twin, every=overhead.TRAIN_EVERY).__enter__()
-        eager_monitor = neurodiag.Monitor(model, every=overhead.TRAIN_EVERY)
         runs = {
             "eager": lambda: overhead.train_pass(model, batches, optimizers["eager"]),
             "compiled": lambda: overhead.train_pass(compiled, batches, optimizers["compiled"]),
             "compiled+monitor": lambda: overhead.train_pass(
                 compiled_twin, batches, optimizers["compiled+monitor"]
             ),
-            "eager+monitor": _Monitored(eager_monitor, model, batches, optimizers),
+            "eager+monitor": overhead.RunningMonitor(
+                model, batches, optimizers["eager+monitor"], device
+            ),
         }
         started = time.perf_counter()
         # warm-up, the monitored twin first: its discovery step holds force_eager for the whole
@@ -87,6 +89,7 @@ def bench(case: overhead.Case, batches_n: int, repeats: int) -> dict[str, Any]:
         times = overhead.interleaved(runs, repeats, device, warmup=0, cpu_times=cpu)
         report = monitor.report()
         monitor.__exit__(None, None, None)
+        runs["eager+monitor"].close()
     note = next((n for n in report.header.notes if n.startswith("torch.compile:")), "")
     return {
         "model": case.name,
@@ -98,24 +101,6 @@ def bench(case: overhead.Case, batches_n: int, repeats: int) -> dict[str, Any]:
         "ms": {k: [1000 * t for t in v] for k, v in times.items()},
         "cpu_ms": {k: [1000 * t for t in v] for k, v in cpu.items()},
     }
-
-
-class _Monitored:
-    """The eager loop with a Monitor attached only around its own passes."""
-
-    def __init__(self, monitor: Any, model: Any, batches: Any, optimizers: Any) -> None:
-        self.monitor, self.model, self.batches = monitor.__enter__(), model, batches
-        self.optimizer = optimizers["eager+monitor"]
-        self.monitor.pause(detach=True)
-
-    def prepare(self) -> None:
-        self.monitor.resume()
-
-    def __call__(self) -> None:
-        overhead.train_pass(self.model, self.batches, self.optimizer)
-
-    def finish(self) -> None:
-        self.monitor.pause(detach=True)
 
 
 def _pass(run: Any) -> None:
