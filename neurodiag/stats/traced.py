@@ -11,8 +11,6 @@ backward (``exact_grad``: masks, no host read).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -94,10 +92,7 @@ class TracedSiteStates:
         so a site the window never reached is folded too rather than asked.
         """
         for name, value in self.values.items():
-            stats.store.fold(name, value.clone().reshape(self.shapes[name]))
+            stats.store.fold(name, value.reshape(self.shapes[name]))  # folded in place: no copy
             value.fill_(self.specs[name].empty())
         if self.step:  # max/min of σ' follow from the totals (empty when nothing was finite)
             stats.step = True
-
-    def __getitem__(self, name: str) -> Any:  # a per-call statistic may read a state back
-        return self.values[name]
