@@ -222,8 +222,9 @@ class Monitor:
         self._recorder.close()  # its hooks need Python at every call; the sites stay
         self._handle.remove()
         # step counting stays in Python: on the compiled wrapper when there is one (it runs
-        # outside the graph), else behind torch._dynamo.disable (one graph break)
-        if type(self.model).__name__ == "OptimizedModule":
+        # outside the graph; ``_target`` is the eager module behind it), else behind
+        # torch._dynamo.disable (one graph break)
+        if self._target is not self.model:
             self._handle = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
         else:
             counted = torch._dynamo.disable(self._on_forward)  # type: ignore[no-untyped-call]
