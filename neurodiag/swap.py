@@ -11,9 +11,11 @@ The user's model is never touched: everything happens on ``copy.deepcopy(model)`
 - Functional sites (``F.relu(x)`` inside a forward) cannot be replaced by surgery. They are
   replaced through a torch function mode that a pre/post hook pair on the copy's root module
   enters and leaves around every forward; the new modules live under ``neurodiag_swapped`` so
-  they train and save with the model. Limits: a site is identified by the innermost module whose
-  forward made the call, the op and its call index, so control flow must call the same ops in the
-  same order every forward; calling ``model.forward(x)`` directly (bypassing hooks), TorchScript
+  they train and save with the model. Calls are traced by ``neurodiag.sites.tracer``, the tracer
+  a scan records with, so both name a site alike (wrapper prefixes such as DDP's ``module.``
+  included). Limits: a site is identified by the innermost module whose forward made the call,
+  the op and its call index, so control flow must call the same ops in the same order every
+  forward; calling ``model.forward(x)`` directly (bypassing hooks), TorchScript
   and torch.compile skip the replacement; in-place calls (``x.relu_()``,
   ``F.relu(x, inplace=True)``) are left alone and reported, because replacing them out of place
   would silently break code that relies on the side effect. Functional sites need the example
@@ -34,7 +36,6 @@ The user's model is never touched: everything happens on ``copy.deepcopy(model)`
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -44,17 +45,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
-from neurodiag.activations.registry import REGISTRY, looks_like_activation
+from neurodiag.activations.registry import REGISTRY, ActivationKind, FunctionBinding
 from neurodiag.activations.residual import add_residuals
 from neurodiag.activations.specs import AUTO_RANGE_STDS, ActivationSpec, parse_spec
 from neurodiag.batch import map_tensors, split_batch
 from neurodiag.errors import NeurodiagError
 from neurodiag.model_state import model_device, model_dtype, preserved
 from neurodiag.sites.capture import SiteRecorder
-from neurodiag.sites.functional import FunctionalKeys
 from neurodiag.sites.site import ROOT_NAME, SiteKey
+from neurodiag.sites.tracer import FunctionalTracer, is_activation, module_names
 
 SWAP_ATTRIBUTE = "neurodiag_swapped"
 INITS = ("fit", "critical")
@@ -126,8 +127,9 @@ def swap_with_report(
         )
     if init not in INITS:
         raise NeurodiagError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-    # DataParallel/DDP name every module "module.…" while a scan reports the user's own names:
-    # swap the wrapped model (on one device, as a scan runs it).
+    # The copy is of the model DataParallel/DDP wrap (their replicas, process group and hooks are
+    # not the model's): it runs on one device, as a scan runs it. Site names are the same either
+    # way (``strip_wrapper``).
     while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     try:
@@ -157,16 +159,16 @@ def _swap_modules_blind(result: SwapResult, globs: tuple[str, ...]) -> None:
             "each site's pre-activations"
         )
     found = [
-        (name, module)
-        for name, module in result.model.named_modules()
-        if REGISTRY.for_module(module) is not None or looks_like_activation(module)
+        (name or ROOT_NAME, module)
+        for module, name in module_names(result.model).items()
+        if is_activation(module)
     ]
-    chosen = [(n, m) for n, m in found if _matches((n or ROOT_NAME,), globs)]
-    _check_globs(globs, [n or ROOT_NAME for n, _ in found])
+    chosen = [(n, m) for n, m in found if _matches((n,), globs)]
+    _check_globs(globs, [n for n, _ in found])
     for name, old in chosen:
         new = _replacement(spec, old, None, 1, None, result)
-        _replace_module(result, name, old, new)
-        result.swapped.append(SwappedSite(name or ROOT_NAME, "module", _label(old), None))
+        _replace_module(result, old, new)
+        result.swapped.append(SwappedSite(name, "module", _label(old), None))
     result.notes.append(
         "no example batch: modules were swapped by type/name without a forward pass, and "
         "functional activation calls (F.relu, ...) were not looked for"
@@ -200,12 +202,13 @@ def _swap_calibrated(result: SwapResult, globs: tuple[str, ...], batch: Any) -> 
     for info in chosen:
         if info.kind == "module":
             by_module.setdefault(info.key.module, []).append(info)
-    modules = dict(model.named_modules())
+    # the sites' own names (a scan's): the last module of a name is the one wrappers wrap
+    modules = {name: module for module, name in module_names(model).items()}
     for module_name, calls in by_module.items():
         old = modules[module_name]
         width, feature_dim = _width(calls, result)
         new = _replacement(result.spec, old, width, feature_dim, _union(calls), result)
-        _replace_module(result, module_name, old, new)
+        _replace_module(result, old, new)
         for info in calls:
             result.swapped.append(SwappedSite(info.name, "module", info.activation, width))
     for info in (i for i in chosen if i.kind == "functional"):
@@ -389,9 +392,9 @@ def _as_function(
     return fn
 
 
-def _replace_module(result: SwapResult, name: str, old: nn.Module, new: nn.Module) -> None:
+def _replace_module(result: SwapResult, old: nn.Module, new: nn.Module) -> None:
     """Point every reference to ``old`` inside the copy (aliases too) at ``new``."""
-    if name == "":
+    if old is result.model:
         result.model = new
         return
     for parent in result.model.modules():
@@ -438,12 +441,11 @@ class _Call:
 
 
 class _FunctionalSwap(nn.Module):
-    """Holds the replacements of functional sites and the hooks that route calls to them.
+    """Holds the replacements of functional sites and the tracer that routes calls to them.
 
-    Keys follow ``SiteRecorder`` exactly: (innermost module whose forward made the call, op, call
-    index within that module's forward in one top-level forward); calls made inside an activation
-    module's own forward are not sites. The hooks are bound methods of this module, so
-    ``copy.deepcopy`` of the swapped model copies them consistently.
+    Keys are the ones ``SiteRecorder`` gives (both trace with ``FunctionalTracer``). The tracer's
+    hooks are bound to this module's tracer, so ``copy.deepcopy`` of the swapped model copies
+    them consistently.
     """
 
     def __init__(self) -> None:
@@ -451,9 +453,7 @@ class _FunctionalSwap(nn.Module):
         self.targets: dict[tuple[str, str, int], str] = {}
         self.calls: dict[SiteKey, _Call] = {}
         self._recording = False
-        self._keys = FunctionalKeys()
-        self._activation_depth = 0
-        self._modes: list[_RouteMode] = []
+        self.tracer = FunctionalTracer(self.route)
 
     def add(self, key: SiteKey, name: str, module: nn.Module) -> None:
         child = name.replace(".", "/")
@@ -473,50 +473,18 @@ class _FunctionalSwap(nn.Module):
         """Attach only for a calibration forward that records the calls (for init_from)."""
         return _Attached(self, model)
 
-    def _attach(self, model: nn.Module) -> list[Any]:
-        handles = [
-            model.register_forward_pre_hook(self._enter, prepend=True),
-            model.register_forward_hook(self._exit, always_call=True),
-        ]
-        for name, module in model.named_modules():
-            if module is self or any(module is m for m in self.children()):
-                continue
-            activation = REGISTRY.for_module(module) is not None or looks_like_activation(module)
-            push = functools.partial(self._push, name, activation)
-            pop = functools.partial(self._pop, activation)
-            handles.append(module.register_forward_pre_hook(push))
-            handles.append(module.register_forward_hook(pop, always_call=True))
-        return handles
+    def _attach(self, model: nn.Module) -> list[RemovableHandle]:
+        return self.tracer.attach(model, skip=set(self.modules()))
 
-    def _enter(self, module: nn.Module, args: Any) -> None:
-        if not self._modes:
-            self._keys.new_forward()
-        mode = _RouteMode(self)
-        mode.__enter__()  # type: ignore[no-untyped-call]
-        self._modes.append(mode)
-
-    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.leave_mode()
-
-    def leave_mode(self) -> None:
-        if self._modes:
-            self._modes.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
-
-    def _push(self, name: str, activation: bool, module: nn.Module, args: Any) -> None:
-        self._keys.enter(name)
-        self._activation_depth += activation
-
-    def _pop(self, activation: bool, module: nn.Module, args: Any, output: Any) -> None:
-        self._keys.leave()
-        self._activation_depth -= activation
-
-    def route(self, func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-        hit = REGISTRY.for_function(func)
-        x = args[0] if args else None
-        if hit is None or self._activation_depth > 0 or not _is_float(x):
-            return func(*args, **kwargs)
-        kind, binding = hit
-        key = self._keys.next_key(kind.name)
+    def route(
+        self,
+        kind: ActivationKind,
+        binding: FunctionBinding,
+        func: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> Any:
+        key = self.tracer.next_key(kind.name)
         if self._recording:
             inplace = binding.inplace or binding.bind(args, kwargs).get("inplace") is True
             self.calls[key] = _Call(func, tuple(args[1:]), dict(kwargs), inplace)
@@ -524,7 +492,7 @@ class _FunctionalSwap(nn.Module):
         child = self.targets.get((key.module, key.op or "", key.index))
         if child is None:
             return func(*args, **kwargs)
-        return self.get_submodule(child)(x)
+        return self.get_submodule(child)(args[0])
 
 
 class _Attached:
@@ -533,7 +501,7 @@ class _Attached:
     def __init__(self, swap: _FunctionalSwap, model: nn.Module) -> None:
         self.swap = swap
         self.model = model
-        self.handles: list[Any] = []
+        self.handles: list[RemovableHandle] = []
 
     def __enter__(self) -> _Attached:
         self.swap._recording = True
@@ -543,36 +511,8 @@ class _Attached:
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
-        while self.swap._modes:
-            self.swap.leave_mode()
+        self.swap.tracer.clear()
         self.swap._recording = False
-        self.swap._keys.clear()
-        self.swap._activation_depth = 0
-
-
-class _RouteMode(TorchFunctionMode):
-    """Sends registered activation functions to ``_FunctionalSwap.route``; all else passes."""
-
-    def __init__(self, swap: _FunctionalSwap) -> None:
-        super().__init__()
-        self.swap = swap
-        self.functions = REGISTRY.functions
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func in self.functions:
-            return self.swap.route(func, args, kwargs)
-        return func(*args, **kwargs)
-
-
-def _is_float(x: Any) -> bool:
-    return isinstance(x, Tensor) and x.is_floating_point()
 
 
 __all__ = ["SWAP_ATTRIBUTE", "SwapResult", "SwappedSite", "swap_activations", "swap_with_report"]

@@ -28,8 +28,8 @@ def relu(z: Tensor | None, a: Tensor | None) -> Tensor:
 
 
 def leaky_relu(z: Tensor | None, a: Tensor | None, negative_slope: float = 0.01) -> Tensor:
-    # With a positive slope the sign of a equals the sign of z.
-    x = _pick(z, a) if negative_slope > 0 else z
+    # With a slope >= 0, a > 0 exactly where z > 0 (a negative slope needs z).
+    x = _pick(z, a) if negative_slope >= 0 else z
     assert x is not None
     one = torch.ones((), dtype=x.dtype, device=x.device)
     return torch.where(x > 0, one, one * negative_slope)

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from neurodiag.monitor.alerts import Alert
-from neurodiag.sites.capture import strip_wrapper
 from neurodiag.sites.site import ROOT_NAME
+from neurodiag.sites.tracer import strip_wrapper
 
 #: SageMaker Debugger's default bounds: a ratio outside them in a window raises an alert.
 DEFAULT_BOUNDS: tuple[float, float] = (1e-8, 10.0)

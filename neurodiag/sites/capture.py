@@ -1,10 +1,11 @@
 """Finding activation sites and attaching (and always removing) the hooks that measure them.
 
 Module sites are activation modules (by registry type, or by the rule for unknown activation
-modules); functional sites are calls such as ``F.gelu`` seen through a torch function mode that is
-active only while the model's own ``forward`` runs. Every handle is removed in ``close()``, which
-``SiteRecorder`` calls in ``__exit__`` whatever happened; forward hooks use ``always_call`` so
-that the bookkeeping (module stack, function mode) unwinds even when a forward raises.
+modules); functional sites are calls such as ``F.gelu`` seen through the function mode of
+``neurodiag.sites.tracer`` (the tracer ``swap_activations`` uses too), active only while the
+model's own ``forward`` runs. Every handle is removed in ``close()``, which ``SiteRecorder`` calls
+in ``__exit__`` whatever happened; forward hooks use ``always_call`` so that the bookkeeping
+(module stack, function mode) unwinds even when a forward raises.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from neurodiag.activations.naming import function_label, identify_module
@@ -33,39 +33,8 @@ from neurodiag.errors import NeurodiagError
 from neurodiag.sites.axes import AxisTracker
 from neurodiag.sites.experts import Routing, Share, experts_size, read_routing
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
-from neurodiag.sites.functional import FunctionalKeys
 from neurodiag.sites.site import DerivativeFn, SinkFactory, Site, SiteKey, display_names
-
-
-class _FunctionalSites(TorchFunctionMode):
-    """Routes calls of registered activation functions to the recorder; all else passes through."""
-
-    def __init__(self, recorder: SiteRecorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-        self.functions = recorder.registry.functions
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        recorder = self.recorder
-        out: Any = None
-        called = False
-        if func in self.functions and recorder.module_site_depth == 0:
-            hit = recorder.registry.for_function(func)
-            if hit is not None and args and _is_float_tensor(args[0]):
-                out = recorder.functional_call(hit[0], hit[1], func, args, kwargs)
-                called = True
-        if not called:
-            out = func(*args, **kwargs)
-        if recorder.tracking:  # the discovery forward: follow feature dims (sites/axes.py)
-            recorder.tracker.observe(func, args, kwargs, out)
-        return out
+from neurodiag.sites.tracer import FunctionalTracer, module_names
 
 
 def _recomputing() -> bool:
@@ -78,17 +47,6 @@ def _recomputing() -> bool:
 
 
 _graph_task_id = torch._C._current_graph_task_id
-
-
-def strip_wrapper(name: str) -> str:
-    """DDP/DataParallel wrap the model as ``module``, ``torch.compile`` a submodule as
-    ``_orig_mod``: report the user's own names (``block._orig_mod.act`` is ``block.act``)."""
-    name = ".".join(part for part in name.split(".") if part != "_orig_mod")
-    return name.removeprefix("module.") if name != "module" else ""
-
-
-def _is_float_tensor(x: Any) -> bool:
-    return isinstance(x, Tensor) and x.is_floating_point()
 
 
 def _inplace(module: nn.Module) -> bool:
@@ -155,8 +113,7 @@ class SiteRecorder:
         self.functional = functional
         self.sites: dict[SiteKey, Site] = {}
         self.skipped: set[SiteKey] = set()
-        self.module_site_depth = 0
-        self._names = {m: strip_wrapper(n) for n, m in model.named_modules()}
+        self._names = module_names(model)
         self._module_kinds: dict[nn.Module, ActivationKind | None] = {}
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
@@ -165,12 +122,7 @@ class SiteRecorder:
         self._routing: dict[nn.Module, Routing | None] = {}
         self._expert_calls: dict[tuple[nn.Module, int], int] = {}
         self._module_keys: dict[tuple[nn.Module, int], SiteKey] = {}
-        self._keys = FunctionalKeys()
-        self._last_module: nn.Module | None = None
         self._saved_inputs: dict[nn.Module, list[Tensor | None]] = {}
-        self._mode: _FunctionalSites | None = None
-        self._mode_depth = 0
-        self._scoped = False
         self._handles: list[RemovableHandle] = []
         self._leanable: dict[nn.Module, tuple[RemovableHandle, RemovableHandle]] = {}
         self._lean_modules: set[nn.Module] = set()
@@ -182,6 +134,14 @@ class SiteRecorder:
         #: recognises gates (``neurodiag.sites.axes``); off afterwards, it costs per torch call
         self.tracking = functional
         self.tracker = AxisTracker(self._mark_gate)
+        #: names functional sites and hands their calls to ``functional_call`` (attached for
+        #: discovery, and for good when it found functional sites)
+        self.tracer = FunctionalTracer(
+            self.functional_call,
+            registry=registry,
+            observe=self.tracker.observe if self.tracking else None,
+            on_forward_end=self._forward_end,
+        )
         self._unknown_names: dict[nn.Module, str] = {}
         self._unknown_in_place_modules: set[nn.Module] = set()
         #: False: the hooks stay attached but measure nothing (``Monitor(measure_every=K)``).
@@ -213,11 +173,8 @@ class SiteRecorder:
             handle.remove()
         self._handles.clear()
         self._discovery_handles.clear()
-        self._scoped = False
-        while self._mode_depth > 0:
-            self._exit_mode()
+        self.tracer.clear()
         self._saved_inputs.clear()
-        self._keys.clear()
         self._plans.clear()
         self.tracker.clear()
         self._lean_modules.clear()
@@ -276,6 +233,7 @@ class SiteRecorder:
         Feature-dim tracking ends here either way.
         """
         self.tracking = False
+        self.tracer.observe = None
         self.tracker.clear()
         if self.found_functional:
             return
@@ -314,20 +272,7 @@ class SiteRecorder:
         root = self.model
         self._handles.append(root.register_forward_pre_hook(self._root_pre_hook, prepend=True))
         if self.functional:
-            self._discovery_handles.append(
-                root.register_forward_pre_hook(self._root_mode_enter, prepend=True)
-            )
-            self._discovery_handles.append(
-                root.register_forward_hook(self._root_mode_exit, always_call=True)
-            )
-            for module in self.model.modules():
-                name = self._names[module]
-                self._discovery_handles.append(
-                    module.register_forward_pre_hook(functools.partial(self._push, name))
-                )
-                self._discovery_handles.append(
-                    module.register_forward_hook(self._pop, always_call=True)
-                )
+            self._discovery_handles += self.tracer.attach(root)
 
     # -- steps as forwards (Monitor steps="manual") ---------------------------------------------
     def begin_scope(self) -> None:
@@ -339,71 +284,42 @@ class SiteRecorder:
         Forwards of the model inside the scope do not enter the mode again.
         """
         self._root_pre_hook(self.model, ())
-        if self.functional and self._discovery_handles and not self._scoped:
-            self._root_mode_enter(self.model, ())
-            self._scoped = True
+        if self.functional and self._discovery_handles and not self.tracer.scoped:
+            self.tracer.begin_scope()
 
     def end_scope(self) -> None:
         """End the scope begun by ``begin_scope``; the first measured one ends discovery."""
-        if not self._scoped:
+        if not self.tracer.scoped:
             return
-        self._scoped = False
-        self._root_mode_exit(self.model, (), True)
+        self.tracer.end_scope()
+        self._forward_end(True)
 
     # -- bookkeeping hooks -------------------------------------------------------------------
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
-        if not self._keys.depth:  # a new top-level forward: call indices start again
+        if not self.tracer.depth:  # a new top-level forward: call indices start again
             self._module_calls.clear()
             self._expert_calls.clear()
             self._routing.clear()
-            self._keys.new_forward()
             # a forward that raised may have skipped our post-hooks: start from a clean slate
-            self.module_site_depth = 0
             self._saved_inputs.clear()
 
-    def _root_mode_enter(self, module: nn.Module, args: Any) -> None:
-        if self._scoped:  # the step's scope holds the mode already
-            return
-        if not self._keys.depth:
-            while self._mode_depth > 0:  # left over from a forward that raised
-                self._exit_mode()
-        self._mode = self._mode or _FunctionalSites(self)
-        self._mode.__enter__()  # type: ignore[no-untyped-call]
-        self._mode_depth += 1
-
-    def _root_mode_exit(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._scoped:  # ends with the scope
-            return
-        if self._mode_depth > 0:
-            self._exit_mode()
+    def _forward_end(self, output: Any) -> None:
+        """A top-level forward (or a step's scope) ended and left the function mode."""
         # Only after a forward that completed (output given): on the exception path PyTorch
         # iterates the hook dict itself, so removing hooks there would break the iteration.
-        if output is not None and self.enabled and self._keys.depth <= 1:
+        if output is not None and self.enabled:
             # (a forward with the hooks inert measured nothing: discovery is not over)
             self.forwards += 1
             if self.forwards == 1:
                 self.end_discovery()
-
-    def _exit_mode(self) -> None:
-        assert self._mode is not None
-        self._mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
-        self._mode_depth -= 1
 
     def _experts_pre_hook(
         self, count: int, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._routing[module] = read_routing(module, count, args, kwargs) if self.enabled else None
 
-    def _push(self, name: str, module: nn.Module, args: Any) -> None:
-        self._keys.enter(name)
-
-    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._keys.leave()
-        self._last_module = module
-
     # -- module sites --------------------------------------------------------------------------
     def _module_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.module_site_depth += 1
         z = args[0] if args else None
         saved: Tensor | None = None
         kind = self._module_kinds.get(module)
@@ -429,17 +345,13 @@ class SiteRecorder:
         self._saved_inputs.setdefault(module, []).append(saved)
 
     def _module_post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        # depth stays raised while measuring: derivatives call torch functions (torch.sigmoid...)
-        # that the function mode must not take for sites of their own.
-        try:
-            if self._mode_depth > 0:
-                # the measuring ops need no trip through the function mode's Python handler
-                with torch._C.DisableTorchFunction():
-                    self._measure_module(module, args, output)
-            else:
+        # (runs before the tracer pops the module: calls made while measuring are no sites)
+        if self.tracer.active:
+            # the measuring ops need no trip through the function mode's Python handler
+            with torch._C.DisableTorchFunction():
                 self._measure_module(module, args, output)
-        finally:
-            self.module_site_depth -= 1
+        else:
+            self._measure_module(module, args, output)
 
     def _module_lean_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         # no pre-hook ran: nothing was saved (from_output kinds), and with no function mode left
@@ -630,12 +542,12 @@ class SiteRecorder:
         """
 
         def run(z: Tensor) -> Tensor:
-            self.module_site_depth += 1  # the probe's own torch calls are no functional sites
+            self.tracer.activation_depth += 1  # the probe's own torch calls are no sites
             try:
                 with torch._C.DisableTorchFunction():
                     out: Tensor = module.forward(z)
             finally:
-                self.module_site_depth -= 1
+                self.tracer.activation_depth -= 1
             return out
 
         name = self._unknown_names[module] = identify_module(run, a) or type(module).__name__
@@ -666,7 +578,7 @@ class SiteRecorder:
             return func(*args, **kwargs)
         bound = binding.bind(args, kwargs)
         inplace = binding.inplace or bound.get("inplace") is True
-        key = self._keys.next_key(kind.name)
+        key = self.tracer.next_key(kind.name)
         z: Tensor = args[0]
         if key in self.skipped:
             return func(*args, **kwargs)
@@ -787,7 +699,7 @@ class SiteRecorder:
         axis = self.tracker.axis(source) if self.tracking and source is not None else None
         if axis is not None and axis.dim < a.dim():
             return axis.dim, axis.origin, axis.conflict
-        dim = auto_feature_dim(a.dim(), self._last_module)
+        dim = auto_feature_dim(a.dim(), self.tracer.last_module)
         note = None
         if a.dim() >= 3:
             note = f"no layer feeding it was followed; the shape rule chose dim {dim}"
@@ -835,11 +747,11 @@ def _autograd_derivative(module: nn.Module, recorder: SiteRecorder) -> Derivativ
             )
         with torch.enable_grad():
             leaf = z.detach().requires_grad_(True)
-            recorder.module_site_depth += 1
+            recorder.tracer.activation_depth += 1
             try:
                 out = module.forward(leaf.clone())
             finally:
-                recorder.module_site_depth -= 1
+                recorder.tracer.activation_depth -= 1
             (grad,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
         return grad
 
