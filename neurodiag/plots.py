@@ -323,8 +323,8 @@ def scan_png(report: Report) -> bytes:
     return _png(_scan_figure(report))
 
 
-FIGURES.append(("dead % and MAG by depth", scan_png))
-COMPARE_FIGURES.append(("the paper's five figures", comparison_png))
+FIGURES.register("dead % and MAG by depth", scan_png)
+COMPARE_FIGURES.register("the paper's five figures", comparison_png)
 
 
 def _png(figure: Figure) -> bytes:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from neurodiag.activations import derivatives as d
 from neurodiag.activations.golu import GoLU
 from neurodiag.activations.nrelu import NReLU
+from neurodiag.registry import Registry, RegistryView
 
 Derivative = Callable[..., Tensor]
 
@@ -74,35 +75,27 @@ class ActivationKind:
         return {k: bound[k] for k in self.derivative_params if k in bound}
 
 
-class ActivationRegistry:
-    """Name -> kind, plus the lookup tables the site finder needs on every call."""
+class ActivationRegistry(RegistryView[ActivationKind]):
+    """Name -> kind (a ``Registry``), plus the lookup tables the site finder needs on every
+    call: by module type and by the function object a torch function mode sees."""
 
     def __init__(self) -> None:
-        self._kinds: dict[str, ActivationKind] = {}
+        self.entries: Registry[ActivationKind] = Registry("activation")
         self._by_module: dict[type[nn.Module], ActivationKind] = {}
         self._by_function: dict[Any, tuple[ActivationKind, FunctionBinding]] = {}
 
-    def register(self, kind: ActivationKind, *, overwrite: bool = False) -> None:
-        if kind.name in self._kinds and not overwrite:
-            raise ValueError(
-                f"activation {kind.name!r} is already registered; pass overwrite=True to replace it"
-            )
-        self._kinds[kind.name] = kind
+    def register(self, kind: ActivationKind, *, overwrite: bool = False) -> ActivationKind:
+        """Add ``kind`` under its ``name``; replacing one must be asked for with ``overwrite``."""
+        old = self.entries.get(kind.name)
+        self.entries.register(kind.name, kind, overwrite=overwrite)
+        if old is not None:  # the replaced kind no longer answers for its types and functions
+            self._by_module = {t: k for t, k in self._by_module.items() if k is not old}
+            self._by_function = {f: h for f, h in self._by_function.items() if h[0] is not old}
         for module_type in kind.module_types:
             self._by_module[module_type] = kind
         for binding in kind.functions:
             self._by_function[binding.func] = (kind, binding)
-
-    def __getitem__(self, name: str) -> ActivationKind:
-        try:
-            return self._kinds[name]
-        except KeyError:
-            raise KeyError(
-                f"unknown activation {name!r}; known: {', '.join(sorted(self._kinds))}"
-            ) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._kinds)
+        return kind
 
     def for_module(self, module: nn.Module) -> ActivationKind | None:
         kind = self._by_module.get(type(module))

@@ -9,7 +9,7 @@ import io
 import json
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 from rich import box
@@ -19,17 +19,17 @@ from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
-from neurodiag.compare.summary import SUMMARY_COLUMNS, Comparison
+from neurodiag.compare.summary import COMPARISON_VIEWS, SUMMARY_COLUMNS, Comparison
+from neurodiag.registry import Registry
 from neurodiag.report.cells import fmt_cell, fmt_duration, fmt_sci, is_missing, shorten_middle
 from neurodiag.report.health import ERROR_DEAD_PCT
+from neurodiag.report.render import UnknownFormatError
 from neurodiag.report.render_html import CONTROLS, escape, html_page, png_img
 from neurodiag.report.render_markdown import pipe_table
 
-COMPARE_FORMATS = ("table", "csv", "json", "markdown", "html")
-
-#: Figures drawn into the HTML page: (alt text, fn(comparison) -> PNG bytes); ``neurodiag.plots``
+#: Figures drawn into the HTML page: alt text -> fn(comparison) -> PNG bytes; ``neurodiag.plots``
 #: registers the paper's five figures (matplotlib is optional).
-COMPARE_FIGURES: list[tuple[str, Callable[[Comparison], bytes]]] = []
+COMPARE_FIGURES: Registry[Callable[[Comparison], bytes]] = Registry("figure")
 
 _SUMMARY_HEADINGS = {
     "variant": "variant",
@@ -251,11 +251,14 @@ def compare_table(comparison: Comparison, per_site: bool = False, width: int | N
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
-def compare_csv(comparison: Comparison, per_site: bool = False) -> str:
+def compare_csv(comparison: Comparison, per_site: bool = False, *, width: int | None = None) -> str:
     return _frame(comparison, per_site).to_csv(index=False, lineterminator="\n")
 
 
-def compare_json(comparison: Comparison) -> str:
+def compare_json(
+    comparison: Comparison, per_site: bool = False, *, width: int | None = None
+) -> str:
+    """Everything (``per_site`` and ``width`` do not apply: JSON always has every site)."""
     return json.dumps(comparison.to_dict(), indent=2, allow_nan=False, default=_plain) + "\n"
 
 
@@ -266,7 +269,9 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def compare_markdown(comparison: Comparison, per_site: bool = False) -> str:
+def compare_markdown(
+    comparison: Comparison, per_site: bool = False, *, width: int | None = None
+) -> str:
     legend = "".join(f"- {line}\n" for line in criteria_lines(comparison))
     return (
         "## neurodiag compare\n\n"
@@ -336,7 +341,7 @@ def comparison_fragment(comparison: Comparison, *, figures: bool = False) -> str
     )
     pictures = ""
     if figures:
-        for alt, draw in COMPARE_FIGURES:
+        for alt, draw in COMPARE_FIGURES.items():
             try:
                 pictures += png_img(alt, draw(comparison))
             except Exception as error:  # matplotlib missing, say: the table stands alone
@@ -350,24 +355,45 @@ def comparison_fragment(comparison: Comparison, *, figures: bool = False) -> str
     )
 
 
-def compare_html(comparison: Comparison) -> str:
+def compare_html(
+    comparison: Comparison, per_site: bool = False, *, width: int | None = None
+) -> str:
     """One self-contained page: settings, the paper's figures inline, the sortable summary."""
     body = comparison_fragment(comparison, figures=True)
     return html_page("neurodiag compare", body)
+
+
+class CompareRenderer(Protocol):
+    """``fn(comparison)`` works for every renderer; ``per_site`` adds every variant's sites
+    where the format has room for them, ``width`` fits the terminal table; the formats they
+    do not apply to ignore them, so the registry never special-cases a format."""
+
+    def __call__(
+        self, comparison: Comparison, *, per_site: bool = ..., width: int | None = ...
+    ) -> str: ...
+
+
+#: Format name -> comparison renderer, in the order they are listed to users.
+COMPARE_RENDERERS: Registry[CompareRenderer] = Registry(
+    "format", listing="choose one of", error=UnknownFormatError
+)
+COMPARE_RENDERERS.update(
+    {
+        "table": compare_table,
+        "csv": compare_csv,
+        "json": compare_json,
+        "markdown": compare_markdown,
+        "html": compare_html,
+    }
+)
+#: The built-in formats (``tuple(COMPARE_RENDERERS)`` also lists any registered later).
+COMPARE_FORMATS: tuple[str, ...] = tuple(COMPARE_RENDERERS)
+
+COMPARISON_VIEWS.register("html", comparison_fragment)
 
 
 def render_comparison(
     comparison: Comparison, fmt: str, *, per_site: bool = False, width: int | None = None
 ) -> str:
     """``comparison`` in format ``fmt``; ``width`` fits the table format (None: natural)."""
-    if fmt == "table":
-        return compare_table(comparison, per_site, width)
-    if fmt == "csv":
-        return compare_csv(comparison, per_site)
-    if fmt == "json":
-        return compare_json(comparison)
-    if fmt == "markdown":
-        return compare_markdown(comparison, per_site)
-    if fmt == "html":
-        return compare_html(comparison)
-    raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(COMPARE_FORMATS)}")
+    return COMPARE_RENDERERS[fmt](comparison, per_site=per_site, width=width)

@@ -7,7 +7,7 @@ accuracy); nothing is measured again.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ import pandas as pd
 from torch import nn
 
 from neurodiag.monitor.window import summarize_rows
+from neurodiag.registry import Registry
 from neurodiag.report.model import COLUMNS, Report
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -312,10 +313,8 @@ class Comparison:
         )
 
     def _repr_html_(self) -> str:
-        """Jupyter: the settings line and the summary table."""
-        from neurodiag.compare.render import comparison_fragment
-
-        return comparison_fragment(self)
+        """Jupyter: the settings line and the summary table (``COMPARISON_VIEWS["html"]``)."""
+        return COMPARISON_VIEWS["html"](self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN -> None): variants with history, sites and summary, plus settings."""
@@ -337,6 +336,11 @@ class Comparison:
         """The dead criteria side by side (``criteria_doc``): definitions, windows, columns and
         which variants have which at 0 by construction."""
         return criteria_doc(self.variants, self.settings)
+
+
+#: How a Comparison shows itself in Jupyter ("html"): registered by ``neurodiag.compare.render``,
+#: so this data module imports no renderer (no import cycle through display methods).
+COMPARISON_VIEWS: Registry[Callable[[Comparison], str]] = Registry("comparison view")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from neurodiag.activations.residual import SKIPINIT_NOTE, Residual
 from neurodiag.activations.specs import ActivationSpec, parse_spec
 from neurodiag.compare.training import initialise
 from neurodiag.errors import NeurodiagError
+from neurodiag.registry import Registry
 from neurodiag.swap import swap_with_report
 
 BASELINE = "baseline"
@@ -85,12 +86,15 @@ def build_variants(
 
 
 #: How a variant's notes describe its ``:init=`` scheme.
-INIT_NAMES = {
-    "he": "Kaiming-normal, ReLU gain, zero biases",
-    "lecun": "LeCun-normal N(0, 1/fan_in), zero biases",
-    "xavier": "Xavier-normal, zero biases",
-    "torch": "each layer's reset_parameters",
-}
+INIT_NAMES: Registry[str] = Registry("weight init")
+INIT_NAMES.update(
+    {
+        "he": "Kaiming-normal, ReLU gain, zero biases",
+        "lecun": "LeCun-normal N(0, 1/fan_in), zero biases",
+        "xavier": "Xavier-normal, zero biases",
+        "torch": "each layer's reset_parameters",
+    }
+)
 
 
 def copy_model(model: nn.Module) -> nn.Module:

@@ -8,7 +8,7 @@ import html
 import io
 import json
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 from rich import box
@@ -17,11 +17,12 @@ from rich.table import Table
 
 from neurodiag.inspect.layers import COLUMNS
 from neurodiag.inspect.rows import DEAD_REL_TOL, DUPLICATE_COSINE, NU_DEAD_TOL
+from neurodiag.registry import Registry
 from neurodiag.report.cells import MISSING, fmt_sci
+from neurodiag.report.render import UnknownFormatError
 from neurodiag.report.render_html import html_page
 from neurodiag.report.render_markdown import pipe_table
 
-FORMATS = ("table", "csv", "json", "markdown", "html")
 #: Short headings of the human formats (table, Markdown, HTML).
 HEADINGS = {
     "layer": "layer",
@@ -101,7 +102,7 @@ def to_table(frame: pd.DataFrame, width: int | None = None) -> str:
     return "".join(line.rstrip(" ") + "\n" for line in buffer.getvalue().splitlines())
 
 
-def to_json(frame: pd.DataFrame) -> str:
+def to_json(frame: pd.DataFrame, *, width: int | None = None) -> str:
     """``{"version": 1, "tolerances": {...}, "layers": [{<COLUMNS>}, ...]}``, strict JSON."""
     doc = {
         "version": 1,
@@ -117,13 +118,13 @@ def to_json(frame: pd.DataFrame) -> str:
     return json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
+def to_markdown(frame: pd.DataFrame, *, width: int | None = None) -> str:
     align = ["left" if c in ("layer", "kind") else "right" for c in COLUMNS]
     cells = [[c.replace("|", "\\|") for c in row] for row in _cells(frame)]
     return pipe_table([HEADINGS[c] for c in COLUMNS], cells, align) + f"\n{LEGEND}\n"
 
 
-def to_html(frame: pd.DataFrame) -> str:
+def to_html(frame: pd.DataFrame, *, width: int | None = None) -> str:
     head = "".join(f"<th>{html.escape(HEADINGS[c])}</th>" for c in COLUMNS)
     body = "".join(
         "<tr>"
@@ -138,16 +139,35 @@ def to_html(frame: pd.DataFrame) -> str:
     return html_page("neurodiag inspect", f"{table_html}<p>{html.escape(LEGEND)}</p>")
 
 
+class InspectRenderer(Protocol):
+    """``fn(frame)`` works for every renderer; ``width`` only fits the terminal table (the
+    other formats ignore it, so the registry never special-cases a format)."""
+
+    def __call__(self, frame: pd.DataFrame, *, width: int | None = ...) -> str: ...
+
+
+def to_csv(frame: pd.DataFrame, *, width: int | None = None) -> str:
+    """Full precision, one row per layer (``width`` does not apply)."""
+    return str(frame.to_csv(index=False, lineterminator="\n"))
+
+
+#: Format name -> renderer of ``inspect()``'s frame, in the order they are listed to users.
+INSPECT_RENDERERS: Registry[InspectRenderer] = Registry(
+    "format", listing="choose one of", error=UnknownFormatError
+)
+INSPECT_RENDERERS.update(
+    {
+        "table": to_table,
+        "csv": to_csv,
+        "json": to_json,
+        "markdown": to_markdown,
+        "html": to_html,
+    }
+)
+#: The built-in formats (``tuple(INSPECT_RENDERERS)`` also lists any registered later).
+FORMATS: tuple[str, ...] = tuple(INSPECT_RENDERERS)
+
+
 def render(frame: pd.DataFrame, fmt: str, *, width: int | None = None) -> str:
-    """The frame of ``inspect()`` in ``fmt`` (one of ``FORMATS``)."""
-    if fmt == "csv":
-        return str(frame.to_csv(index=False, lineterminator="\n"))
-    if fmt == "json":
-        return to_json(frame)
-    if fmt == "markdown":
-        return to_markdown(frame)
-    if fmt == "html":
-        return to_html(frame)
-    if fmt == "table":
-        return to_table(frame, width)
-    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    """The frame of ``inspect()`` in ``fmt`` (one of ``INSPECT_RENDERERS``)."""
+    return INSPECT_RENDERERS[fmt](frame, width=width)

@@ -16,6 +16,7 @@ from neurodiag.loading.datasource import DataOptions, DataSource
 from neurodiag.loading.sklearn_data import DATASETS, SCHEME, load_sklearn
 from neurodiag.loading.tables import load_table
 from neurodiag.loading.tensor_files import load_numpy_file, load_torch_file
+from neurodiag.registry import Registry
 
 Loader = Callable[[str, DataOptions], DataSource]
 
@@ -30,37 +31,31 @@ class SourceKind:
 
 
 class SourceRegistry:
-    """Suffix and scheme lookup of data source kinds."""
+    """Two ``Registry`` tables of data source kinds: by file suffix and by ``scheme:`` prefix."""
 
     def __init__(self) -> None:
-        self._suffixes: dict[str, SourceKind] = {}
-        self._schemes: dict[str, SourceKind] = {}
+        self.suffixes: Registry[SourceKind] = Registry("data source suffix")
+        self.schemes: Registry[SourceKind] = Registry("data source scheme")
 
     def add_suffix(self, suffix: str, kind: SourceKind, *, overwrite: bool = False) -> None:
         """Route files ending in ``suffix`` (e.g. ``".csv"``) to ``kind``."""
-        _put(self._suffixes, suffix.lower(), kind, overwrite)
+        self.suffixes.register(suffix.lower(), kind, overwrite=overwrite)
 
     def add_scheme(self, scheme: str, kind: SourceKind, *, overwrite: bool = False) -> None:
         """Route specs starting with ``scheme`` (e.g. ``"sklearn:"``) to ``kind``."""
-        _put(self._schemes, scheme, kind, overwrite)
+        self.schemes.register(scheme, kind, overwrite=overwrite)
 
     def find(self, spec: str) -> SourceKind | None:
         """The kind for ``spec``, or None."""
-        for scheme, kind in self._schemes.items():
+        for scheme, kind in self.schemes.items():
             if spec.startswith(scheme):
                 return kind
-        return self._suffixes.get(Path(spec).suffix.lower())
+        return self.suffixes.get(Path(spec).suffix.lower())
 
     def forms(self) -> list[str]:
         """How users can write each registered kind, for error messages and help."""
-        kinds = [*self._suffixes.values(), *self._schemes.values()]
+        kinds = [*self.suffixes.values(), *self.schemes.values()]
         return list(dict.fromkeys(kind.form for kind in kinds))
-
-
-def _put(table: dict[str, SourceKind], key: str, kind: SourceKind, overwrite: bool) -> None:
-    if key in table and not overwrite:
-        raise ValueError(f"data source '{key}' is already registered; pass overwrite=True")
-    table[key] = kind
 
 
 def default_registry() -> SourceRegistry:

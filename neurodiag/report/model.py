@@ -6,12 +6,14 @@ Measuring and displaying are kept apart: a Report holds numbers only; renderers 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 import torch
 
+from neurodiag.registry import Registry
 from neurodiag.stats.registry import all_columns
 from neurodiag.stats.statistic import Column
 
@@ -20,6 +22,12 @@ from neurodiag.stats.statistic import Column
 COLUMN_SPECS: tuple[Column, ...] = all_columns()
 COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMN_SPECS)
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMN_SPECS}
+
+
+#: How a Report shows itself: "repr" (one line at a prompt) and "html" (Jupyter). The renderers
+#: register both (``neurodiag.report.render``): a data module imports no renderer, so the
+#: package has no import cycle through display methods.
+REPORT_VIEWS: Registry[Callable[[Report], str]] = Registry("report view")
 
 
 @dataclass(frozen=True)
@@ -144,19 +152,15 @@ class Report:
         return replace(self, view=ReportView(only_flagged=only_flagged, top=top))
 
     def __repr__(self) -> str:
-        from neurodiag.report.verdict import verdict
-        from neurodiag.report.verdict_text import verdict_line
-
-        v = verdict(self.rows, self.header.flag_gates)
-        worst = next(iter(v.worst), None)
-        tail = f"; worst {worst[0]} {worst[2][0][0]} {worst[2][0][1]:.3g}" if worst else ""
-        return f"<Report of {self.header.model!r}: {verdict_line(v)[1]}{tail}>"
+        """The one-line verdict (``REPORT_VIEWS["repr"]``, registered by the renderers)."""
+        show = REPORT_VIEWS.get("repr")
+        if show is None:  # only while neurodiag.report itself is still importing
+            return f"<Report of {self.header.model!r}: {len(self.rows)} sites>"
+        return show(self)
 
     def _repr_html_(self) -> str:
         """Jupyter: the verdict, the facts and the table, flagged rows first."""
-        from neurodiag.report.render_html import report_fragment
-
-        return report_fragment(self)
+        return REPORT_VIEWS["html"](self)
 
     @property
     def sites(self) -> list[str]:

@@ -10,15 +10,16 @@ import html
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from neurodiag.registry import Registry
 from neurodiag.report.cells import PARTIAL_WARNING, fmt_cell, header_facts, site_records
 from neurodiag.report.health import findings, severity
 from neurodiag.report.model import COLUMN_SPECS, Report
 from neurodiag.report.verdict import Verdict, flagged_first, select_rows, verdict
 from neurodiag.report.verdict_text import rollup_text, verdict_line
 
-#: Figures drawn into the page: (alt text, fn(report) -> PNG bytes). ``neurodiag.plots``
+#: Figures drawn into the page: alt text -> fn(report) -> PNG bytes. ``neurodiag.plots``
 #: registers the scan's figure (it sits above the report layer, and matplotlib is optional).
-FIGURES: list[tuple[str, Callable[[Report], bytes]]] = []
+FIGURES: Registry[Callable[[Report], bytes]] = Registry("figure")
 
 #: Columns of the HTML table: the terminal's, then the reasons a site is flagged.
 _COLUMNS = tuple(spec for spec in COLUMN_SPECS if spec.table)
@@ -112,7 +113,7 @@ def _figure_html(report: Report) -> str:
     if not report.rows:
         return ""
     parts = []
-    for alt, draw in FIGURES:
+    for alt, draw in FIGURES.items():
         try:
             png = draw(report)
         except Exception as error:  # matplotlib missing, say: the table stands alone

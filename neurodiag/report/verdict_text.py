@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from neurodiag.report.health import ERROR_DEAD_PCT
-from neurodiag.report.verdict import Rollup, Verdict
+from neurodiag.report.model import Report
+from neurodiag.report.verdict import Rollup, Verdict, verdict
 
 #: Marks of a site's severity, so it survives without colour: error, warning.
 ERROR_MARK = "!"
@@ -31,6 +32,14 @@ def verdict_line(v: Verdict) -> tuple[str, str]:
     why = " · ".join(f"{reason} {n}" for reason, n in v.reasons)
     text = f"{ERROR_MARK} {len(v.errors)} of {v.sites} sites need attention: {why}"
     return "error", text + (f"; {warned}" if v.warnings else "")
+
+
+def report_line(report: Report) -> str:
+    """``repr(report)``: the model, the one-line verdict and the worst site's worst number."""
+    v = verdict(report.rows, report.header.flag_gates)
+    worst = next(iter(v.worst), None)
+    tail = f"; worst {worst[0]} {worst[2][0][0]} {worst[2][0][1]:.3g}" if worst else ""
+    return f"<Report of {report.header.model!r}: {verdict_line(v)[1]}{tail}>"
 
 
 def rollup_entry(r: Rollup) -> str:

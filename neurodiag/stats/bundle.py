@@ -72,7 +72,7 @@ class SiteStats:
         self.dtype = state_dtype(dtype)
         self.config = config
         self.registry = registry
-        self.statistics: list[Statistic] = [cls(config) for cls in registry]
+        self.statistics: list[Statistic] = [cls(config) for cls in registry.values()]
         specs = [
             spec for stat in self.statistics for spec in stat.state_specs() if _fits(spec, neurons)
         ]

@@ -7,8 +7,7 @@ all derive from these declarations.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
+from neurodiag.registry import Registry, RegistryView
 from neurodiag.stats.bernstein_bound import BernsteinBound
 from neurodiag.stats.dead import DeadNeurons
 from neurodiag.stats.dormant import DormantNeurons
@@ -23,33 +22,22 @@ from neurodiag.stats.statistic import Column, Statistic, Threshold
 from neurodiag.stats.zero_output import ZeroOutputNeurons
 
 
-class StatisticRegistry:
-    """Ordered statistics by name; refuses silent overrides, names the valid ones when asked."""
+class StatisticRegistry(RegistryView[type[Statistic]]):
+    """Ordered statistics by name (a ``Registry``), plus the rule that no two share a column."""
 
     def __init__(self) -> None:
-        self._items: dict[str, type[Statistic]] = {}
+        self.entries: Registry[type[Statistic]] = Registry("statistic")
 
     def register(self, cls: type[Statistic], *, overwrite: bool = False) -> type[Statistic]:
-        if cls.name in self._items and not overwrite:
-            raise ValueError(f"statistic {cls.name!r} is already registered (overwrite=True)")
-        taken = {c.name for other in self if other.name != cls.name for c in other.columns}
+        """Add ``cls`` under its ``name``; usable as a class decorator."""
+        taken = {c.name for name, other in self.items() if name != cls.name for c in other.columns}
         clash = [c.name for c in cls.columns if c.name in taken]
         if clash:
             raise ValueError(f"statistic {cls.name!r}: column {clash[0]!r} is already taken")
-        self._items[cls.name] = cls
-        return cls
-
-    def __iter__(self) -> Iterator[type[Statistic]]:
-        return iter(self._items.values())
-
-    def __getitem__(self, name: str) -> type[Statistic]:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise KeyError(f"no statistic {name!r}; known: {', '.join(self._items)}") from None
+        return self.entries.register(cls.name, cls, overwrite=overwrite)
 
     def columns(self) -> tuple[Column, ...]:
-        return tuple(c for cls in self for c in cls.columns)
+        return tuple(c for cls in self.values() for c in cls.columns)
 
     def thresholds(self) -> dict[str, tuple[Column, Threshold]]:
         """Every ``check`` threshold key with the column it reads."""
