@@ -1,24 +1,13 @@
-"""The fused CPU kernels of :mod:`bernstein_kernel.c`, compiled on first use and loaded with ctypes.
-
-Why: eagerly, PyTorch makes one pass over the tensor per op, ~70 for a degree-9 Bernstein
-forward+backward, and on small inputs each pass costs its dispatch; the C kernels make one
-pass each way (measured in ``benchmarks/overhead.py --models d``).
-
-What is executed, exactly: the C compiler named by ``$CC``, else the first of ``cc``, ``gcc``,
-``clang`` on ``PATH``, on the one C file shipped in this package (no other input), with
-``-O3 -shared -fPIC`` plus ``-mavx2 -mfma`` where PyTorch itself detects AVX2 on this CPU. The
-library is written atomically to ``$NEURODIAG_CACHE`` (default ``~/.cache/neurodiag``, created
-0700) under a name hashing the source, the compiler and the flags plus the SHA-256 of the
-library's own bytes, and reused from there. Nothing is downloaded. ``NEURODIAG_NATIVE=0``
-switches the kernels off; any failure (no compiler, a read-only cache, a failed load) leaves the
-PyTorch kernels in use, with the reason in :func:`status`.
-
-What is loaded, exactly: only a file this user could have written. The cache folder and the
-library must be owned by this user and writable by nobody else (a planted ``.so`` in a shared
-folder would run its constructor as the user), else one warning line and the library is built
-in a fresh private temporary folder instead. The library's bytes are re-hashed against its name
-before ``dlopen``, so a truncated or altered file (a bus error inside ``dlopen``) is never
-loaded: it is removed and rebuilt.
+"""The eager CPU fast path of Bernstein: bernstein_kernel.c behind the ``neurodiag::bernstein``
+custom op (fake implementation, registered autograd: composes with torch.compile, dispatch
+modes, ``opcheck``), one pass each way where the eager reference makes one per op (~70). With
+no library (no compiler, ``NEURODIAG_NATIVE=0``, a failed build: :func:`status`) or for inputs
+it does not take, the op computes the reference formulas. Built with ``$CC`` (else cc, gcc,
+clang) from the one C file here, ``-O3`` (+ AVX2/FMA where PyTorch detects it), written
+atomically to ``$NEURODIAG_CACHE`` (default ``~/.cache/neurodiag``, 0700) named by hashes of
+source, compiler, flags and its bytes; nothing is downloaded. Loaded only if folder and file are
+this user's, writable by nobody else (a planted ``.so`` runs its constructor as the user; else a
+private folder), and the bytes match the name (a truncated file is a bus error; else rebuilt).
 """
 
 from __future__ import annotations
@@ -28,6 +17,8 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import itertools
+import math
 import os
 import platform
 import shutil
@@ -36,63 +27,58 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["Kernels", "kernels", "status"]
+from neurodiag.activations import bernstein_reference as ref
 
 SOURCE = Path(__file__).with_name("bernstein_kernel.c")
 _AVX_FLAGS = ["-mavx2", "-mfma"]
 _BUILD_TIMEOUT_S = 120
+# Elements per thread below which the kernels run on the calling thread only.
+PER_THREAD = 1 << 17
 
 _failure: str | None = None
 _lock = threading.Lock()
+_pool: list[ThreadPoolExecutor] = []
 
 
 class Kernels:
-    """The four C entry points with their ctypes signatures (pointers as integers)."""
+    """The C entry points; sizes as c_int64 (int64_t: 64-bit everywhere, unlike long)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
-        p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+        p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
         lib.bern_lanes.restype = i32
         self.lanes: int = lib.bern_lanes()  # the table's columns are padded to a multiple
         self.path = path
-        self.table = lib.bern_table
-        self.table.argtypes = [p, p, i64, i64, i32, f32, p, p]
-        self.value = lib.bern_value
+        self.value, self.backward = lib.bern_value, lib.bern_backward
+        self.table, self.grads = lib.bern_table, lib.bern_grads
         self.value.argtypes = [p, p, i64, i64, i64, p, i64, i32, f32, f32]
-        self.backward = lib.bern_backward
         self.backward.argtypes = [p, p, p, p, i64, i64, i64, p, i64, i32, f32, f32]
-        self.grads = lib.bern_grads
-        self.grads.argtypes = [p, p, i64, i64, i32, p, p, p]
-        for fn in (self.table, self.value, self.backward, self.grads):
-            fn.restype = None
+        self.table.argtypes = [p, p, i64, i64, i32, p, p]
+        self.grads.argtypes = [p, i64, i64, i32, p, p, p]
+        self.value.restype = self.backward.restype = self.table.restype = self.grads.restype = None
 
 
 def _compiler() -> str | None:
     named = os.environ.get("CC")
     if named:
         return shutil.which(named) or named
-    for name in ("cc", "gcc", "clang"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
 
 
 def _flags() -> list[str]:
-    """-O3, plus AVX2/FMA code only where PyTorch detects AVX2 on this CPU (never an
-    instruction the CPU lacks: the flags are part of the cache key)."""
+    """-O3, plus AVX2/FMA only where PyTorch detects AVX2 (the flags are in the cache key)."""
     avx2 = platform.machine().lower() in ("x86_64", "amd64") and (
         torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     )
     base = ["-O3", "-std=gnu99", "-shared", "-fPIC"]
     return [*base, *_AVX_FLAGS] if avx2 else base
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("NEURODIAG_CACHE") or Path.home() / ".cache" / "neurodiag")
 
 
 def _warn(message: str) -> None:
@@ -110,7 +96,7 @@ def _untrusted(st: os.stat_result) -> str | None:
 
 def _trusted_folder() -> Path:
     """The cache folder (created 0700), or a fresh private one when the cache is not safe."""
-    folder = _cache_dir()
+    folder = Path(os.environ.get("NEURODIAG_CACHE") or Path.home() / ".cache" / "neurodiag")
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         reason = _untrusted(folder.stat()) or (None if folder.is_dir() else "not a folder")
@@ -129,8 +115,7 @@ def _digest(path: Path) -> str:
 
 
 def _verified(path: Path) -> bool:
-    """True when ``path`` is a regular file of this user's, writable by no one else, whose bytes
-    hash to the digest in its name (checked before dlopen: a truncated library is a bus error)."""
+    """``path`` is this user's regular file, writable by no one else, hashing to its name."""
     try:
         st = path.lstat()
         if not stat.S_ISREG(st.st_mode):
@@ -166,12 +151,9 @@ def _build(compiler: str, flags: list[str]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=suffix)
     os.close(fd)
     try:
+        command = [compiler, *flags, "-o", tmp, str(SOURCE), "-lm"]
         done = subprocess.run(
-            [compiler, *flags, "-o", tmp, str(SOURCE), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=_BUILD_TIMEOUT_S,
-            check=False,
+            command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False
         )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -201,9 +183,9 @@ def kernels() -> Kernels | None:
             try:
                 return Kernels(ctypes.CDLL(str(path)), path)
             except (OSError, AttributeError) as error:  # not a library, or not ours
-                _warn(f"cannot load the native library {path} ({error}); using PyTorch kernels")
+                _warn(f"cannot load the native library {path} ({error}); using the reference")
                 raise
-        except Exception as error:  # any failure: the PyTorch kernels stay in use
+        except Exception as error:  # any failure: the reference stays in use
             _failure = f"{type(error).__name__}: {error}"
             return None
 
@@ -212,3 +194,144 @@ def status() -> str:
     """One line: where the kernels were loaded from, or why they are not in use."""
     loaded = kernels()
     return f"native kernels: {loaded.path}" if loaded else f"native kernels off ({_failure})"
+
+
+def fits(x: Tensor, c0: Tensor, incs: Tensor) -> bool:
+    """Whether the C kernels take these tensors: contiguous float32 on CPU, degree ≤ 16."""
+    return incs.shape[-1] <= ref.FLOAT32_MAX_DEGREE and all(
+        t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+        for t in (x, c0, incs)
+    )
+
+
+def _parts(a: int, numel: int) -> list[tuple[int, int]]:
+    """Ranges of the dims before the feature dim, one per intra-op thread on large inputs."""
+    parts = max(1, min(torch.get_num_threads(), a, numel // PER_THREAD))
+    return list(itertools.pairwise(a * k // parts for k in range(parts + 1)))
+
+
+def _map(run: Callable[[int, int, int], None], parts: list[tuple[int, int]]) -> None:
+    """run(k, lo, hi) per part, all but the first on a shared pool (ctypes releases the GIL)."""
+    if len(parts) > 1 and not _pool:
+        _pool.append(ThreadPoolExecutor(thread_name_prefix="neurodiag-bernstein"))
+    futures = [_pool[0].submit(run, k, *part) for k, part in enumerate(parts) if k]
+    run(0, *parts[0])
+    for future in futures:
+        future.result()
+
+
+def _layout(x: Tensor, feature_dim: int, shared: bool) -> tuple[int, int, int]:
+    """(A, F, B): x viewed as (A, F, B) has its feature dim in the middle."""
+    if x.ndim == 0 or (shared and x.ndim == 1):
+        return 1, 1, x.numel()
+    fd = 0 if x.ndim == 1 else feature_dim % x.ndim
+    return math.prod(x.shape[:fd]), x.shape[fd], math.prod(x.shape[fd + 1 :])
+
+
+def _prepare(
+    x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, native: bool
+) -> tuple[Kernels | None, Tensor]:
+    """The kernels (if asked for and they take x) and their table (padded), or None and the
+    reference's table."""
+    lib = kernels() if native and fits(x, c0, incs) else None
+    rows, n = incs.shape
+    if lib is None:
+        return None, ref.coefficient_table(c0, incs, conv, ref.compute_dtype(x.dtype, n, x.device))
+    ld = 1 if rows == 1 else -(-rows // lib.lanes) * lib.lanes
+    table = torch.empty(2 * n + 3, ld)
+    lib.table(c0.data_ptr(), incs.data_ptr(), rows, ld, n, conv.data_ptr(), table.data_ptr())
+    return lib, table
+
+
+@torch.library.custom_op("neurodiag::bernstein", mutates_args=())
+def bernstein(
+    x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, lo: float, hi: float, fd: int, native: bool
+) -> Tensor:
+    """σ(x) for c0, increments incs, conversion matrix conv, range [lo, hi], feature dim fd: one
+    C pass (with ``native``, where the kernels take x), else the reference."""
+    scale, shift = ref.scale_shift(lo, hi)
+    lib, table = _prepare(x, c0, incs, conv, native)
+    if lib is None:
+        return ref.value(x.to(table.dtype), table, scale, shift, fd).to(x.dtype)
+    a, f, b = _layout(x, fd, table.shape[1] == 1)
+    out = torch.empty_like(x)
+
+    def run(_: int, first: int, last: int) -> None:
+        off = first * f * b * 4  # float32 bytes
+        lib.value(x.data_ptr() + off, out.data_ptr() + off, last - first, f, b, table.data_ptr(),
+                  table.shape[1], incs.shape[1], scale, shift)  # fmt: skip
+
+    _map(run, _parts(a, x.numel()))
+    return out
+
+
+@torch.library.custom_op("neurodiag::bernstein_backward", mutates_args=())
+def bernstein_backward(
+    g: Tensor, x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, lo: float, hi: float, fd: int,
+    native: bool, need_x: bool, need_params: bool
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(∂L/∂x, ∂L/∂c0, ∂L/∂incs) of :func:`bernstein` (empty where not needed): ∂L/∂x and the
+    moments in one C pass (else the reference), then the reference's parameter gradients."""
+    scale, shift = ref.scale_shift(lo, hi)
+    lib, table = _prepare(x, c0, incs, conv, native)
+    grads = [x.new_empty(0), x.new_empty(0), x.new_empty(0)]
+    rows, n = incs.shape
+    mom: Tensor | None
+    if lib is None:
+        dtype = table.dtype
+        gx, mom = ref.backward(
+            g.to(dtype), x.to(dtype), table, scale, shift, fd, need_x, need_params
+        )
+        grads[0] = grads[0] if gx is None else gx.to(x.dtype)
+    else:
+        a, f, b = _layout(x, fd, rows == 1)
+        g = g.to(torch.float32).contiguous()
+        parts = _parts(a, x.numel())
+        moms = torch.zeros(len(parts), n + 3, table.shape[1], dtype=torch.float64)
+        if need_x:
+            grads[0] = torch.empty_like(x)
+
+        def run(k: int, first: int, last: int) -> None:
+            off, ld = first * f * b * 4, table.shape[1]
+            lib.backward(x.data_ptr() + off, g.data_ptr() + off,
+                         grads[0].data_ptr() + off if need_x else None,
+                         moms[k].data_ptr() if need_params else None,
+                         last - first, f, b, table.data_ptr(), ld, n, scale, shift)  # fmt: skip
+
+        _map(run, parts)
+        if need_params:
+            total = moms.sum(0) if len(parts) > 1 else moms[0]
+            grads[1:] = [torch.empty(rows), torch.empty(rows, n)]
+            lib.grads(total.data_ptr(), rows, table.shape[1], n, conv.data_ptr(),
+                      grads[1].data_ptr(), grads[2].data_ptr())  # fmt: skip
+        mom = None
+    if mom is not None:
+        gc0, ginc = ref.parameter_grads(mom, conv)
+        grads[1:] = [gc0.to(c0.dtype), ginc.to(incs.dtype).contiguous()]
+    return grads[0], grads[1], grads[2]
+
+
+@bernstein.register_fake
+def _(x: Tensor, *_: Any) -> Tensor:
+    return torch.empty_like(x)
+
+
+@bernstein_backward.register_fake
+def _(g: Tensor, x: Tensor, c0: Tensor, incs: Tensor, *args: Any) -> tuple[Tensor, ...]:
+    need_x, need_params = args[-2:]
+    like = [x if need_x else None, c0 if need_params else None, incs if need_params else None]
+    return tuple(x.new_empty(0) if t is None else torch.empty_like(t) for t in like)
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    ctx.save_for_backward(*inputs[:4])  # x, c0, increments, the conversion matrix
+    ctx.args = inputs[4:]
+
+
+def _backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    need = ctx.needs_input_grad[:3]
+    grads = bernstein_backward(g, *ctx.saved_tensors, *ctx.args, need[0], need[1] or need[2])
+    return *[gr if wanted else None for gr, wanted in zip(grads, need)], *[None] * 5
+
+
+bernstein.register_autograd(_backward, setup_context=_setup_context)
