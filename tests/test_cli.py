@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -237,3 +238,194 @@ def test_progress_names_what_runs_and_the_time_left(monkeypatch: pytest.MonkeyPa
         advance(3, 10, "bern9 · epoch 1 · train")
     out = err.getvalue()
     assert "comparing bern9 · epoch 1 · train" in out and "3/10" in out and "eta" in out
+
+
+# --- the CLI declared once: choices from the registries, the library does the work ----------
+
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run the real console entry point; (exit code, stderr)."""
+    from neurodiag.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    return int(done.value.code or 0), capsys.readouterr().err
+
+
+def _lines(report: object, *, width: int | None = None, color: bool = False) -> str:
+    """A scan-only output format for the tests below: one ``site: dead_pct`` line per site."""
+    rows = getattr(report, "rows", [])
+    return "".join(f"{row['site']}: {row['dead_pct']}\n" for row in rows)
+
+
+@pytest.fixture()
+def scan_only_format() -> Iterator[str]:
+    """Registers ``lines`` with the scan renderers only (not check's, compare's, inspect's)."""
+    from neurodiag.report.render import RENDERERS, register_renderer
+
+    register_renderer("lines", _lines)
+    yield "lines"
+    RENDERERS.unregister("lines")
+
+
+def test_scan_accepts_a_format_registered_after_import(
+    model_file: Path, scan_only_format: str
+) -> None:
+    code, out, err = _invoke("scan", str(model_file), "-f", scan_only_format, "--max-batches", "1")
+    assert code == 0, err
+    assert out.splitlines() == ["1: 50.0", "3: 0.0"]
+
+
+def test_compare_refuses_a_scan_only_format_before_any_work(
+    tmp_path: Path, scan_only_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not accepted and then a traceback after training: a usage error, before the model
+    file is even run (it would leave a marker)."""
+    marker = tmp_path / "ran"
+    model = tmp_path / "marked.py"
+    model.write_text(f"open({str(marker)!r}, 'w').close()\n" + SMALL_MLP)
+    args = ["compare", str(model), "-a", "gelu", "--epochs", "1", "-f", scan_only_format]
+    code, err = _main(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "'lines' is not one of" in lines[0]
+    assert "Traceback" not in err and not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["scan", "check", "compare", "inspect"])
+def test_every_format_option_offers_exactly_its_registry(command: str) -> None:
+    """``-f`` takes each name its renderer registry has and refuses the others' names (and a
+    name nobody registered)."""
+    import typer
+
+    from neurodiag.check.render import CHECK_RENDERERS
+    from neurodiag.compare.render import COMPARE_RENDERERS
+    from neurodiag.inspect.report import INSPECT_RENDERERS
+    from neurodiag.report.render import RENDERERS
+
+    registries = {"scan": RENDERERS, "check": CHECK_RENDERERS, "compare": COMPARE_RENDERERS,
+                  "inspect": INSPECT_RENDERERS}  # fmt: skip
+    own = set(registries[command])
+    others = ({"xml"} | set().union(*map(set, registries.values()))) - own
+    cli = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    extra = ["-a", "gelu"] if command == "compare" else []
+    for fmt in sorted(own):
+        with cli.make_context(command, ["m.py", *extra, "-f", fmt]) as ctx:
+            assert ctx.params["fmt"] == fmt
+    for fmt in sorted(others):
+        with pytest.raises(Exception, match="is not one of"):
+            cli.make_context(command, ["m.py", *extra, "-f", fmt])
+
+
+FLIPPED_IN_TRAIN = """
+import torch
+from torch import nn
+
+class TrainShift(nn.Module):
+    # train mode pushes every pre-activation far below 0: all units dead
+    def forward(self, x):
+        return x - 1000.0 if self.training else x
+
+def build_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), TrainShift(), nn.ReLU(), nn.Linear(8, 8), nn.GELU(),
+                          nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].bias[:4] = -100.0
+    return model
+"""
+
+
+def _treat_rows(out: str) -> dict[str, list[str]]:
+    """Site -> its cells in treat's table (site, neurons, dead % before, ...)."""
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    return {cells[0]: cells for cells in rows if cells[0].isdigit()}
+
+
+@pytest.mark.parametrize(
+    ("given", "flag", "site", "column", "default", "changed"),
+    [
+        ([], ["--mode", "train"], "2", 2, "50.0", "100.0"),  # dead % before: eval vs train
+        ([], ["--include", "2"], "4", 0, "4", None),  # the GELU site is not scanned
+        (["--input-shape", "5,4"], ["--feature-dim", "2=1"], "2", 1, "8", "5"),  # neurons
+    ],
+)
+def test_treat_honours_mode_include_and_feature_dim(
+    tmp_path: Path,
+    given: list[str],
+    flag: list[str],
+    site: str,
+    column: int,
+    default: str,
+    changed: str | None,
+) -> None:
+    """treat scans (before and after) with the metrics options ``scan`` takes."""
+    model = tmp_path / "flip.py"
+    model.write_text(FLIPPED_IN_TRAIN)
+    args = ["treat", str(model), "--max-batches", "1", "-o", str(tmp_path / "new.pt"), *given]
+    code, out, err = _invoke(*args)
+    assert code == 0, err
+    assert _treat_rows(out)[site][column] == default
+    code, out, err = _invoke(*args, *flag)
+    assert code == 0, err
+    rows = _treat_rows(out)
+    assert (rows[site][column] if site in rows else None) == changed
+
+
+def test_the_check_policy_is_the_library_s() -> None:
+    """What the CLI's exit code says is decided by ``neurodiag.check.policy``."""
+    import neurodiag
+    from neurodiag.check.policy import EXIT_UNHEALTHY, exit_code, prepare_gate
+    from neurodiag.errors import NeurodiagError
+
+    model = nn_model()
+    report = neurodiag.scan(model, [torch_batch()])
+    gate = prepare_gate({"max_dead_pct": 30.0}, config=None)
+    assert exit_code(gate.judge(report)) == EXIT_UNHEALTHY  # half of site 1 is dead
+    assert exit_code(prepare_gate({"max_dead_pct": 60.0}).judge(report)) == 0
+    with pytest.raises(NeurodiagError, match="--allow-empty"):
+        prepare_gate({}).admit(neurodiag.scan(model, [torch_batch()], exclude=("*",)))
+    with pytest.raises(NeurodiagError, match="--baseline"):
+        prepare_gate({}, update_baseline=True)
+
+
+def nn_model() -> object:
+    namespace: dict[str, object] = {}
+    exec(SMALL_MLP, namespace)
+    return namespace["build_model"]()  # type: ignore[operator]
+
+
+def torch_batch() -> object:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+
+def test_every_command_keeps_every_flag_default_panel_and_help() -> None:
+    """The options as typer builds them, against tests/golden/cli_options.json (made from the
+    CLI before its options were declared once, plus treat's --mode/--include/--exclude/
+    --feature-dim): a flag that disappears or changes its default, panel or help fails here."""
+    import typer
+
+    def plain(value: object) -> object:
+        value = getattr(value, "value", value)
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    group = typer.main.get_command(app)
+    live = {
+        name: [
+            {
+                "name": p.name,
+                "flags": [*p.opts, *p.secondary_opts],
+                "default": repr(plain(p.default)),
+                "panel": getattr(p, "rich_help_panel", None),
+                "required": p.required,
+                "help": getattr(p, "help", None),
+            }
+            for p in sorted(command.params, key=lambda p: str(p.name))
+        ]
+        for name, command in sorted(group.commands.items())  # type: ignore[attr-defined]
+    }
+    golden = json.loads((ROOT / "tests" / "golden" / "cli_options.json").read_text())
+    assert live == golden

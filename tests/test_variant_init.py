@@ -184,7 +184,12 @@ def test_bn_controls_build_a_norm_in_front_of_the_activation(text: str) -> None:
 
 
 def test_the_cli_offers_every_init_the_library_takes() -> None:
-    from neurodiag.cli.compare import Init
+    import typer
+
+    from neurodiag.cli import app
     from neurodiag.compare.training import INITS
 
-    assert [i.value for i in Init] == list(INITS)
+    command = typer.main.get_command(app).commands["compare"]  # type: ignore[attr-defined]
+    for init in INITS:
+        with command.make_context("compare", ["m.py", "-a", "gelu", "--init", init]) as ctx:
+            assert ctx.params["init"] == init

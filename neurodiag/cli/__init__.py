@@ -1,44 +1,39 @@
 """The ``neurodiag`` command: Typer commands that parse options, call the library and render.
 
 No measurement logic lives here. User errors (``NeurodiagError``) become one line on stderr and
-exit code 2; ``--debug`` shows the traceback instead. One module per command.
+exit code 2; ``--debug`` shows the traceback instead. One module per command; the options they
+share are declared once, in ``neurodiag.cli.options``.
 """
 
 import importlib
+import signal
+import sys
+import traceback
+from contextlib import suppress
 from typing import Any
 
-from neurodiag.cli import check as _check  # noqa: F401  (registers the command)
-from neurodiag.cli import compare as _compare  # noqa: F401  (registers the command)
-from neurodiag.cli import inspect as _inspect  # noqa: F401  (registers the command)
-from neurodiag.cli import scan as _scan  # noqa: F401  (registers the command)
-from neurodiag.cli import treat as _treat  # noqa: F401  (registers the command)
-from neurodiag.cli.common import app
+from neurodiag.cli import check, compare, inspect, scan, treat  # noqa: F401 (registers them)
+from neurodiag.cli.common import (
+    EXIT_USAGE,
+    app,
+    finish_distributed,
+    interrupted_code,
+    is_rank_zero,
+)
+from neurodiag.errors import Terminated
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
     """Usage-error classes of the click that typer uses (recent typer vendors its own)."""
     found: list[type[Exception]] = []
     for module in ("typer._click.exceptions", "click.exceptions"):
-        try:
+        with suppress(ImportError, AttributeError):  # depends on typer's release
             found.append(importlib.import_module(module).UsageError)
-        except (ImportError, AttributeError):  # pragma: no cover - depends on typer's release
-            continue
     return tuple(found)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; usage errors become one line and exit 2, like input errors."""
-    import signal
-    import sys
-
-    from neurodiag.cli.common import (
-        EXIT_USAGE,
-        finish_distributed,
-        interrupted_code,
-        is_rank_zero,
-    )
-    from neurodiag.errors import Terminated
-
     received: list[int] = []
 
     def terminate(signum: int, frame: object) -> None:
@@ -68,8 +63,6 @@ def main(argv: list[str] | None = None) -> None:
         failed_with = interrupted_code(isinstance(stop, Terminated))
         sys.exit(failed_with)
     except Exception:  # a bug: its traceback, before a torchrun rank leaves with os._exit
-        import traceback
-
         traceback.print_exc()
         failed_with = 1
         sys.exit(failed_with)

@@ -2,367 +2,151 @@
 
 from __future__ import annotations
 
-from enum import Enum
+import dataclasses
+import functools
+from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import typer
-
-from neurodiag.cli.common import (
-    OUTPUT_PANEL,
-    TRAINING_PANEL,
-    BatchSizeOpt,
-    DataOpt,
-    DeadWindow,
-    DeadWindowOpt,
-    DebugOpt,
-    Device,
-    DeviceOpt,
-    EpsOpt,
-    FormatOpt,
-    InputShapeOpt,
-    Mode,
-    ModeOpt,
-    NumBatchesOpt,
-    OutputFormat,
-    OutputOpt,
-    ProgressOpt,
-    SeedOpt,
-    TargetOpt,
-    TauOpt,
-    WeightsOpt,
-    app,
-    exit_with,
-    in_range,
-    interrupted_code,
-    is_rank_zero,
-    materialise_batches,
-    piped_width,
-    print_or_write,
-    progress_bar,
-    refuse_overwriting_inputs,
-    stopped_by,
-    user_errors,
-    validate_plot,
-)
-from neurodiag.config import DEFAULT_EPS, DEFAULT_TAU
+from neurodiag.cli import common, options
+from neurodiag.compare.engine import CompareProgress
+from neurodiag.compare.render import COMPARE_RENDERERS
+from neurodiag.compare.summary import Comparison
+from neurodiag.compare.training import INITS, OPTIMIZERS, SCHEDULES
 from neurodiag.errors import NeurodiagError
+from neurodiag.loading.overwrite import refuse_overwriting_inputs
 
-#: Training on synthetic inputs (no ``--data``, no ``make_data()``) fits noise with a surrogate
-#: loss: a loss or accuracy from that would mislead, so compare refuses (issue 26).
-TRAINS_ON_NOISE = (
-    "compare trains on your data: give --data (sklearn:NAME, a YAML, tensor files, "
-    "loaders.py:fn) or a make_data() in the model file, or drop --epochs/--steps to scan only "
-    "(synthetic inputs and a surrogate loss would train on noise)"
-)
+training_opt = functools.partial(options.opt, panel=common.TRAINING_PANEL)
 
 
-def table_width(output: Path | None) -> int | None:
-    """The table's width, as scan's: the terminal's, else ``$COLUMNS`` when piped, else
-    natural (a file never wraps)."""
-    import sys
-
-    from rich.console import Console
-
-    if output is not None:
-        return None
-    return Console().width if sys.stdout.isatty() else piped_width()
+def training_choice(names: Collection[str], flag: str, help: str) -> Any:
+    return options.choice(names, flag, panel=common.TRAINING_PANEL, help=help)
 
 
-def is_synthetic(source: object) -> bool:
-    """Whether a DataSource holds the synthetic batches inferred from the model."""
-    from neurodiag.loading.synthetic import SyntheticBatches
+# fmt: off
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """Training options: the keywords of ``neurodiag.compare`` of the same names (but holdout)."""
 
-    return isinstance(getattr(source, "batches", None), SyntheticBatches)
+    epochs: Annotated[int, training_opt("--epochs", metavar="N", min=0,
+        help="Training epochs (0: scan only).")] = 0
+    steps: Annotated[int | None, training_opt("--steps", metavar="N", min=1,
+        help="Stop after this many optimizer steps.")] = None
+    optimizer: Annotated[str, training_choice(OPTIMIZERS, "--optimizer", "Optimizer.")] = "adam"
+    lr: Annotated[float, training_opt("--lr", metavar="LR", callback=options.in_range(finite=True),
+        help="Learning rate.")] = 1e-3
+    weight_decay: Annotated[float, training_opt("--weight-decay", metavar="WD",
+        callback=options.in_range(finite=True), help="Weight decay of the optimizer.")] = 0.0
+    momentum: Annotated[float, training_opt("--momentum", metavar="M",
+        callback=options.in_range(0.999), help="SGD momentum.")] = 0.0
+    schedule: Annotated[str, training_choice(SCHEDULES, "--schedule",
+        "Learning-rate schedule over all steps: constant, cosine (to 0) or step (x0.1 at 50 % "
+        "and 75 %).")] = "constant"
+    init: Annotated[str, training_choice(INITS, "--init",
+        "Re-initialise Linear/Conv weights before the variants are made: model (as built), he "
+        "(Kaiming-normal, zero bias), lecun (LeCun-normal, zero bias), xavier (Xavier-normal, "
+        "zero bias), torch (PyTorch's default reset_parameters). One variant's own: "
+        "SPEC:init=S, e.g. selu:init=lecun.")] = "model"
+    train_window: Annotated[bool, training_opt("--train-window/--no-train-window",
+        help="Also measure dead % over each epoch's training batches (the last epoch: the "
+        "paper's Fig. 3 window) with neurodiag.Monitor.")] = True
+    scan_batches: Annotated[int | None, training_opt("--scan-batches", metavar="N", min=1,
+        help="Scan each variant after each epoch on the first N training batches only "
+        "(default: all of them); the training window still sees every step.")] = None
+    holdout: Annotated[float, training_opt("--holdout", metavar="FRACTION",
+        callback=options.in_range(0.9),
+        help="Fraction of samples held out for accuracy when training (0: none).")] = 0.2
+    compiled_kernels: Annotated[bool, training_opt("--compiled-kernels",
+        help="Run Bernstein activations through torch.compile'd kernels shared by all layers "
+        "of a shape (seconds to compile; eager if compiling fails).")] = False
+# fmt: on
 
 
-class Optimizer(str, Enum):
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-    step = "step"
-
-
-class Init(str, Enum):
-    """``--init``: neurodiag.compare.training.INITS (a test keeps them equal; importing it
-    here would import torch for ``--help``)."""
-
-    model = "model"
-    he = "he"
-    lecun = "lecun"
-    xavier = "xavier"
-    torch = "torch"
-
-
-@app.command(
+@common.app.command(
     epilog="[bold]Examples[/bold]\n\n"
     "neurodiag compare sample_models/plain_mlp.py --data sklearn:digits -a bern9:bn -a gelu "
     "--epochs 5 --plot compare.png\n\n"
     "neurodiag compare model.py -a bern9 -a lrelu0.01 --epochs 0   (scan each variant only)\n\n"
     "python scripts/reproduce_paper.py   (the paper's variants on digits and MNIST-1D)"
 )
+@options.declared
 def compare(
-    model: Annotated[
-        str,
-        typer.Argument(
-            help="file.py, file.py:factory or package.module:attr (the file is executed).",
-            metavar="MODEL",
-            show_default=False,
-        ),
-    ],
-    activation: Annotated[
-        list[str],
-        typer.Option(
-            "--activation",
-            "-a",
-            rich_help_panel="Variants",
-            metavar="SPEC",
-            help="Activation spec to compare with the model as it is: relu, lrelu0.01, gelu, "
-            "selu, elu, silu, tanh, sigmoid, nrelu0.1, golu, bern9, bern15, "
-            "bern9:delta=0.01:range=-5,5; ':bn' on any of them adds a BatchNorm in front "
-            "(selu:bn, bern9:bn), ':res' skip connections (relu:res). Repeat for several.",
-        ),
-    ],
-    data: DataOpt = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = Device.auto,
-    seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
-    max_batches: NumBatchesOpt = None,
-    input_shape: InputShapeOpt = None,
-    target: TargetOpt = None,
-    epochs: Annotated[
-        int,
-        typer.Option(
-            "--epochs",
-            min=0,
-            rich_help_panel=TRAINING_PANEL,
-            metavar="N",
-            help="Training epochs (0: scan only).",
-        ),
-    ] = 0,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps",
-            min=1,
-            rich_help_panel=TRAINING_PANEL,
-            metavar="N",
-            help="Stop after this many optimizer steps.",
-        ),
-    ] = None,
-    optimizer: Annotated[
-        Optimizer, typer.Option("--optimizer", rich_help_panel=TRAINING_PANEL, help="Optimizer.")
-    ] = Optimizer.adam,
-    lr: Annotated[
-        float,
-        typer.Option(
-            "--lr",
-            callback=in_range(finite=True),
-            rich_help_panel=TRAINING_PANEL,
-            metavar="LR",
-            help="Learning rate.",
-        ),
-    ] = 1e-3,
-    weight_decay: Annotated[
-        float,
-        typer.Option(
-            "--weight-decay",
-            callback=in_range(finite=True),
-            rich_help_panel=TRAINING_PANEL,
-            metavar="WD",
-            help="Weight decay of the optimizer.",
-        ),
-    ] = 0.0,
-    momentum: Annotated[
-        float,
-        typer.Option(
-            "--momentum",
-            callback=in_range(0.999),
-            rich_help_panel=TRAINING_PANEL,
-            metavar="M",
-            help="SGD momentum.",
-        ),
-    ] = 0.0,
-    schedule: Annotated[
-        Schedule,
-        typer.Option(
-            "--schedule",
-            rich_help_panel=TRAINING_PANEL,
-            help="Learning-rate schedule over all steps: constant, cosine (to 0) or step "
-            "(x0.1 at 50 % and 75 %).",
-        ),
-    ] = Schedule.constant,
-    init: Annotated[
-        Init,
-        typer.Option(
-            "--init",
-            rich_help_panel=TRAINING_PANEL,
-            help="Re-initialise Linear/Conv weights before the variants are made: model (as "
-            "built), he (Kaiming-normal, zero bias), lecun (LeCun-normal, zero bias), xavier "
-            "(Xavier-normal, zero bias), torch (PyTorch's default reset_parameters). One "
-            "variant's own: SPEC:init=S, e.g. selu:init=lecun.",
-        ),
-    ] = Init.model,
-    train_window: Annotated[
-        bool,
-        typer.Option(
-            "--train-window/--no-train-window",
-            rich_help_panel=TRAINING_PANEL,
-            help="Also measure dead % over each epoch's training batches (the last epoch: the "
-            "paper's Fig. 3 window) with neurodiag.Monitor.",
-        ),
-    ] = True,
-    scan_batches: Annotated[
-        int | None,
-        typer.Option(
-            "--scan-batches",
-            min=1,
-            rich_help_panel=TRAINING_PANEL,
-            metavar="N",
-            help="Scan each variant after each epoch on the first N training batches only "
-            "(default: all of them); the training window still sees every step.",
-        ),
-    ] = None,
-    holdout: Annotated[
-        float,
-        typer.Option(
-            "--holdout",
-            callback=in_range(0.9),
-            rich_help_panel=TRAINING_PANEL,
-            metavar="FRACTION",
-            help="Fraction of samples held out for accuracy when training (0: none).",
-        ),
-    ] = 0.2,
-    compiled_kernels: Annotated[
-        bool,
-        typer.Option(
-            "--compiled-kernels",
-            rich_help_panel=TRAINING_PANEL,
-            help="Run Bernstein activations through torch.compile'd kernels shared by all "
-            "layers of a shape (seconds to compile; eager if compiling fails).",
-        ),
+    model: options.ModelArg,
+    *,
+    activation: Annotated[list[str], options.opt("--activation", "-a", panel="Variants",
+        metavar="SPEC",
+        help="Activation spec to compare with the model as it is: relu, lrelu0.01, gelu, selu, "
+        "elu, silu, tanh, sigmoid, nrelu0.1, golu, bern9, bern15, "
+        "bern9:delta=0.01:range=-5,5; ':bn' on any of them adds a BatchNorm in front "
+        "(selu:bn, bern9:bn), ':res' skip connections (relu:res). Repeat for several.")],
+    src: Annotated[options.Source, options.Omit("timeout")],
+    training: Training,
+    measure: Annotated[options.Measure, options.Omit("include", "exclude", "feature_dim",
+        "flag_gates", "forward_only", "rank", "rank_max_neurons")],
+    per_site: Annotated[bool, options.output_opt("--per-site", help="Also every variant's sites.")
     ] = False,
-    eps: EpsOpt = DEFAULT_EPS,
-    tau: TauOpt = DEFAULT_TAU,
-    dead_window: DeadWindowOpt = DeadWindow.scan,
-    mode: ModeOpt = Mode.eval,
-    per_site: Annotated[
-        bool,
-        typer.Option(
-            "--per-site", rich_help_panel=OUTPUT_PANEL, help="Also every variant's sites."
-        ),
-    ] = False,
-    fmt: FormatOpt = OutputFormat.table,
-    output: OutputOpt = None,
-    plot: Annotated[
-        Path | None,
-        typer.Option(
-            "--plot",
-            rich_help_panel=OUTPUT_PANEL,
-            metavar="FILE.png",
-            help="PNG of the paper's five figures: min |σ'| by epoch (first, middle, last site) "
-            "and by depth with δ̄, dead % by depth over the last epoch, first-site MAG, loss "
-            "and accuracy by epoch.",
-        ),
-    ] = None,
-    debug: DebugOpt = False,
-    progress: ProgressOpt = True,
-) -> None:
+    fmt: Annotated[str, options.format_option(COMPARE_RENDERERS)] = "table",
+    output: options.OutputOpt = None,
+    plot: Annotated[Path | None, options.output_opt("--plot", metavar="FILE.png",
+        help="PNG of the paper's five figures: min |σ'| by epoch (first, middle, last site) "
+        "and by depth with δ̄, dead % by depth over the last epoch, first-site MAG, loss "
+        "and accuracy by epoch.")] = None,
+    debug: options.DebugOpt = False,
+    progress: options.ProgressOpt = True,
+) -> None:  # fmt: skip
     """Compare MODEL with its activations swapped, on the same data, seed and initial weights."""
-    from neurodiag.cli.runner import load_model_and_data
+    from neurodiag.cli.runner import load
     from neurodiag.compare import compare as run_compare
     from neurodiag.compare.engine import CompareInterrupted
-    from neurodiag.compare.render import render_comparison
-    from neurodiag.compare.split import holdout_split
+    from neurodiag.compare.prepare import compare_batches
 
-    with user_errors(debug):
-        refuse_overwriting_inputs(
-            {"--output": output, "--plot": plot}, model=model, data=data, weights=weights
-        )
-        validate_plot(plot)
+    with common.user_errors(debug):
+        outputs = {"--output": output, "--plot": plot}
+        refuse_overwriting_inputs(outputs, model=model, data=src.data, weights=src.weights)
+        common.validate_plot(plot)
         if not activation:
             raise NeurodiagError("give at least one --activation, e.g. --activation bern9")
-        base_seed = seed if seed is not None else 0
-        loaded, source = load_model_and_data(
-            model,
-            data=data,
-            weights=weights,
-            device=device,
-            seed=seed,
-            batch_size=batch_size,
-            max_batches=max_batches,
-            input_shape=input_shape,
-            target=target,
-        )
-        if (epochs or steps) and is_synthetic(source):
-            raise NeurodiagError(TRAINS_ON_NOISE)
-        train: list[object] = materialise_batches(source.batches, "compare")
-        held_out = None
-        if (epochs or steps) and holdout > 0:
-            split = holdout_split(train, holdout, base_seed)
-            if split is not None:
-                train, held_out = split
+        seed = src.seed if src.seed is not None else 0
+        settings = dataclasses.asdict(training)
+        holdout = settings.pop("holdout")
+        trains = bool(training.epochs or training.steps)
+        loaded, source = load(model, src)
+        train, held_out = compare_batches(source, trains=trains, holdout=holdout, seed=seed)
         try:
-            with progress_bar(None, progress and is_rank_zero(), "comparing") as advance:
+            enabled = progress and common.is_rank_zero()
+            with common.progress_bar(None, enabled, "comparing") as advance:
                 comparison = run_compare(
-                    loaded.model,
-                    train,
-                    activation,
-                    epochs=epochs,
-                    steps=steps,
-                    optimizer=optimizer.value,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    momentum=momentum,
-                    schedule=schedule.value,
-                    init=init.value,
-                    train_window=train_window,
+                    loaded.model, train, activation, **settings,
                     # with training, --batch-size also reshuffles samples into new batches
-                    batch_size=batch_size if (epochs or steps) else None,
-                    seed=base_seed,
-                    eval_data=held_out,
-                    loss_fn=loaded.hook("loss_fn"),
-                    data_name=source.description,
-                    compiled_kernels=compiled_kernels,
-                    scan_batches=scan_batches,
-                    eps=eps,
-                    tau=tau,
-                    dead_window=dead_window.value,
-                    mode=mode.value,
-                    on_step=(
-                        lambda p: advance(
-                            p.done, p.total, f"{p.variant} · epoch {p.epoch} · {p.phase}"
-                        )
-                    )
-                    if advance
-                    else None,
-                )
+                    batch_size=src.batch_size if trains else None, seed=seed,
+                    eval_data=held_out, loss_fn=loaded.hook("loss_fn"),
+                    data_name=source.description, eps=measure.eps, tau=measure.tau,
+                    dead_window=measure.dead_window, mode=measure.mode,
+                    on_step=(lambda p: advance(p.done, p.total, step(p))) if advance else None,
+                )  # fmt: skip
         except CompareInterrupted as stop:  # Ctrl-C / SIGTERM: show the variants that finished
             done = len(stop.comparison.variants)
-            if done and is_rank_zero():
-                text = render_comparison(
-                    stop.comparison, fmt.value, per_site=per_site, width=table_width(output)
-                )
-                print_or_write(text, output)
-            raise exit_with(
-                f"{stopped_by(stop.terminated)}; the comparison above is partial ({done} of "
-                f"{stop.planned} "
-                "variants finished)",
-                interrupted_code(stop.terminated),
-            ) from None
-        if not is_rank_zero():
-            return
-        text = render_comparison(
-            comparison, fmt.value, per_site=per_site, width=table_width(output)
-        )
-        print_or_write(text, output)
-        if plot is not None:
+            if done:
+                show(stop.comparison, fmt, per_site, output)
+            what = f"; the comparison above is partial ({done} of {stop.planned} variants finished)"
+            raise common.stopped(what, stop.terminated) from None
+        show(comparison, fmt, per_site, output)
+        if plot is not None and common.is_rank_zero():
             from neurodiag.plots import plot_comparison
 
             plot_comparison(comparison, plot)
+
+
+def step(progress: CompareProgress) -> str:
+    """What the progress bar names: the variant, the epoch and the phase running."""
+    return f"{progress.variant} · epoch {progress.epoch} · {progress.phase}"
+
+
+def show(comparison: Comparison, fmt: str, per_site: bool, output: Path | None) -> None:
+    """The comparison in ``fmt``, as wide as the terminal (or ``$COLUMNS`` when piped)."""
+    from neurodiag.compare.render import render_comparison
+
+    def text(width: int | None) -> str:
+        return render_comparison(comparison, fmt, per_site=per_site, width=width)
+
+    common.emit(fmt, output, text, lambda c: common.print_or_write(text(c.width), None))

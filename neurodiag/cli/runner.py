@@ -1,130 +1,50 @@
-"""The load-then-scan step shared by ``scan`` and ``check`` (loading also by ``compare``)."""
+"""From parsed options to the library's inputs: the ``ScanConfig``, the loaded model and data
+(after joining torchrun's process group), and the scan that ``scan`` and ``check`` run."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import torch
-
-from neurodiag.cli.common import (
-    DeadWindow,
-    Device,
-    Mode,
-    count_batches,
-    init_distributed,
-    is_rank_zero,
-    parse_feature_dims,
-    parse_shape,
-    progress_bar,
-    resolve_device,
-)
+from neurodiag.cli.common import init_distributed, is_rank_zero, progress_bar
+from neurodiag.cli.options import Measure, Source
 from neurodiag.config import ScanConfig
+from neurodiag.loading import prepare
+from neurodiag.loading.datasource import DataSource
+from neurodiag.loading.model_spec import LoadedModel
 from neurodiag.report.model import Report
 
 
-def load_model_and_data(
-    model: str,
-    *,
-    data: str | None,
-    weights: Path | None,
-    device: Device,
-    seed: int | None,
-    batch_size: int | None,
-    max_batches: int | None,
-    input_shape: str | None,
-    target: str | None,
-) -> tuple[Any, Any]:
-    """(LoadedModel, DataSource), after joining torchrun's process group if there is one."""
-    from neurodiag.loading import load_data, load_model
-
-    torch_device = init_distributed(resolve_device(device))
-    # Seed before building the model: a model file that initialises randomly is then the
-    # same model on every run and on every rank of a torchrun job.
-    torch.manual_seed(seed if seed is not None else 0)
-    loaded = load_model(model, weights=str(weights) if weights else None, device=torch_device)
-    source = load_data(
-        data,
-        model=loaded.model,
-        loaded=loaded,
-        batch_size=batch_size,
-        num_batches=max_batches,
-        seed=seed,
-        input_shape=parse_shape(input_shape),
-        target=target,
-    )
-    return loaded, source
-
-
-def scan_config(
-    *,
-    eps: float,
-    tau: float,
-    dead_window: DeadWindow,
-    mode: Mode,
-    include: list[str],
-    exclude: list[str],
-    feature_dim: list[str],
-    max_batches: int | None,
-    seed: int | None,
-    timeout: float | None,
-    forward_only: bool = False,
-    flag_gates: bool = False,
-) -> ScanConfig:
-    """The ``ScanConfig`` of the measuring flags shared by scan, check and compare."""
+def scan_config(src: Source, measure: Measure) -> ScanConfig:
+    """The ``ScanConfig`` of the model-and-data and metrics options."""
+    dims = prepare.parse_feature_dims(measure.feature_dim)
     return ScanConfig(
-        eps=eps,
-        tau=tau,
-        dead_window=dead_window.value,
-        gradients=not forward_only,
-        mode=mode.value,
-        include=tuple(include),
-        exclude=tuple(exclude),
-        feature_dims=parse_feature_dims(feature_dim),
-        max_batches=max_batches,
-        seed=seed if seed is not None else 0,
-        timeout_s=timeout,
-        flag_gates=flag_gates,
-    )
+        eps=measure.eps, tau=measure.tau, dead_window=measure.dead_window,
+        gradients=not measure.forward_only, mode=measure.mode, include=tuple(measure.include),
+        exclude=tuple(measure.exclude), feature_dims=dims, max_batches=src.max_batches,
+        seed=src.seed if src.seed is not None else 0, timeout_s=src.timeout,
+        flag_gates=measure.flag_gates,
+    ).with_options(rank=measure.rank, rank_max_neurons=measure.rank_max_neurons)  # fmt: skip
 
 
-def scan_from_options(
-    model: str,
-    config: ScanConfig,
-    *,
-    data: str | None,
-    weights: Path | None,
-    device: Device,
-    batch_size: int | None,
-    input_shape: str | None,
-    target: str | None,
-    progress: bool,
-) -> Report:
-    """Everything ``neurodiag scan`` does between parsing and rendering.
+def load(model: str, src: Source) -> tuple[LoadedModel, DataSource]:
+    """(LoadedModel, DataSource), after joining torchrun's process group if there is one."""
+    device = init_distributed(prepare.resolve_device(src.device))
+    return prepare.load_model_and_data(
+        model, device=device, data=src.data, weights=src.weights, seed=src.seed,
+        batch_size=src.batch_size, num_batches=src.max_batches,
+        input_shape=prepare.parse_shape(src.input_shape), target=src.target,
+    )  # fmt: skip
 
-    Raises ``ScanInterrupted`` on Ctrl-C: each command decides what a partial scan means.
-    """
-    from neurodiag.scan import scan as run_scan
 
-    loaded, source = load_model_and_data(
-        model,
-        data=data,
-        weights=weights,
-        device=device,
-        seed=config.seed,
-        batch_size=batch_size,
-        max_batches=config.max_batches,
-        input_shape=input_shape,
-        target=target,
-    )
+def scan_from_options(model: str, src: Source, measure: Measure, progress: bool) -> Report:
+    """Everything ``neurodiag scan`` does between parsing and rendering; raises
+    ``ScanInterrupted`` on Ctrl-C (each command decides what a partial scan means)."""
+    from neurodiag.loading.in_memory import count_batches
+    from neurodiag.scan import scan
+
+    config = scan_config(src, measure)
+    loaded, source = load(model, src)
     total = count_batches(source.batches, config.max_batches)
     with progress_bar(total, progress and is_rank_zero()) as on_batch:
-        return run_scan(
-            loaded.model,
-            source.batches,
-            config,
-            loss_fn=loaded.hook("loss_fn"),
-            on_batch=on_batch,
-            model_name=loaded.name,
-            data_name=source.description,
-        )
+        return scan(
+            loaded.model, source.batches, config, loss_fn=loaded.hook("loss_fn"),
+            on_batch=on_batch, model_name=loaded.name, data_name=source.description,
+        )  # fmt: skip
