@@ -115,10 +115,6 @@ FORMS: dict[str, list[Form]] = {
     ],
 }  # fmt: skip
 
-#: Kinds whose ``from_output`` claim does not hold for some of their parameters (a registry bug
-#: this test found: an in-place LeakyReLU with a negative slope has lost the sign of z).
-FROM_OUTPUT_BROKEN = {("leaky_relu", "-0.5")}
-
 
 def _inputs(kinks: tuple[float, ...]) -> Tensor:
     """(positions, 4 neurons), float64: a grid, each kink and points 1e-6 either side of it,
@@ -191,29 +187,46 @@ def test_derivative_matches_autograd(name: str, form: Form | None) -> None:
 
 
 def _from_output_cases() -> list[Any]:
-    """The cases of the kinds marked ``from_output``; known exceptions must keep failing."""
-    cases = []
-    for case in _cases():
-        name, form = case.values
-        if not REGISTRY[name].from_output:
-            continue
-        broken = (name, getattr(form, "label", None)) in FROM_OUTPUT_BROKEN
-        xfail = pytest.mark.xfail(strict=True, raises=AssertionError, reason="z needed")
-        cases.append(pytest.param(name, form, id=case.id, marks=[xfail] if broken else []))
-    return cases
+    """The cases of the kinds marked ``from_output``."""
+    return [case for case in _cases() if REGISTRY[case.values[0]].from_output]
 
 
 @pytest.mark.parametrize(("name", "form"), _from_output_cases())
 def test_from_output_derivative_matches_autograd(name: str, form: Form | None) -> None:
-    """Kinds marked ``from_output`` give σ' from the output alone (in-place sites keep no z)."""
+    """Kinds marked ``from_output`` give σ' from the output alone (in-place sites keep no z)
+    wherever ``output_suffices`` says so; where it says no (LeakyReLU with a negative slope),
+    the derivative refuses to work from the output alone."""
     assert form is not None and form.module is not None, f"{name}: add a module form to FORMS"
     kind = REGISTRY[name]
     module = form.module().double()
     z = _inputs(form.kinks).requires_grad_(True)
     a = module(z)
     (expected,) = torch.autograd.grad(a.sum(), z)
-    got = kind.derivative(None, a.detach(), **kind.module_params(module))
-    _check(got, expected, form, "from the output")
+    params = kind.module_params(module)
+    if kind.output_suffices(params):
+        _check(kind.derivative(None, a.detach(), **params), expected, form, "from the output")
+    else:
+        with pytest.raises(AssertionError):
+            kind.derivative(None, a.detach(), **params)
+
+
+def test_inplace_negative_slope_leaky_relu_scans_like_out_of_place() -> None:
+    """An in-place LeakyReLU(-0.5) keeps a copy of z (its output has lost z's sign). PyTorch has
+    no backward for it, so a full scan says so in one line; a forward-only scan measures it."""
+    from neurodiag import scan
+    from neurodiag.errors import NeurodiagError
+
+    def model(inplace: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(-0.5, inplace=inplace), nn.Linear(8, 2))
+
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+    rows = [scan(model(inplace), [x], gradients=False).rows[0] for inplace in (False, True)]
+    assert rows[0]["min_abs_deriv"] == pytest.approx(0.5)
+    same = {k: v == rows[1][k] or (v != v and rows[1][k] != rows[1][k]) for k, v in rows[0].items()}
+    assert all(same.values()), same
+    with pytest.raises(NeurodiagError, match="negative slope"):
+        scan(model(True), [x])
 
 
 def test_every_kind_has_its_modules_and_functions_exercised() -> None:

@@ -52,6 +52,9 @@ class ActivationKind:
     derivative: Derivative
     #: the derivative is exact from the output alone (so in-place sites need no copy of z)
     from_output: bool = False
+    #: parameters under which ``from_output`` fails (LeakyReLU with a negative slope: a > 0 on
+    #: both sides of 0, so the sign of z is lost); None: never
+    needs_input: Callable[[Mapping[str, Any]], bool] | None = None
     module_types: tuple[type[nn.Module], ...] = ()
     #: module -> derivative keyword arguments (e.g. LeakyReLU -> negative_slope)
     module_params: Callable[[nn.Module], dict[str, Any]] = field(default=lambda m: {})
@@ -70,6 +73,10 @@ class ActivationKind:
     def name_for(self, params: Mapping[str, Any]) -> str:
         """The site's canonical ``activation`` name (see ``neurodiag.activations.naming``)."""
         return self.variant(params) if self.variant is not None else self.name
+
+    def output_suffices(self, params: Mapping[str, Any]) -> bool:
+        """σ' is exact from the output alone under these parameters (``from_output``)."""
+        return self.from_output and not (self.needs_input is not None and self.needs_input(params))
 
     def derivative_kwargs(self, bound: Mapping[str, Any]) -> dict[str, Any]:
         return {k: bound[k] for k in self.derivative_params if k in bound}
@@ -223,6 +230,7 @@ def _default_registry() -> ActivationRegistry:
             "leaky_relu",
             d.leaky_relu,
             from_output=True,
+            needs_input=lambda params: float(params.get("negative_slope", 0.01)) < 0,
             module_types=(nn.LeakyReLU,),
             module_params=_attrs("negative_slope"),
             functions=(

@@ -115,6 +115,8 @@ class SiteRecorder:
         self.skipped: set[SiteKey] = set()
         self._names = module_names(model)
         self._module_kinds: dict[nn.Module, ActivationKind | None] = {}
+        #: activation modules whose σ' is exact from their output (no copy of z kept)
+        self._output_suffices: set[nn.Module] = set()
         self._not_elementwise: set[nn.Module] = set()
         self._module_calls: dict[nn.Module, int] = {}
         #: activation module of a Hugging Face experts module -> that module (sites/experts.py)
@@ -210,7 +212,7 @@ class SiteRecorder:
             if kind.delta_bar is not None:
                 return f"{name} is a Bernstein activation (its σ' is not traced)"
             inplace = _inplace(module)
-            if inplace and not kind.from_output:
+            if inplace and not kind.output_suffices(kind.module_params(module)):
                 return f"{name} works in place and its σ' needs the overwritten input"
             params = kind.module_params(module)
             plans.append(
@@ -264,10 +266,12 @@ class SiteRecorder:
             if kind is None and not looks_like_activation(module):
                 continue
             self._module_kinds[module] = kind
+            if kind is not None and kind.output_suffices(kind.module_params(module)):
+                self._output_suffices.add(module)
             pre = module.register_forward_pre_hook(self._module_pre_hook)
             post = module.register_forward_hook(self._module_post_hook, always_call=True)
             self._handles += [pre, post]
-            if kind is not None and kind.from_output and module not in self._expert_acts:
+            if module in self._output_suffices and module not in self._expert_acts:
                 self._leanable[module] = (pre, post)
         root = self.model
         self._handles.append(root.register_forward_pre_hook(self._root_pre_hook, prepend=True))
@@ -323,7 +327,7 @@ class SiteRecorder:
         z = args[0] if args else None
         saved: Tensor | None = None
         kind = self._module_kinds.get(module)
-        needs_copy = kind is None or not kind.from_output
+        needs_copy = module not in self._output_suffices
         if (
             self.enabled
             and isinstance(z, Tensor)
@@ -584,7 +588,7 @@ class SiteRecorder:
             return func(*args, **kwargs)
         pre: Tensor | None = z
         if inplace:
-            pre = None if kind.from_output else z.detach().clone()
+            pre = None if kind.output_suffices(bound) else z.detach().clone()
         out = func(*args, **kwargs)
         if isinstance(out, Tensor) and out.shape == z.shape:
             self.found_functional = True
