@@ -76,7 +76,8 @@ def test_opcheck_with_and_without_the_c_kernels(
         g = torch.randn(shape, generator=gen, dtype=dtype)
         for need in ((True, True), (True, False), (False, True)):
             plain = [a.detach() if isinstance(a, Tensor) else a for a in _op_args(m, x)]
-            back = (g, *plain, *need)  # a once-differentiable op: no input needs a gradient
+            table = native.bernstein(*plain)[1]  # the forward's, which backward reuses
+            back = (g, *plain[:4], table, *plain[4:], *need)  # no input needs a gradient
             torch.library.opcheck(native.bernstein_backward, back)
         (got, *grads), _ = _run_op(m, x.detach(), g)
         (want, *want_grads), name = _run(_pair(m), x.detach(), g)
@@ -93,7 +94,7 @@ def _run_op(m: Bernstein, x: Tensor, g: Tensor) -> tuple[tuple[Tensor, ...], str
     out: list[tuple[Tensor, ...]] = []
 
     def run() -> None:
-        y = native.bernstein(*_op_args(m, xr))
+        y = native.bernstein(*_op_args(m, xr))[0]
         out.append((y.detach(), *torch.autograd.grad(y, [xr, m.c0, m.theta], g)))
 
     path = _path(run)
@@ -107,7 +108,7 @@ def test_the_op_composes_with_torch_compile_and_dispatch_modes() -> None:
     x = torch.randn(6, 5, 3, generator=torch.Generator().manual_seed(41)) * 4.0
     g = torch.randn(6, 5, 3, generator=torch.Generator().manual_seed(42))
     eager, _ = _run_op(m, x, g)
-    compiled = torch.compile(lambda v: native.bernstein(*_op_args(m, v)), fullgraph=True)
+    compiled = torch.compile(lambda v: native.bernstein(*_op_args(m, v))[0], fullgraph=True)
     xr = x.clone().requires_grad_()
     y = compiled(xr)
     got = (y.detach(), *torch.autograd.grad(y, [xr, m.c0, m.theta], g))

@@ -9,7 +9,7 @@ Two implementations: the reference (:mod:`bernstein_reference`, plain PyTorch op
 Inductor), and for eager float32 on CPU the C kernels of the ``neurodiag::bernstein`` op
 (:mod:`native`), kept as ``benchmarks/overhead.py --models d`` measures them > 1.3× the eager
 reference. Neither clamps the slope; :meth:`Bernstein.derivative` evaluates it from a float64
-table, so the δ̄ check can fail (docs/metrics.md). Only x is saved for backward.
+table, so the δ̄ check can fail (docs/metrics.md). x and the small table are saved for backward.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ class Bernstein(nn.Module):
         plain = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
         if not (plain or self.compiled_kernel):
             op_args = (self.lower, self.upper, self.feature_dim, self.native_kernel)
-            return native.bernstein(*args, *op_args)  # type: ignore[no-any-return]
+            return native.bernstein(*args, *op_args)[0]  # type: ignore[no-any-return]
         scale, shift = ref.scale_shift(self.lower, self.upper)
         if plain or type(x) is not Tensor:
             return _forward(*args, scale, shift, self.feature_dim)

@@ -66,8 +66,7 @@ class Kernels:
 
 
 def _compiler() -> str | None:
-    named = os.environ.get("CC")
-    if named:
+    if named := os.environ.get("CC"):
         return shutil.which(named) or named
     return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
 
@@ -228,31 +227,31 @@ def _layout(x: Tensor, feature_dim: int, shared: bool) -> tuple[int, int, int]:
     return math.prod(x.shape[:fd]), x.shape[fd], math.prod(x.shape[fd + 1 :])
 
 
-def _prepare(
-    x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, native: bool
-) -> tuple[Kernels | None, Tensor]:
-    """The kernels (if asked for and they take x) and their table (padded), or None and the
-    reference's table."""
+def _table_layout(
+    x: Tensor, c0: Tensor, incs: Tensor, native: bool
+) -> tuple[Kernels | None, tuple[int, int], torch.dtype]:
+    """The kernels if asked for and they take x (else None), the shape and dtype of the table."""
     lib = kernels() if native and fits(x, c0, incs) else None
     rows, n = incs.shape
     if lib is None:
-        return None, ref.coefficient_table(c0, incs, conv, ref.compute_dtype(x.dtype, n, x.device))
-    ld = 1 if rows == 1 else -(-rows // lib.lanes) * lib.lanes
-    table = torch.empty(2 * n + 3, ld)
-    lib.table(c0.data_ptr(), incs.data_ptr(), rows, ld, n, conv.data_ptr(), table.data_ptr())
-    return lib, table
+        return None, (2 * n + 3, rows), ref.compute_dtype(x.dtype, n, x.device)
+    return lib, (2 * n + 3, 1 if rows == 1 else -(-rows // lib.lanes) * lib.lanes), torch.float32
 
 
 @torch.library.custom_op("neurodiag::bernstein", mutates_args=())
 def bernstein(
     x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, lo: float, hi: float, fd: int, native: bool
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """σ(x) for c0, increments incs, conversion matrix conv, range [lo, hi], feature dim fd: one
-    C pass (with ``native``, where the kernels take x), else the reference."""
+    C pass (with ``native``, where the kernels take x), else the reference; and the coefficient
+    table it evaluated (backward reuses it)."""
     scale, shift = ref.scale_shift(lo, hi)
-    lib, table = _prepare(x, c0, incs, conv, native)
+    lib, (_, ld), dtype = _table_layout(x, c0, incs, native)
     if lib is None:
-        return ref.value(x.to(table.dtype), table, scale, shift, fd).to(x.dtype)
+        table = ref.coefficient_table(c0, incs, conv, dtype)
+        return ref.value(x.to(dtype), table, scale, shift, fd).to(x.dtype), table
+    (rows, n), table = incs.shape, torch.empty(2 * incs.shape[1] + 3, ld)
+    lib.table(c0.data_ptr(), incs.data_ptr(), rows, ld, n, conv.data_ptr(), table.data_ptr())
     a, f, b = _layout(x, fd, table.shape[1] == 1)
     out = torch.empty_like(x)
 
@@ -262,18 +261,18 @@ def bernstein(
                   table.shape[1], incs.shape[1], scale, shift)  # fmt: skip
 
     _map(run, _parts(a, x.numel()))
-    return out
+    return out, table
 
 
 @torch.library.custom_op("neurodiag::bernstein_backward", mutates_args=())
 def bernstein_backward(
-    g: Tensor, x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, lo: float, hi: float, fd: int,
-    native: bool, need_x: bool, need_params: bool
+    g: Tensor, x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, table: Tensor, lo: float,
+    hi: float, fd: int, native: bool, need_x: bool, need_params: bool
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(∂L/∂x, ∂L/∂c0, ∂L/∂incs) of :func:`bernstein` (empty where not needed): ∂L/∂x and the
-    moments in one C pass (else the reference), then the reference's parameter gradients."""
+    """(∂L/∂x, ∂L/∂c0, ∂L/∂incs) of :func:`bernstein` from its ``table`` (empty where not needed):
+    ∂L/∂x and the moments in one C pass (else the reference), then the parameter gradients."""
     scale, shift = ref.scale_shift(lo, hi)
-    lib, table = _prepare(x, c0, incs, conv, native)
+    lib = _table_layout(x, c0, incs, native)[0]
     grads = [x.new_empty(0), x.new_empty(0), x.new_empty(0)]
     rows, n = incs.shape
     mom: Tensor | None
@@ -312,8 +311,9 @@ def bernstein_backward(
 
 
 @bernstein.register_fake
-def _(x: Tensor, *_: Any) -> Tensor:
-    return torch.empty_like(x)
+def _(x: Tensor, c0: Tensor, incs: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    _, shape, dtype = _table_layout(x, c0, incs, args[-1])
+    return torch.empty_like(x), x.new_empty(shape, dtype=dtype)
 
 
 @bernstein_backward.register_fake
@@ -323,12 +323,13 @@ def _(g: Tensor, x: Tensor, c0: Tensor, incs: Tensor, *args: Any) -> tuple[Tenso
     return tuple(x.new_empty(0) if t is None else torch.empty_like(t) for t in like)
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-    ctx.save_for_backward(*inputs[:4])  # x, c0, increments, the conversion matrix
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    ctx.save_for_backward(*inputs[:4], output[1])  # x, c0, increments, conversion, table
+    ctx.mark_non_differentiable(output[1])
     ctx.args = inputs[4:]
 
 
-def _backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+def _backward(ctx: Any, g: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
     need = ctx.needs_input_grad[:3]
     grads = bernstein_backward(g, *ctx.saved_tensors, *ctx.args, need[0], need[1] or need[2])
     return *[gr if wanted else None for gr, wanted in zip(grads, need)], *[None] * 5
