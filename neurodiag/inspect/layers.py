@@ -24,6 +24,7 @@ from neurodiag.inspect.rows import (
     weight_distance,
 )
 from neurodiag.loading.pyfile import list_names
+from neurodiag.sites.tracer import strip_wrapper
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
@@ -41,18 +42,16 @@ COLUMNS = (
     "weight_distance",
 )
 
-#: Name parts added by wrappers: torch.compile, FSDP1, activation checkpointing.
-_WRAPPER_PARTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
 _OPTIMIZER_ENTRIES = ("optimizer", "optimizer_state_dict", "optim", "opt")
 
 
 def clean_name(name: str) -> str:
-    """A module or parameter name without DDP's leading ``module.`` and wrapper parts such as
-    torch.compile's ``_orig_mod.``, so wrapped and bare models and checkpoints match."""
-    parts = name.split(".") if name else []
-    while parts and parts[0] in ("module", *_WRAPPER_PARTS):
-        parts.pop(0)
-    return ".".join(p for p in parts if p not in _WRAPPER_PARTS)
+    """A module or parameter name by the sites' naming rule (``strip_wrapper``), applied until
+    nothing changes: checkpoints may nest wrappers (``module.module.``), and wrapped and bare
+    models and checkpoints must match."""
+    while (stripped := strip_wrapper(name)) != name:
+        name = stripped
+    return name
 
 
 def find_layers(model: nn.Module) -> list[tuple[str, Layer]]:
