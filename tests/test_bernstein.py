@@ -420,7 +420,7 @@ def test_backward_reuses_the_coefficient_table_of_forward(monkeypatch: pytest.Mo
 
 
 def test_torch_func_grad_matches_autograd() -> None:
-    """torch.func transforms run the reference with plain autograd (an op's registered autograd
+    """torch.func transforms run the reference with plain autograd (the op's autograd.Function
     does not support them): the same gradient as the op's hand-written backward."""
     m = _randomise(Bernstein(9, num_features=4).double(), seed=14)
     x = torch.randn(3, 4, dtype=F64) * 6.0

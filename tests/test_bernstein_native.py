@@ -72,13 +72,13 @@ def test_opcheck_with_and_without_the_c_kernels(
         m = _randomise(Bernstein(5, 0.05, -2.0, 3.0, num_features, feature_dim).to(dtype))
         gen = torch.Generator().manual_seed(2)
         x = (torch.randn(shape, generator=gen, dtype=dtype) * 4.0).requires_grad_()
-        torch.library.opcheck(native.bernstein, _op_args(m, x))
+        plain = [a.detach() if isinstance(a, Tensor) else a for a in _op_args(m, x)]
+        torch.library.opcheck(torch.ops.neurodiag.bernstein.default, plain)
         g = torch.randn(shape, generator=gen, dtype=dtype)
         for need in ((True, True), (True, False), (False, True)):
-            plain = [a.detach() if isinstance(a, Tensor) else a for a in _op_args(m, x)]
-            table = native.bernstein(*plain)[1]  # the forward's, which backward reuses
+            table = torch.ops.neurodiag.bernstein.default(*plain)[1]  # the forward's
             back = (g, *plain[:4], table, *plain[4:], *need)  # no input needs a gradient
-            torch.library.opcheck(native.bernstein_backward, back)
+            torch.library.opcheck(torch.ops.neurodiag.bernstein_backward.default, back)
         (got, *grads), _ = _run_op(m, x.detach(), g)
         (want, *want_grads), name = _run(_pair(m), x.detach(), g)
         assert name == REFERENCE
@@ -94,7 +94,7 @@ def _run_op(m: Bernstein, x: Tensor, g: Tensor) -> tuple[tuple[Tensor, ...], str
     out: list[tuple[Tensor, ...]] = []
 
     def run() -> None:
-        y = native.bernstein(*_op_args(m, xr))[0]
+        y = native.BernsteinFunction.apply(*_op_args(m, xr))
         out.append((y.detach(), *torch.autograd.grad(y, [xr, m.c0, m.theta], g)))
 
     path = _path(run)
@@ -108,7 +108,9 @@ def test_the_op_composes_with_torch_compile_and_dispatch_modes() -> None:
     x = torch.randn(6, 5, 3, generator=torch.Generator().manual_seed(41)) * 4.0
     g = torch.randn(6, 5, 3, generator=torch.Generator().manual_seed(42))
     eager, _ = _run_op(m, x, g)
-    compiled = torch.compile(lambda v: native.bernstein(*_op_args(m, v))[0], fullgraph=True)
+    compiled = torch.compile(
+        lambda v: native.BernsteinFunction.apply(*_op_args(m, v)), fullgraph=True
+    )
     xr = x.clone().requires_grad_()
     y = compiled(xr)
     got = (y.detach(), *torch.autograd.grad(y, [xr, m.c0, m.theta], g))

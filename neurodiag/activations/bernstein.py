@@ -165,9 +165,8 @@ class Bernstein(nn.Module):
     ``num_features=None`` shares one coefficient set, else each entry along ``feature_dim`` has
     its own (1 for (N, F), (N, C, ...); -1 for (N, T, F)). New modules start as the monotone
     least-squares fit to ReLU. ``native_kernel`` (default True): eager float32 CPU calls use C;
-    ``compiled_kernel`` (:func:`use_compiled_kernels`): the reference torch.compile'd once per
-    input shape for all layers (eager, with a warning, if compiling fails); ``chunk_elements``
-    is accepted and does nothing (its chunked CPU kernels were removed).
+    ``compiled_kernel`` (:func:`use_compiled_kernels`): the reference compiled once per input
+    shape for all layers (eager, with a warning, if that fails); ``chunk_elements``: ignored.
     """
 
     chunk_elements: int | None
@@ -250,20 +249,19 @@ class Bernstein(nn.Module):
 
     def _native(self, x: Tensor) -> bool:
         """Whether forward runs the C kernels (eager, float32 contiguous CPU, degree ≤ 16)."""
-        if not self.native_kernel or self.compiled_kernel or torch.compiler.is_compiling():
-            return False
-        return native.fits(x, self.c0, self.theta) and native.kernels() is not None
+        eager = self.native_kernel and not (self.compiled_kernel or torch.compiler.is_compiling())
+        return eager and native.fits(x, self.c0, self.theta) and native.kernels() is not None
 
     def forward(self, x: Tensor) -> Tensor:
         """Eagerly the ``neurodiag::bernstein`` op; under torch.compile, ``compiled_kernel`` and
-        torch.func (an op's registered autograd does not support it; no public check exists)
+        torch.func (the op's autograd.Function has no vmap rule; no public check exists)
         the reference with plain autograd."""
         self._check(x)
         args = (x, self.c0, self.increments, self._conversion())
         plain = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
         if not (plain or self.compiled_kernel):
             op_args = (self.lower, self.upper, self.feature_dim, self.native_kernel)
-            return native.bernstein(*args, *op_args)[0]  # type: ignore[no-any-return]
+            return native.BernsteinFunction.apply(*args, *op_args)  # type: ignore[no-any-return,no-untyped-call]
         scale, shift = ref.scale_shift(self.lower, self.upper)
         if plain or type(x) is not Tensor:
             return _forward(*args, scale, shift, self.feature_dim)
@@ -280,10 +278,8 @@ class Bernstein(nn.Module):
         dtype = ref.table_dtype(x.device)  # float64: the slope to ~1e-8 relative
         table = ref.coefficient_table(self.c0, self.increments, self._conversion(), dtype)
         scale, shift = ref.scale_shift(self.lower, self.upper)
-        one = torch.ones((), dtype=dtype, device=x.device)  # σ' = ∂σ/∂x with g = 1
-        slope, _ = ref.backward(
-            one, x.to(dtype), table, scale, shift, self.feature_dim, True, False
-        )
+        g = torch.ones((), dtype=dtype, device=x.device)  # σ' = ∂σ/∂x with g = 1
+        slope, _ = ref.backward(g, x.to(dtype), table, scale, shift, self.feature_dim, True, False)
         assert slope is not None
         return slope.to(ref.compute_dtype(x.dtype, self.degree, x.device))
 

@@ -99,15 +99,9 @@ def value(x: Tensor, table: Tensor, scale: Scalar, shift: Scalar, fd: int) -> Te
 
 
 def backward(
-    g: Tensor,
-    x: Tensor,
-    table: Tensor,
-    scale: Scalar,
-    shift: Scalar,
-    fd: int,
-    need_x: bool,
-    need_params: bool,
-) -> tuple[Tensor | None, Tensor | None]:
+    g: Tensor, x: Tensor, table: Tensor, scale: Scalar, shift: Scalar, fd: int, need_x: bool,
+    need_params: bool
+) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
     """(∂L/∂x = g·σ'(x), the (n+3, F) moments Σg·u^j (j = 0..n), Σg·min(e, 0), Σg·max(e, 0)).
 
     σ' = scale · dσ/du at the clamped u (g = 1 gives σ' itself), never clamped: the slope of

@@ -1,14 +1,12 @@
-"""The eager CPU fast path of Bernstein: bernstein_kernel.c behind the ``neurodiag::bernstein``
-custom op (fake implementation, registered autograd: composes with torch.compile, dispatch
-modes, ``opcheck``), one pass each way where the eager reference makes one per op (~70). With
-no library (no compiler, ``NEURODIAG_NATIVE=0``, a failed build: :func:`status`) or for inputs
-it does not take, the op computes the reference formulas. Built with ``$CC`` (else cc, gcc,
-clang) from the one C file here, ``-O3`` (+ AVX2/FMA where PyTorch detects it), written
-atomically to ``$NEURODIAG_CACHE`` (default ``~/.cache/neurodiag``, 0700) named by hashes of
-source, compiler, flags and its bytes; nothing is downloaded. Loaded only if folder and file are
-this user's, writable by nobody else (a planted ``.so`` runs its constructor as the user; else a
-private folder), and the bytes match the name (a truncated file is a bus error; else rebuilt).
-"""
+"""The eager CPU fast path of Bernstein: bernstein_kernel.c behind the ``neurodiag::bernstein`` and
+``neurodiag::bernstein_backward`` ops (``torch.library``, fake implementations: they compose with
+torch.compile, dispatch modes, ``opcheck``; autograd is :class:`BernsteinFunction`), one pass each
+way where the eager reference makes ~70. Without the library (no compiler, ``NEURODIAG_NATIVE=0``,
+a failed build: :func:`status`) or for inputs it does not take, the ops compute the reference.
+Built with ``$CC`` (else cc, gcc, clang), ``-O3`` (+ AVX2/FMA where PyTorch detects it), written
+atomically to ``$NEURODIAG_CACHE`` (default ``~/.cache/neurodiag``, 0700) under hashes of source,
+compiler, flags and bytes; nothing is downloaded. Loaded only if folder and file are this user's,
+writable by nobody else (a planted ``.so`` runs as the user) and hashing to their name."""
 
 from __future__ import annotations
 
@@ -34,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from neurodiag.activations import bernstein_reference as ref
 
@@ -227,9 +226,8 @@ def _layout(x: Tensor, feature_dim: int, shared: bool) -> tuple[int, int, int]:
     return math.prod(x.shape[:fd]), x.shape[fd], math.prod(x.shape[fd + 1 :])
 
 
-def _table_layout(
-    x: Tensor, c0: Tensor, incs: Tensor, native: bool
-) -> tuple[Kernels | None, tuple[int, int], torch.dtype]:
+def _table_layout(x: Tensor, c0: Tensor, incs: Tensor, native: bool
+                  ) -> tuple[Kernels | None, tuple[int, int], torch.dtype]:  # fmt: skip
     """The kernels if asked for and they take x (else None), the shape and dtype of the table."""
     lib = kernels() if native and fits(x, c0, incs) else None
     rows, n = incs.shape
@@ -238,13 +236,19 @@ def _table_layout(
     return lib, (2 * n + 3, 1 if rows == 1 else -(-rows // lib.lanes) * lib.lanes), torch.float32
 
 
-@torch.library.custom_op("neurodiag::bernstein", mutates_args=())
-def bernstein(
+_LIB = torch.library.Library("neurodiag", "DEF")  # type: ignore[no-untyped-call]
+_LIB.define("bernstein(Tensor x, Tensor c0, Tensor incs, Tensor conv, float lo, float hi, int fd, "
+            "bool native) -> (Tensor, Tensor)")  # type: ignore[no-untyped-call]  # fmt: skip
+_LIB.define("bernstein_backward(Tensor g, Tensor x, Tensor c0, Tensor incs, Tensor conv, Tensor "
+            "table, float lo, float hi, int fd, bool native, bool need_x, bool need_params) -> "
+            "(Tensor, Tensor, Tensor)")  # type: ignore[no-untyped-call]  # fmt: skip
+
+
+def _value(
     x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, lo: float, hi: float, fd: int, native: bool
 ) -> tuple[Tensor, Tensor]:
-    """σ(x) for c0, increments incs, conversion matrix conv, range [lo, hi], feature dim fd: one
-    C pass (with ``native``, where the kernels take x), else the reference; and the coefficient
-    table it evaluated (backward reuses it)."""
+    """(σ(x), its table) for c0, increments incs, conversion matrix conv, range [lo, hi], feature
+    dim fd: one C pass (with ``native``, where the kernels take x), else the reference."""
     scale, shift = ref.scale_shift(lo, hi)
     lib, (_, ld), dtype = _table_layout(x, c0, incs, native)
     if lib is None:
@@ -264,18 +268,16 @@ def bernstein(
     return out, table
 
 
-@torch.library.custom_op("neurodiag::bernstein_backward", mutates_args=())
-def bernstein_backward(
+def _backward(
     g: Tensor, x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, table: Tensor, lo: float,
     hi: float, fd: int, native: bool, need_x: bool, need_params: bool
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(∂L/∂x, ∂L/∂c0, ∂L/∂incs) of :func:`bernstein` from its ``table`` (empty where not needed):
+    """(∂L/∂x, ∂L/∂c0, ∂L/∂incs) of :func:`_value` from its ``table`` (empty where not needed):
     ∂L/∂x and the moments in one C pass (else the reference), then the parameter gradients."""
     scale, shift = ref.scale_shift(lo, hi)
     lib = _table_layout(x, c0, incs, native)[0]
     grads = [x.new_empty(0), x.new_empty(0), x.new_empty(0)]
     rows, n = incs.shape
-    mom: Tensor | None
     if lib is None:
         dtype = table.dtype
         gx, mom = ref.backward(
@@ -310,29 +312,37 @@ def bernstein_backward(
     return grads[0], grads[1], grads[2]
 
 
-@bernstein.register_fake
+_LIB.impl("bernstein", _value, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+_LIB.impl("bernstein_backward", _backward, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+
+
+@torch.library.register_fake("neurodiag::bernstein", lib=_LIB)  # type: ignore[untyped-decorator]
 def _(x: Tensor, c0: Tensor, incs: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
     _, shape, dtype = _table_layout(x, c0, incs, args[-1])
     return torch.empty_like(x), x.new_empty(shape, dtype=dtype)
 
 
-@bernstein_backward.register_fake
+@torch.library.register_fake("neurodiag::bernstein_backward", lib=_LIB)  # type: ignore[untyped-decorator]
 def _(g: Tensor, x: Tensor, c0: Tensor, incs: Tensor, *args: Any) -> tuple[Tensor, ...]:
     need_x, need_params = args[-2:]
     like = [x if need_x else None, c0 if need_params else None, incs if need_params else None]
     return tuple(x.new_empty(0) if t is None else torch.empty_like(t) for t in like)
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    ctx.save_for_backward(*inputs[:4], output[1])  # x, c0, increments, conversion, table
-    ctx.mark_non_differentiable(output[1])
-    ctx.args = inputs[4:]
+class BernsteinFunction(torch.autograd.Function):
+    """σ with autograd: forward and backward are the two ops (registered autograd cost more)."""
 
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, c0: Tensor, incs: Tensor, conv: Tensor, *args: Any) -> Tensor:
+        out, table = torch.ops.neurodiag.bernstein.default(x, c0, incs, conv, *args)
+        ctx.save_for_backward(x, c0, incs, conv, table)
+        ctx.args = args  # lo, hi, fd, native
+        return out  # type: ignore[no-any-return]
 
-def _backward(ctx: Any, g: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
-    need = ctx.needs_input_grad[:3]
-    grads = bernstein_backward(g, *ctx.saved_tensors, *ctx.args, need[0], need[1] or need[2])
-    return *[gr if wanted else None for gr, wanted in zip(grads, need)], *[None] * 5
-
-
-bernstein.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        need = ctx.needs_input_grad[:3]
+        back = torch.ops.neurodiag.bernstein_backward.default
+        grads = back(g, *ctx.saved_tensors, *ctx.args, need[0], need[1] or need[2])
+        return *[gr if wanted else None for gr, wanted in zip(grads, need)], *[None] * 5

@@ -259,9 +259,10 @@ def _nrelu(sigma: float, text: str, options: dict[str, str]) -> ActivationSpec:
     return ActivationSpec(name, lambda n, d: NReLU(sigma))
 
 
-#: The largest Bernstein degree: its conversion matrix (``bernstein_reference.conversion_matrix``) holds
-#: integers up to ~n·4^n, exact in the float64 tables only up to 2^53 (n = 36); a larger degree
-#: overflowed int64 (n ≥ 43) or took minutes to build (bern100000).
+#: The largest Bernstein degree: its conversion matrix
+#: (``bernstein_reference.conversion_matrix``) holds integers up to ~n·4^n, exact in the float64
+#: tables only up to 2^53 (n = 36); a larger degree overflowed int64 (n ≥ 43) or took minutes to
+#: build (bern100000).
 MAX_BERNSTEIN_DEGREE = 36
 
 
