@@ -375,7 +375,7 @@ def test_treat_honours_mode_include_and_feature_dim(
 def test_the_check_policy_is_the_library_s() -> None:
     """What the CLI's exit code says is decided by ``neurodiag.check.policy``."""
     import neurodiag
-    from neurodiag.check.policy import EXIT_UNHEALTHY, exit_code, prepare_gate
+    from neurodiag.check import EXIT_UNHEALTHY, exit_code, prepare_gate
     from neurodiag.errors import NeurodiagError
 
     model = nn_model()
