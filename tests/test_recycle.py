@@ -363,3 +363,30 @@ def test_treat_on_the_sample_models_with_a_forced_dead_site(
     assert float(before) >= 50.0 and float(after) < 5.0 and int(recycled) >= half
     change = re.search(r"largest output change on the 2 scanned batches: (\S+);", result.stdout)
     assert change and float(change.group(1)) < 1e-5
+
+
+def test_neurons_along_another_axis_are_not_recycled_as_units() -> None:
+    """--feature-dim 1 on (N, T, F) measures time steps: T dead "neurons" are not rows of the
+    Linear feeding the site, so the site is named untreated instead of resetting rows 0..T-1."""
+
+    class Sequence(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act, self.out = nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(self.act(self.fc(x))).mean(1)
+
+    torch.manual_seed(0)
+    model = Sequence()
+    with torch.no_grad():
+        model.fc.bias.fill_(-100.0)  # every unit (and every time step) dead
+    batch = (torch.randn(8, 5, 4), torch.randint(0, 3, (8,)))
+    by_time = neurodiag.scan(model, [batch], feature_dims={"act": 1})
+    result = neurodiag.recycle(model, by_time, batch)
+    assert result.treated == []
+    assert [site for site, _ in result.untreated] == ["act"]
+    assert "5 neurons are not the 6 units of fc" in result.untreated[0][1]
+    by_unit = neurodiag.scan(model, [batch])  # the default axis: the Linear's 6 outputs
+    treated = neurodiag.recycle(model, by_unit, batch).treated
+    assert [t.neurons for t in treated] == [tuple(range(6))]

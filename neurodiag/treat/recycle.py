@@ -270,6 +270,11 @@ def recycle(
         if isinstance(link, str):
             result.untreated.append((site, link))
             continue
+        width = int(layer_weight(target.get_submodule(link.producers[0])).shape[0])
+        if int(row["neurons"]) != width:  # neurons along another axis (--feature-dim): not units
+            why = f"its {row['neurons']} neurons are not the {width} units of {link.producers[0]}"
+            result.untreated.append((site, f"{why} (measured along another axis)"))
+            continue
         result.treated.append(_apply(target, link, site, chosen, optimizer, seed, method))
     return result
 
