@@ -212,7 +212,7 @@ class SiteRecorder:
             if kind.delta_bar is not None:
                 return f"{name} is a Bernstein activation (its σ' is not traced)"
             inplace = _inplace(module)
-            if inplace and not kind.output_suffices(kind.module_params(module)):
+            if inplace and module not in self._output_suffices:
                 return f"{name} works in place and its σ' needs the overwritten input"
             params = kind.module_params(module)
             plans.append(

@@ -275,7 +275,7 @@ def recycle(
             why = f"its {row['neurons']} neurons are not the {width} units of {link.producers[0]}"
             result.untreated.append((site, f"{why} (measured along another axis)"))
             continue
-        result.treated.append(_apply(target, link, site, chosen, optimizer, seed, method))
+        result.treated.append(_apply(target, link, site, chosen, width, optimizer, seed, method))
     return result
 
 
@@ -284,6 +284,7 @@ def _apply(
     link: Link,
     site: str,
     chosen: Tensor,
+    width: int,
     optimizer: torch.optim.Optimizer | None,
     seed: int,
     method: str = "redo",
@@ -302,7 +303,6 @@ def _apply(
     else:
         zero_columns(consumer, rows, optimizer)
     names = link.producers + ((link.norm,) if link.norm is not None else ())
-    width = int(layer_weight(producers[0]).shape[0])
     return TreatedSite(site, names, link.consumer, tuple(int(i) for i in chosen), width)
 
 
