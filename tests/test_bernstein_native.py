@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from neurodiag import native_build
 from neurodiag.activations import native
 from neurodiag.activations.bernstein import Bernstein
 from tests.test_bernstein import LAYOUTS, _randomise, brute, brute_slope
@@ -214,7 +215,7 @@ def test_thread_split_gives_the_same_result(
     gen = torch.Generator().manual_seed(7)
     x, g = torch.randn(shape, generator=gen) * 4.0, torch.randn(shape, generator=gen)
     whole, _ = _run(m, x, g)
-    monkeypatch.setattr(native, "PER_THREAD", 1)
+    monkeypatch.setattr(native_build, "PER_THREAD", 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     assert len(native._parts(shape[0], x.numel())) == 3
     split, _ = _run(m, x, g)

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
             "loss",
             "atomic",
             "registry",
+            "native_build",
         ),
         0,
     ),

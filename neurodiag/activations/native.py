@@ -3,30 +3,14 @@
 torch.compile, dispatch modes, ``opcheck``; autograd is :class:`BernsteinFunction`), one pass each
 way where the eager reference makes ~70. Without the library (no compiler, ``NEURODIAG_NATIVE=0``,
 a failed build: :func:`status`) or for inputs it does not take, the ops compute the reference.
-Built with ``$CC`` (else cc, gcc, clang), ``-O3`` (+ AVX2/FMA where PyTorch detects it), written
-atomically to ``$NEURODIAG_CACHE`` (default ``~/.cache/neurodiag``, 0700) under hashes of source,
-compiler, flags and bytes; nothing is downloaded. Loaded only if folder and file are this user's,
-writable by nobody else (a planted ``.so`` runs as the user) and hashing to their name."""
+Built, cached and trust-checked by :mod:`neurodiag.native_build`."""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import ctypes
 import functools
-import hashlib
-import itertools
 import math
-import os
-import platform
-import shutil
-import stat
-import subprocess
-import sys
-import tempfile
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +18,19 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+import neurodiag.native_build as native_build
 from neurodiag.activations import bernstein_reference as ref
 
 SOURCE = Path(__file__).with_name("bernstein_kernel.c")
-_AVX_FLAGS = ["-mavx2", "-mfma"]
-_BUILD_TIMEOUT_S = 120
-# Elements per thread below which the kernels run on the calling thread only.
-PER_THREAD = 1 << 17
+_compiler, _flags, _parts, _map = (
+    native_build.compiler,
+    native_build.flags,
+    native_build.parts,
+    native_build.map_parts,
+)
 
 _failure: str | None = None
 _lock = threading.Lock()
-_pool: list[ThreadPoolExecutor] = []
 
 
 class Kernels:
@@ -64,125 +50,21 @@ class Kernels:
         self.value.restype = self.backward.restype = self.table.restype = self.grads.restype = None
 
 
-def _compiler() -> str | None:
-    if named := os.environ.get("CC"):
-        return shutil.which(named) or named
-    return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
-
-
-def _flags() -> list[str]:
-    """-O3, plus AVX2/FMA only where PyTorch detects AVX2 (the flags are in the cache key)."""
-    avx2 = platform.machine().lower() in ("x86_64", "amd64") and (
-        torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    )
-    base = ["-O3", "-std=gnu99", "-shared", "-fPIC"]
-    return [*base, *_AVX_FLAGS] if avx2 else base
-
-
-def _warn(message: str) -> None:
-    print(f"neurodiag: warning: {message}", file=sys.stderr)
-
-
-def _untrusted(st: os.stat_result) -> str | None:
-    """Why a file or folder with this stat may hold something another user wrote, or None."""
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        return f"it is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})"
-    if os.name != "nt" and st.st_mode & 0o022:
-        return f"it is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    return None
-
-
-def _trusted_folder() -> Path:
-    """The cache folder (created 0700), or a fresh private one when the cache is not safe."""
-    folder = Path(os.environ.get("NEURODIAG_CACHE") or Path.home() / ".cache" / "neurodiag")
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        reason = _untrusted(folder.stat()) or (None if folder.is_dir() else "not a folder")
-    except OSError as error:
-        reason = f"it cannot be created ({error.strerror or error})"
-    if reason is None:
-        return folder
-    private = Path(tempfile.mkdtemp(prefix="neurodiag-native-"))  # mode 0700, ours alone
-    atexit.register(shutil.rmtree, private, ignore_errors=True)
-    _warn(f"not using the native-kernel cache {folder}: {reason}; building in {private}")
-    return private
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _verified(path: Path) -> bool:
-    """``path`` is this user's regular file, writable by no one else, hashing to its name."""
-    try:
-        st = path.lstat()
-        if not stat.S_ISREG(st.st_mode):
-            reason = "it is not a regular file"
-        elif (untrusted := _untrusted(st)) is not None:
-            reason = untrusted
-        elif _digest(path) != path.stem.rsplit("-", 1)[-1]:
-            reason = "its bytes do not match the hash in its name (truncated or altered)"
-        else:
-            return True
-    except OSError as error:
-        reason = f"it cannot be read ({error.strerror or error})"
-    _warn(f"not loading the cached native library {path}: {reason}; rebuilding it")
-    with contextlib.suppress(OSError):
-        path.unlink()
-    return False
-
-
 def _stem(compiler: str, flags: list[str]) -> str:
-    """The cache name before the content digest: what was compiled, how and with what."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode()]))
-    return f"bernstein-{key.hexdigest()[:16]}"
-
-
-def _build(compiler: str, flags: list[str]) -> Path:
-    suffix = ".dll" if sys.platform == "win32" else ".so"
-    stem = _stem(compiler, flags)
-    folder = _trusted_folder()
-    for cached in sorted(folder.glob(f"{stem}-*{suffix}")):
-        if _verified(cached):
-            return cached
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=suffix)
-    os.close(fd)
-    try:
-        command = [compiler, *flags, "-o", tmp, str(SOURCE), "-lm"]
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False
-        )
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{Path(compiler).name} failed: {last[:200]}")
-        os.chmod(tmp, 0o700)  # the linker's mode follows the umask: 0775 would be refused
-        target = folder / f"{stem}-{_digest(Path(tmp))}{suffix}"
-        os.replace(tmp, target)  # atomic: concurrent builders never load a partial file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    """The cache name before the content digest (``native_build.stem`` of this source)."""
+    return native_build.stem(SOURCE, "bernstein", compiler, flags)
 
 
 @functools.cache
 def kernels() -> Kernels | None:
     """The loaded kernels, or None (switched off, or the build or load failed: see status())."""
     global _failure
-    if os.environ.get("NEURODIAG_NATIVE", "1").strip() == "0":
+    if native_build.switched_off():
         _failure = "switched off by NEURODIAG_NATIVE=0"
         return None
     with _lock:
         try:
-            compiler = _compiler()
-            if compiler is None:
-                raise RuntimeError("no C compiler found (set CC, or install cc/gcc/clang)")
-            path = _build(compiler, _flags())
-            try:
-                return Kernels(ctypes.CDLL(str(path)), path)
-            except (OSError, AttributeError) as error:  # not a library, or not ours
-                _warn(f"cannot load the native library {path} ({error}); using the reference")
-                raise
+            return Kernels(*native_build.load(SOURCE, "bernstein"))
         except Exception as error:  # any failure: the reference stays in use
             _failure = f"{type(error).__name__}: {error}"
             return None
@@ -200,22 +82,6 @@ def fits(x: Tensor, c0: Tensor, incs: Tensor) -> bool:
         t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
         for t in (x, c0, incs)
     )
-
-
-def _parts(a: int, numel: int) -> list[tuple[int, int]]:
-    """Ranges of the dims before the feature dim, one per intra-op thread on large inputs."""
-    parts = max(1, min(torch.get_num_threads(), a, numel // PER_THREAD))
-    return list(itertools.pairwise(a * k // parts for k in range(parts + 1)))
-
-
-def _map(run: Callable[[int, int, int], None], parts: list[tuple[int, int]]) -> None:
-    """run(k, lo, hi) per part, all but the first on a shared pool (ctypes releases the GIL)."""
-    if len(parts) > 1 and not _pool:
-        _pool.append(ThreadPoolExecutor(thread_name_prefix="neurodiag-bernstein"))
-    futures = [_pool[0].submit(run, k, *part) for k, part in enumerate(parts) if k]
-    run(0, *parts[0])
-    for future in futures:
-        future.result()
 
 
 def _layout(x: Tensor, feature_dim: int, shared: bool) -> tuple[int, int, int]:
