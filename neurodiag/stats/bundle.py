@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from neurodiag.config import ScanConfig
+from neurodiag.stats import native_fold
 from neurodiag.stats.base import StateStore
 from neurodiag.stats.reductions import (
     DerivativeFn,
@@ -84,6 +85,12 @@ class SiteStats:
         self._per_call = [stat for stat in self.statistics if stat.per_call]
         #: Some call took the step shortcut: max/min |σ'| are derived from the totals.
         self.step = False
+        #: The C folds (CPU float32), None where they do not apply (``native_fold.bind``).
+        self._native = (
+            None
+            if self._gram or self._per_call
+            else native_fold.bind(self.store, self._forward, self._grad, config.eps)
+        )
 
     @property
     def wants_grad(self) -> bool:
@@ -103,6 +110,10 @@ class SiteStats:
         step: bool = False,
     ) -> None:
         """One call: pre-activation ``z`` (None if overwritten in place), activation ``a``."""
+        native = self._native
+        if native is not None and native.forward(z, a, derivative, dims, step):
+            self.step = self.step or step
+            return
         red = reduce_forward(z, a, derivative, dims, self.config.eps, self.dtype, step, self._gram)
         if red.max_abs_deriv is None:
             self.step = True
@@ -113,6 +124,9 @@ class SiteStats:
 
     def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None:
         """One ∂L/∂a of a call of this site."""
+        native = self._native
+        if native is not None and native.grad(grad, dims):
+            return
         self.store.fold_fields(reduce_grad(grad, dims, self.dtype), self._grad)
 
     # -- merging -------------------------------------------------------------------------------

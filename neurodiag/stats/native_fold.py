@@ -1,0 +1,285 @@
+"""The CPU fast path of a site's per-call reductions: ``fold_kernel.c``, one pass per tensor.
+
+``reduce_forward`` / ``reduce_grad`` then ``StateStore.fold_fields`` cost 5-10 PyTorch ops per
+call (Σ|a|, Σ[a > 0], max |a|, the finite check, one in-place fold per state), each ~3-10 µs of
+dispatch on a small activation: on a 20-layer MLP of width 100 they were most of the Monitor's
+cost. The C file makes the same reductions in one pass over a (and z, σ' where used) and folds
+them into the states in place, in two ctypes calls.
+
+Same numbers as the PyTorch path (tests/test_native_fold.py): the same per-neuron sums (in double,
+then rounded to the state's float32, where PyTorch sums in float32), the same counts and extremes.
+A call with a non-finite entry folds nothing and returns False: the caller measures it on the
+PyTorch path, which counts and excludes those entries. Taken only on CPU for contiguous float32
+tensors of plain ``torch.Tensor`` type whose neurons are one dim; anything else (accelerators, a
+subclass, a fake tensor under torch.compile, float64, a per-call statistic, the Gram matrix) keeps
+the PyTorch path. ``NEURODIAG_NATIVE=0`` or ``ENABLED = False`` switches it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import neurodiag.native_build as native_build
+from neurodiag.stats.base import StateStore
+
+SOURCE = Path(__file__).with_name("fold_kernel.c")
+#: The fast path (``benchmarks/overhead.py --measure-path no-native`` switches it off).
+ENABLED = True
+#: σ' is computed in row slices of about this many elements (its temporary stays O(slice)).
+SLICE_ELEMENTS = 1 << 18
+_MODE_STEP, _MODE_GENERAL, _MODE_GRAD = 0, 1, 2
+#: The forward fields this path folds (ForwardReductions' names); any other keeps PyTorch's.
+FORWARD_STATES = frozenset(
+    {
+        "finite_positions",
+        "sum_abs_act",
+        "active_entries",
+        "max_abs_deriv",
+        "min_abs_deriv",
+        "nonfinite",
+        "max_abs_act",
+    }
+)
+GRAD_STATES = frozenset({"grad_finite_positions", "sum_abs_grad", "nonfinite"})
+
+_failure: str | None = None
+_lock = threading.Lock()
+
+
+class Kernels:
+    """The two C entry points (sizes as int64_t)."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
+        self.path = path
+        lib.nd_acc_rows.restype = i32
+        self.rows: int = lib.nd_acc_rows()
+        self.reduce, self.commit = lib.nd_reduce, lib.nd_commit
+        self.reduce.argtypes = [p, p, p, i64, i64, i64, i32, f32, p]
+        self.reduce.restype = None
+        self.commit.argtypes = [p, i64, i64, i32, i32, p, p, p, p, p]
+        self.commit.restype = i32
+
+
+@functools.cache
+def kernels() -> Kernels | None:
+    """The loaded kernels, or None (switched off, or the build or load failed: see status())."""
+    global _failure
+    if native_build.switched_off():
+        _failure = "switched off by NEURODIAG_NATIVE=0"
+        return None
+    with _lock:
+        try:
+            return Kernels(*native_build.load(SOURCE, "folds", ("-fopenmp-simd",)))
+        except Exception as error:  # any failure: the PyTorch path stays in use
+            _failure = f"{type(error).__name__}: {error}"
+            return None
+
+
+def status() -> str:
+    """One line: where the fold kernels were loaded from, or why they are not in use."""
+    loaded = kernels()
+    return f"fold kernels: {loaded.path}" if loaded else f"fold kernels off ({_failure})"
+
+
+def layout(shape: torch.Size, dims: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(A, F, B): a tensor of ``shape`` seen as (A, F, B) with its neurons F in the middle, when
+    ``dims`` are all its dims but one (no position dim: one position of all neurons); else None."""
+    if not dims:
+        return 1, math.prod(shape), 1
+    fd = [i for i in range(len(shape)) if i not in dims]
+    if len(fd) != 1 or len(dims) != len(shape) - 1:
+        return None
+    return math.prod(shape[: fd[0]]), shape[fd[0]], math.prod(shape[fd[0] + 1 :])
+
+
+def _fits(x: Tensor) -> bool:
+    """A plain contiguous float32 CPU tensor (not a subclass: no fake or distributed tensor)."""
+    return type(x) is Tensor and x.dtype == torch.float32 and x.is_cpu and x.is_contiguous()
+
+
+class _Acc(threading.local):
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, int, int], Tensor] = {}
+
+
+_ACC = _Acc()
+
+
+def _accumulators(parts: int, rows: int, neurons: int) -> Tensor:
+    """A per-thread float64 buffer for ``parts`` parts (the kernel overwrites it every call)."""
+    key = (parts, rows, neurons)
+    buffer = _ACC.buffers.get(key)
+    if buffer is None:
+        if len(_ACC.buffers) >= 64:
+            _ACC.buffers.clear()
+        buffer = _ACC.buffers[key] = torch.empty(key, dtype=torch.float64)
+    return buffer
+
+
+def _pointer(store: StateStore, name: str, dtype: torch.dtype) -> int | None:
+    if name not in store:
+        return None
+    value = store[name]
+    if value.dtype != dtype or value.device.type != "cpu" or not value.is_contiguous():
+        raise TypeError(name)
+    return value.data_ptr()
+
+
+class NativeFold:
+    """The fast path bound to one store: pointers to its states (updated in place, never moved)."""
+
+    def __init__(self, lib: Kernels, store: StateStore, eps: float) -> None:
+        f32, f64 = torch.float32, torch.float64
+        self.lib = lib
+        self.store = store
+        self.eps = eps
+        self.sum_abs_act = _pointer(store, "sum_abs_act", f32)
+        self.active_entries = _pointer(store, "active_entries", f64)
+        self.max_abs_act = _pointer(store, "max_abs_act", f32)
+        self.max_abs_deriv = _pointer(store, "max_abs_deriv", f32)
+        self.min_abs_deriv = _pointer(store, "min_abs_deriv", f32)
+        self.sum_abs_grad = _pointer(store, "sum_abs_grad", f32)
+        self.positions = "finite_positions" in store
+        self.grad_positions = "grad_finite_positions" in store
+
+    def forward(
+        self,
+        z: Tensor | None,
+        a: Tensor,
+        derivative: Callable[[Tensor | None, Tensor], Tensor],
+        dims: tuple[int, ...],
+        step: bool,
+    ) -> bool:
+        """Fold one call into the states; False (nothing folded): use the PyTorch path."""
+        if not (ENABLED and _fits(a)) or (z is not None and not (_fits(z) and z.shape == a.shape)):
+            return False
+        plan = _plan(a.shape, dims, step)
+        if plan is None:
+            return False
+        lib, (lead_rows, neurons, inner, ranges, positions) = self.lib, plan
+        acc = _accumulators(len(ranges), lib.rows, neurons).data_ptr()
+        part_bytes = 8 * lib.rows * neurons
+        mode = _MODE_STEP if step else _MODE_GENERAL
+        if step and len(ranges) == 1:  # the common case, without a closure
+            z_ptr = z.data_ptr() if z is not None else None
+            lib.reduce(a.data_ptr(), z_ptr, None, positions // inner, neurons, inner, mode, 0, acc)
+        else:
+            failed: list[bool] = []
+
+            def run(k: int, first: int, last: int) -> None:
+                whole = last - first == ranges[-1][1]
+                piece_a = a if whole else a[first:last]
+                piece_z = z if whole or z is None else z[first:last]
+                d_ptr = None
+                if not step:
+                    d = derivative(piece_z, piece_a)
+                    if not (_fits(d) and d.shape == piece_a.shape):
+                        failed.append(True)
+                        return
+                    d_ptr = d.data_ptr()
+                lib.reduce(
+                    piece_a.data_ptr(),
+                    piece_z.data_ptr() if piece_z is not None else None,
+                    d_ptr,
+                    (last - first) * lead_rows,
+                    neurons,
+                    inner,
+                    mode,
+                    self.eps,
+                    acc + k * part_bytes,
+                )
+
+            if step:
+                native_build.map_parts(run, ranges)
+            else:  # σ' slice by slice, on this thread (its ops use PyTorch's threads)
+                for k, (first, last) in enumerate(ranges):
+                    run(k, first, last)
+            if failed:
+                return False
+        derivs = (None, None) if step else (self.max_abs_deriv, self.min_abs_deriv)
+        states = (self.sum_abs_act, self.active_entries, self.max_abs_act, *derivs)
+        folded = not lib.commit(acc, len(ranges), neurons, z is not None, not step, *states)
+        if folded and self.positions:
+            self.store.fold("finite_positions", positions)
+        return folded
+
+    def grad(self, grad: Tensor, dims: tuple[int, ...]) -> bool:
+        """Fold one ∂L/∂a into the states; False (nothing folded): use the PyTorch path."""
+        if not (ENABLED and _fits(grad)):
+            return False
+        plan = _plan(grad.shape, dims, True)
+        if plan is None:
+            return False
+        lib, (lead_rows, neurons, inner, ranges, positions) = self.lib, plan
+        acc = _accumulators(len(ranges), lib.rows, neurons).data_ptr()
+        if len(ranges) == 1:
+            lib.reduce(grad.data_ptr(), None, None, positions // inner, neurons, inner,
+                       _MODE_GRAD, 0, acc)  # fmt: skip
+        else:
+            lead_bytes, part_bytes = 4 * lead_rows * neurons * inner, 8 * lib.rows * neurons
+
+            def run(k: int, first: int, last: int) -> None:
+                lib.reduce(grad.data_ptr() + first * lead_bytes, None, None,
+                           (last - first) * lead_rows, neurons, inner, _MODE_GRAD, 0,
+                           acc + k * part_bytes)  # fmt: skip
+
+            native_build.map_parts(run, ranges)
+        folded = not lib.commit(acc, len(ranges), neurons, 0, 0, self.sum_abs_grad,
+                                None, None, None, None)  # fmt: skip
+        if folded and self.grad_positions:
+            self.store.fold("grad_finite_positions", positions)
+        return folded
+
+
+#: (rows of A per index of dim 0, F, B, ranges of dim 0, positions per neuron) per call shape
+Plan = tuple[int, int, int, list[tuple[int, int]], int]
+_PLANS: dict[tuple[torch.Size, tuple[int, ...], bool, int], Plan | None] = {}
+
+
+def _plan(shape: torch.Size, dims: tuple[int, ...], step: bool) -> Plan | None:
+    """How a call of ``shape`` is cut (cached): pieces along dim 0 (views of whole rows there)
+    for the threads (step sites, gradients), or σ' slice by slice (other sites: its temporary stays
+    O(slice)); one piece when the neurons are dim 0. None: the C path does not take it."""
+    key = (shape, dims, step, torch.get_num_threads())
+    if key in _PLANS:
+        return _PLANS[key]
+    found = layout(shape, dims)
+    plan = None
+    numel = math.prod(shape)
+    if found is not None and numel:
+        rows, neurons, inner = found
+        lead = shape[0] if dims and 0 in dims else 1
+        if step:
+            ranges = native_build.parts(lead, numel)
+        else:
+            count = max(1, min(lead, -(-numel // SLICE_ELEMENTS)))
+            ranges = [(lead * k // count, lead * (k + 1) // count) for k in range(count)]
+        plan = (rows // lead, neurons, inner, ranges, rows * inner)
+    if len(_PLANS) >= 256:  # many shapes (variable lengths): keep the cache small
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def bind(store: StateStore, forward: list[str], grad: list[str], eps: float) -> NativeFold | None:
+    """The fast path for a store whose forward/grad fields it folds, or None (PyTorch's path)."""
+    if not (set(forward) <= FORWARD_STATES and set(grad) <= GRAD_STATES):
+        return None
+    if store.device.type != "cpu" or store.dtype != torch.float32:
+        return None
+    lib = kernels()
+    if lib is None:
+        return None
+    try:
+        return NativeFold(lib, store, eps)
+    except TypeError:  # a state of another dtype than this path writes
+        return None

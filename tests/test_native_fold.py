@@ -1,0 +1,255 @@
+"""The C folds (``neurodiag.stats.native_fold``) give the PyTorch path's states, per neuron.
+
+Each test measures the same calls twice, through a ``SiteStats`` bound to the C folds and one on
+the PyTorch path (``native_fold.ENABLED = False``; that path is pinned to the exact reference by
+tests/test_reductions.py and to hand-written hooks by tests/test_scan_bruteforce.py), and compares
+every state: counts, maxima and minima exactly, sums to float32 rounding (the C path sums in
+double, PyTorch in float32).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+import neurodiag.native_build as native_build
+from neurodiag.activations import derivatives
+from neurodiag.config import ScanConfig
+from neurodiag.stats import native_fold
+from neurodiag.stats.bundle import SiteStats
+
+SUMS = ("sum_abs_act", "sum_abs_grad")
+
+# name: (σ, σ', step site)
+ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], derivatives.DerivativeFn, bool]] = {
+    "relu": (torch.relu, derivatives.relu, True),
+    "gelu": (F.gelu, derivatives.gelu, False),
+    "tanh": (torch.tanh, derivatives.tanh, False),
+}
+LEAKY = (lambda z: F.leaky_relu(z, 0.01), derivatives.leaky_relu, False)
+# (shape, reduction dims): dense, conv, sequence, neurons first, no position dim
+LAYOUTS = [
+    ((37, 11), (0,)),
+    ((5, 6, 3, 4), (0, 2, 3)),
+    ((4, 7, 9), (0, 1)),
+    ((6, 13), (1,)),
+    ((3, 5, 8), (0, 2)),
+    ((9,), ()),
+]
+
+
+@pytest.fixture(autouse=True)
+def _kernels() -> Iterator[None]:
+    if native_fold.kernels() is None:
+        pytest.skip(native_fold.status())
+    yield
+    native_fold.ENABLED = True
+
+
+def _stats(config: ScanConfig, neurons: int) -> SiteStats:
+    return SiteStats(neurons, torch.device("cpu"), torch.float32, config)
+
+
+def _measure(
+    native: bool,
+    calls: list[tuple[Tensor | None, Tensor, Tensor]],
+    name: str,
+    dims: tuple[int, ...],
+    neurons: int,
+    config: ScanConfig | None = None,
+) -> tuple[SiteStats, list[bool]]:
+    """Both observations of every call; which calls the C path folded."""
+    _, derivative, step = LEAKY if name == "leaky" else ACTIVATIONS[name]
+    native_fold.ENABLED = native
+    stats = _stats(config or ScanConfig(), neurons)
+    assert (stats._native is not None) or not native
+    taken = []
+    for z, a, g in calls:
+        if native:
+            assert stats._native is not None
+            taken.append(stats._native.forward(z, a, derivative, dims, step))
+            if not taken[-1]:
+                stats.observe_forward(z, a, derivative, dims, step)
+            if not stats._native.grad(g, dims):
+                stats.observe_grad(g, dims)
+            stats.step = stats.step or (step and taken[-1])
+        else:
+            stats.observe_forward(z, a, derivative, dims, step)
+            stats.observe_grad(g, dims)
+    native_fold.ENABLED = True
+    return stats, taken
+
+
+def _assert_same(got: SiteStats, want: SiteStats) -> None:
+    got.flush()
+    want.flush()
+    assert list(got.store.specs) == list(want.store.specs)
+    for (name, value), (_, expected) in zip(got.store.items(), want.store.items(), strict=True):
+        if name in SUMS:
+            torch.testing.assert_close(value, expected, rtol=3e-6, atol=1e-6, msg=name)
+        else:
+            assert torch.equal(value, expected), (name, value, expected)
+
+
+def _calls(
+    name: str, shape: tuple[int, ...], seed: int, keep_z: bool, n: int = 3, scale: float = 2.0
+) -> list[tuple[Tensor | None, Tensor, Tensor]]:
+    act = ACTIVATIONS[name][0]
+    keep_z = keep_z or name == "gelu"  # σ' of GELU reads z
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        z = torch.randn(shape, generator=g) * scale
+        out.append((z if keep_z else None, act(z), torch.randn(shape, generator=g)))
+    return out
+
+
+def _neurons(shape: tuple[int, ...], dims: tuple[int, ...]) -> int:
+    return math.prod(n for i, n in enumerate(shape) if i not in dims)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize(("shape", "dims"), LAYOUTS)
+@pytest.mark.parametrize("keep_z", [False, True])
+def test_the_c_folds_give_the_pytorch_states(
+    name: str, shape: tuple[int, ...], dims: tuple[int, ...], keep_z: bool
+) -> None:
+    if name != "relu" and keep_z:
+        pytest.skip("σ' of GELU always reads z, of tanh only a")
+    calls = _calls(name, shape, seed=len(shape) + 7 * keep_z, keep_z=keep_z)
+    neurons = _neurons(shape, dims)
+    got, taken = _measure(True, calls, name, dims, neurons)
+    want, _ = _measure(False, calls, name, dims, neurons)
+    assert all(taken)
+    _assert_same(got, want)
+
+
+def test_dead_and_saturated_neurons_are_counted_exactly() -> None:
+    """Whole columns at 0 (dead ReLU units), σ' below ε (saturated tanh), -0.0 entries."""
+    z = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+    z[:, 2] = -1.0
+    z[:, 5] = -0.0
+    z[:, 6] = 30.0  # tanh'(30) = 0 in float32
+    for name in ("relu", "tanh"):
+        calls = [(None, ACTIVATIONS[name][0](z), torch.randn(64, 8))]
+        got, taken = _measure(True, calls, name, (0,), 8)
+        want, _ = _measure(False, calls, name, (0,), 8)
+        assert taken == [True]
+        _assert_same(got, want)
+        dead = [2, 5] if name == "relu" else [6]
+        assert (got.store["active_entries"][dead] == 0).all()
+
+
+def test_a_derivative_equal_to_eps_is_not_above_it() -> None:
+    """|σ'| > ε, strictly: LeakyReLU(0.01) under ε = 0.01 has every negative position inactive,
+    in both layouts (rows of neurons, and runs of positions per neuron)."""
+    config = ScanConfig(eps=0.01)
+    for shape, dims in (((32, 6), (0,)), ((4, 6, 5), (0, 2))):
+        z = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        calls = [(z, F.leaky_relu(z, 0.01), torch.randn(shape))]
+        got, taken = _measure(True, calls, "leaky", dims, 6, config)
+        want, _ = _measure(False, calls, "leaky", dims, 6, config)
+        assert taken == [True]
+        _assert_same(got, want)
+        assert got.store["active_entries"].sum() == (z > 0).sum()
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize("where", ["a", "z", "grad"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_entry_folds_nothing_and_the_exact_path_counts_it(
+    name: str, where: str, value: float
+) -> None:
+    if name == "tanh" and where == "z":
+        pytest.skip("σ' of tanh reads a only")
+    calls = _calls(name, (16, 5), seed=11, keep_z=where == "z", n=2)
+    z, a, g = calls[1]
+    target = {"a": a, "z": z, "grad": g}[where]
+    assert target is not None
+    target[3, 2] = value
+    got, taken = _measure(True, calls, name, (0,), 5)
+    want, _ = _measure(False, calls, name, (0,), 5)
+    if where != "grad":
+        # -Inf in z under a ReLU gives a = 0: only z shows it, and the C path sees z too
+        assert taken == [True, False]
+    _assert_same(got, want)
+    assert got.store["nonfinite"] >= 1
+
+
+def test_threads_and_slices_give_the_same_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step sites and gradients split over 3 threads, σ' in slices of a few rows."""
+    shape, dims = (12, 4, 5), (0, 2)
+    for name in ACTIVATIONS:
+        calls = _calls(name, shape, seed=5, keep_z=False)
+        want, _ = _measure(False, calls, name, dims, 4)
+        whole, _ = _measure(True, calls, name, dims, 4)
+        monkeypatch.setattr(native_build, "PER_THREAD", 1)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+        monkeypatch.setattr(native_fold, "SLICE_ELEMENTS", 40)
+        native_fold._PLANS.clear()
+        split, taken = _measure(True, calls, name, dims, 4)
+        monkeypatch.undo()
+        plan = native_fold._plan(torch.Size(shape), dims, ACTIVATIONS[name][2])
+        native_fold._PLANS.clear()
+        assert all(taken) and plan is not None
+        _assert_same(split, want)
+        _assert_same(whole, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    neurons=st.integers(1, 17),
+    scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e3, 1e30]),
+    seed=st.integers(0, 2**16),
+    name=st.sampled_from(list(ACTIVATIONS)),
+)
+def test_any_values_give_the_pytorch_states(
+    rows: int, neurons: int, scale: float, seed: int, name: str
+) -> None:
+    native_fold.ENABLED = True
+    calls = _calls(name, (rows, neurons), seed=seed, keep_z=False, n=2, scale=scale)
+    got, taken = _measure(True, calls, name, (0,), neurons)
+    want, _ = _measure(False, calls, name, (0,), neurons)
+    if all(taken):  # 1e30 may overflow σ's float32 sums: the PyTorch path then measures it
+        _assert_same(got, want)
+
+
+def test_what_the_c_path_leaves_to_pytorch() -> None:
+    """float64, non-contiguous, a tensor subclass, an activation with neurons on two dims."""
+    stats = _stats(ScanConfig(), 6)
+    assert stats._native is not None
+    relu = derivatives.relu
+    a = torch.rand(8, 6)
+    assert stats._native.forward(None, a, relu, (0,), True)
+    assert not stats._native.forward(None, a.double(), relu, (0,), True)
+    assert not stats._native.forward(None, torch.rand(6, 8).T, relu, (0,), True)
+    assert not stats._native.forward(None, a.as_subclass(_Sub), relu, (0,), True)
+    assert not stats._native.forward(None, torch.rand(2, 3, 4), relu, (0,), True)
+    assert not stats._native.grad(torch.rand(1, 6).expand(8, 6), (0,))  # a stride-0 gradient
+    assert _stats(ScanConfig(dead_window="batch"), 6)._native is None  # a per-call statistic
+    assert SiteStats(6, torch.device("cpu"), torch.float64, ScanConfig())._native is None
+
+
+class _Sub(Tensor):
+    pass
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURODIAG_NATIVE", "0")
+    native_fold.kernels.cache_clear()
+    try:
+        assert native_fold.kernels() is None
+        assert "NEURODIAG_NATIVE=0" in native_fold.status()
+        assert _stats(ScanConfig(), 4)._native is None
+    finally:
+        monkeypatch.delenv("NEURODIAG_NATIVE")
+        native_fold.kernels.cache_clear()
+    assert native_fold.status().startswith("fold kernels: ")
