@@ -93,37 +93,10 @@ BASELINE["plain"] = BASELINE["train"] = ""
 
 
 def _digits(depth: int, batches: int, inputs: str, batch: int = 256) -> tuple[Any, list[Any]]:
-    import torch
-    from torch import nn
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from overhead import digits_batches, digits_mlp
 
-    g = torch.Generator().manual_seed(0)
-    if inputs == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x_all = torch.tensor(d.data, dtype=torch.float32)
-        x_all = (x_all - x_all.mean(0)) / (x_all.std(0) + 1e-6)
-        y_all = torch.tensor(d.target, dtype=torch.long)
-        perm = torch.randperm(len(x_all), generator=g)
-        x_all, y_all = x_all[perm], y_all[perm]
-    else:
-        x_all = torch.randn(batch * batches, 64, generator=g)
-        y_all = torch.randint(0, 10, (batch * batches,), generator=g)
-    full = [
-        (x_all[i : i + batch], y_all[i : i + batch])
-        for i in range(0, len(x_all) - batch + 1, batch)
-    ]
-    data = [full[i % len(full)] for i in range(batches)]  # cycled to `batches`
-    layers: list[nn.Module] = []
-    width = 64
-    for _ in range(depth):
-        lin = nn.Linear(width, 100)
-        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
-        nn.init.zeros_(lin.bias)
-        layers += [lin, nn.ReLU()]
-        width = 100
-    layers.append(nn.Linear(width, 10))
-    return nn.Sequential(*layers), data
+    return digits_mlp(depth), digits_batches(batches, inputs, batch)
 
 
 def _cnn(batches: int) -> tuple[Any, list[Any]]:
