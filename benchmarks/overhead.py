@@ -1500,6 +1500,10 @@ def set_measure_path(path: str) -> None:
     """``--measure-path``: switch the shortcuts of ``neurodiag.stats.reductions`` off."""
     from neurodiag.stats import reductions
 
+    if path in ("no-native", "no-step", "reference"):
+        from neurodiag.stats import native_fold
+
+        native_fold.ENABLED = False  # the PyTorch path for every call
     if path in ("no-step", "reference"):
         reductions.STEP_SHORTCUT = False
     if path == "reference":
@@ -1559,11 +1563,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument(
         "--measure-path",
-        choices=("default", "no-step", "reference", "hooks-only"),
+        choices=("default", "no-native", "no-step", "reference", "hooks-only"),
         default="default",
         help="which measuring path neurodiag uses (neurodiag/stats/reductions.py): default "
-        "(both shortcuts), no-step (without the ReLU step shortcut) or reference (the exact "
-        "masked path for every call, as on accelerators): what each shortcut earns; "
+        "(the C folds of neurodiag/stats/native_fold.py on CPU float32, else both shortcuts), "
+        "no-native (the PyTorch path with both shortcuts), no-step (PyTorch, without the ReLU "
+        "step shortcut) or reference (the exact masked path for every call, as on "
+        "accelerators): what each shortcut earns; "
         "hooks-only: every hook runs and measures nothing (the floor of per-site hooks; "
         "its reports are empty)",
     )
