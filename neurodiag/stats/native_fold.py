@@ -6,8 +6,8 @@ dispatch on a small activation: on a 20-layer MLP of width 100 they were most of
 cost. The C file makes the same reductions in one pass over a (and z, σ' where used) and folds
 them into the states in place, in two ctypes calls.
 
-Same numbers as the PyTorch path (tests/test_native_fold.py): the same per-neuron sums (in double,
-then rounded to the state's float32, where PyTorch sums in float32), the same counts and extremes.
+Same numbers as the PyTorch path (tests/test_native_fold.py): the same counts and extremes, and
+the same per-neuron sums to float32 rounding (float32 over short blocks, added in double).
 A call with a non-finite entry folds nothing and returns False: the caller measures it on the
 PyTorch path, which counts and excludes those entries. Taken only on CPU for contiguous float32
 tensors of plain ``torch.Tensor`` type whose neurons are one dim; anything else (accelerators, a
