@@ -35,7 +35,7 @@ SOURCE = Path(__file__).with_name("fold_kernel.c")
 ENABLED = True
 #: σ' is computed in row slices of about this many elements (its temporary stays O(slice)).
 SLICE_ELEMENTS = 1 << 18
-_MODE_STEP, _MODE_GENERAL, _MODE_GRAD = 0, 1, 2
+_MODE_STEP, _MODE_GENERAL, _MODE_GRAD, _MODE_STEP_FROM_Z = 0, 1, 2, 3
 #: The forward fields this path folds (ForwardReductions' names); any other keeps PyTorch's.
 FORWARD_STATES = frozenset(
     {
@@ -78,7 +78,9 @@ def kernels() -> Kernels | None:
         return None
     with _lock:
         try:
-            return Kernels(*native_build.load(SOURCE, "folds", ("-fopenmp-simd",)))
+            return Kernels(
+                *native_build.load(SOURCE, "folds", ("-fopenmp-simd", "-fno-trapping-math"))
+            )
         except Exception as error:  # any failure: the PyTorch path stays in use
             _failure = f"{type(error).__name__}: {error}"
             return None
@@ -170,8 +172,9 @@ class NativeFold:
         part_bytes = 8 * lib.rows * neurons
         mode = _MODE_STEP if step else _MODE_GENERAL
         if step and len(ranges) == 1:  # the common case, without a closure
-            z_ptr = z.data_ptr() if z is not None else None
-            lib.reduce(a.data_ptr(), z_ptr, None, positions // inner, neurons, inner, mode, 0, acc)
+            # a step site's a is max(z, 0) exactly: with z kept, one pass over z reads both
+            x, mode = (a, mode) if z is None else (z, _MODE_STEP_FROM_Z)
+            lib.reduce(x.data_ptr(), None, None, positions // inner, neurons, inner, mode, 0, acc)
         else:
             failed: list[bool] = []
 
