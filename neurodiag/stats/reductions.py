@@ -356,12 +356,16 @@ def traced_forward(
 def _traced_step(
     z: Tensor | None, a: Tensor, dims: tuple[int, ...], dtype: torch.dtype
 ) -> ForwardReductions:
-    """``traced_forward`` of a ReLU site: no σ', a ≥ 0 where finite."""
-    ok = torch.isfinite(a)
+    """``traced_forward`` of a ReLU site: no σ', a ≥ 0 where finite. With z kept, everything is
+    read from z (a = max(z, 0) exactly; z finite means a finite): one input for the fused loop."""
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
     if z is not None:
-        ok &= torch.isfinite(z)
+        ok = torch.isfinite(z)
+        clean = torch.where(ok, z.clamp_min(0), zero)
+    else:
+        ok = torch.isfinite(a)
+        clean = torch.where(ok, a, zero)
     finite = ok.sum(dims, dtype=dtype)
-    clean = torch.where(ok, a, torch.zeros((), dtype=a.dtype, device=a.device))
     return ForwardReductions(
         finite_positions=finite,
         sum_abs_act=clean.sum(dims, dtype=dtype),  # a = max(z, 0) >= 0 where finite
