@@ -21,9 +21,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import torch
 
@@ -169,3 +171,61 @@ def map_parts(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]
     run(0, *ranges[0])
     for future in futures:
         future.result()
+
+
+class Bound(Protocol):
+    """A loaded library's typed entry points, and where the library was loaded from."""
+
+    path: Path
+
+
+K = TypeVar("K", bound=Bound)
+
+
+class NativeLibrary(Generic[K]):
+    """One C file of the package, built and loaded on first call (once, thread-safe).
+
+    Calling it returns ``bind(library, path)`` (the entry points with their ctypes types), or
+    None when switched off or when the build or load failed; ``failure`` then says why.
+    """
+
+    def __init__(
+        self,
+        source: Path,
+        prefix: str,
+        bind: Callable[[ctypes.CDLL, Path], K],
+        extra_flags: tuple[str, ...] = (),
+    ) -> None:
+        self.source, self.prefix, self.bind, self.extra_flags = source, prefix, bind, extra_flags
+        self.failure: str | None = None
+        self._loaded: K | None = None
+        self._tried = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> K | None:
+        if not self._tried:
+            with self._lock:
+                if not self._tried:
+                    self._loaded = self._load()
+                    self._tried = True
+        return self._loaded
+
+    def _load(self) -> K | None:
+        if switched_off():
+            self.failure = "switched off by NEURODIAG_NATIVE=0"
+            return None
+        try:
+            return self.bind(*load(self.source, self.prefix, self.extra_flags))
+        except Exception as error:  # any failure: the PyTorch code stays in use
+            self.failure = f"{type(error).__name__}: {error}"
+            return None
+
+    def cache_clear(self) -> None:
+        """Forget the result: the next call builds or loads again (tests, a changed cache)."""
+        with self._lock:
+            self._tried, self._loaded, self.failure = False, None, None
+
+    def status(self, what: str) -> str:
+        """One line: where ``what`` was loaded from, or why it is not in use."""
+        loaded = self()
+        return f"{what}: {loaded.path}" if loaded else f"{what} off ({self.failure})"

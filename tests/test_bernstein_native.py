@@ -277,7 +277,6 @@ def test_where_the_native_kernels_apply() -> None:
 def _fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NEURODIAG_CACHE", str(tmp_path))
     native.kernels.cache_clear()
-    monkeypatch.setattr(native, "_failure", None)
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ pytestmark = [
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> object:
     monkeypatch.delenv("NEURODIAG_NATIVE", raising=False)
-    monkeypatch.setattr(native, "_failure", None)
     native.kernels.cache_clear()
     yield
     native.kernels.cache_clear()  # the next caller loads the real cache again

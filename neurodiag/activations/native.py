@@ -8,9 +8,7 @@ Built, cached and trust-checked by :mod:`neurodiag.native_build`."""
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,6 @@ _compiler, _flags, _parts, _map = (
     native_build.parts,
     native_build.map_parts,
 )
-
-_failure: str | None = None
-_lock = threading.Lock()
 
 
 class Kernels:
@@ -55,25 +50,13 @@ def _stem(compiler: str, flags: list[str]) -> str:
     return native_build.stem(SOURCE, "bernstein", compiler, flags)
 
 
-@functools.cache
-def kernels() -> Kernels | None:
-    """The loaded kernels, or None (switched off, or the build or load failed: see status())."""
-    global _failure
-    if native_build.switched_off():
-        _failure = "switched off by NEURODIAG_NATIVE=0"
-        return None
-    with _lock:
-        try:
-            return Kernels(*native_build.load(SOURCE, "bernstein"))
-        except Exception as error:  # any failure: the reference stays in use
-            _failure = f"{type(error).__name__}: {error}"
-            return None
+#: The loaded kernels (call it), or None: switched off, or the build or load failed (status()).
+kernels = native_build.NativeLibrary(SOURCE, "bernstein", Kernels)
 
 
 def status() -> str:
     """One line: where the kernels were loaded from, or why they are not in use."""
-    loaded = kernels()
-    return f"native kernels: {loaded.path}" if loaded else f"native kernels off ({_failure})"
+    return kernels.status("native kernels")
 
 
 def fits(x: Tensor, c0: Tensor, incs: Tensor) -> bool:

@@ -18,7 +18,6 @@ the PyTorch path. ``NEURODIAG_NATIVE=0`` or ``ENABLED = False`` switches it off.
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 import threading
 from collections.abc import Callable
@@ -50,9 +49,6 @@ FORWARD_STATES = frozenset(
 )
 GRAD_STATES = frozenset({"grad_finite_positions", "sum_abs_grad", "nonfinite"})
 
-_failure: str | None = None
-_lock = threading.Lock()
-
 
 class Kernels:
     """The two C entry points (sizes as int64_t)."""
@@ -69,27 +65,15 @@ class Kernels:
         self.commit.restype = i32
 
 
-@functools.cache
-def kernels() -> Kernels | None:
-    """The loaded kernels, or None (switched off, or the build or load failed: see status())."""
-    global _failure
-    if native_build.switched_off():
-        _failure = "switched off by NEURODIAG_NATIVE=0"
-        return None
-    with _lock:
-        try:
-            return Kernels(
-                *native_build.load(SOURCE, "folds", ("-fopenmp-simd", "-fno-trapping-math"))
-            )
-        except Exception as error:  # any failure: the PyTorch path stays in use
-            _failure = f"{type(error).__name__}: {error}"
-            return None
+#: The loaded kernels (call it), or None: switched off, or the build or load failed (status()).
+kernels = native_build.NativeLibrary(
+    SOURCE, "folds", Kernels, ("-fopenmp-simd", "-fno-trapping-math")
+)
 
 
 def status() -> str:
     """One line: where the fold kernels were loaded from, or why they are not in use."""
-    loaded = kernels()
-    return f"fold kernels: {loaded.path}" if loaded else f"fold kernels off ({_failure})"
+    return kernels.status("fold kernels")
 
 
 def layout(shape: torch.Size, dims: tuple[int, ...]) -> tuple[int, int, int] | None:
