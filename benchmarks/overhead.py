@@ -99,14 +99,15 @@ KERNEL_COMPILE_TARGET_S = 30.0
 # --------------------------------------------------------------------------------------------
 # models (a) (b) (c)
 # --------------------------------------------------------------------------------------------
-def load_plain_mlp() -> nn.Module:
-    """sample_models/plain_mlp.py build_model(): 50 x (Linear(100) + ReLU), 64 in, 10 classes."""
+def load_plain_mlp(depth: int = 50) -> nn.Module:
+    """sample_models/plain_mlp.py build_model(): depth x (Linear(100) + ReLU), He init, zero
+    biases, 64 in, 10 classes."""
     path = ROOT / "sample_models" / "plain_mlp.py"
     spec = importlib.util.spec_from_file_location("_bench_plain_mlp", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.build_model()
+    return module.build_model(depth=depth)
 
 
 class SmallCNN(nn.Module):
@@ -296,18 +297,9 @@ class ResNet18Like(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def digits_mlp(depth: int = 20, width: int = 100) -> nn.Module:
-    """Issue 30's workload: He-initialised depth x (Linear(width) + ReLU), 64 in, 10 out."""
-    layers: list[nn.Module] = []
-    fan_in = 64
-    for _ in range(depth):
-        lin = nn.Linear(fan_in, width)
-        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
-        nn.init.zeros_(lin.bias)
-        layers += [lin, nn.ReLU()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, 10))
-    return nn.Sequential(*layers)
+def digits_mlp(depth: int = 20) -> nn.Module:
+    """Issue 30's workload: the plain MLP (He init, zero biases) at depth 20."""
+    return load_plain_mlp(depth)
 
 
 def digits_batches(n: int, inputs: str = "digits", batch: int = 256) -> list[tuple[Tensor, Tensor]]:
