@@ -23,6 +23,7 @@ import neurodiag
 from neurodiag.check import evaluate
 from neurodiag.report import is_unhealthy
 from neurodiag.sites.axes import follow_dim
+from neurodiag.sites.capture import SiteRecorder
 from tests.fixtures.models import ZOO, make_batches
 
 
@@ -397,3 +398,48 @@ def test_unflagged_in_place_activation_is_measured_from_its_input() -> None:
     assert got["activation"] == "relu"
     for column in ("dead_pct", "inactive_pct", "mag", "dormant_pct"):
         assert got[column] == pytest.approx(want[column], rel=1e-6), column
+
+
+class _GeluBeyond(nn.Module):
+    """F.gelu on the naming probe's grid, but 2x beyond |z| > 50: the same name, not σ'."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(x.abs() > 50, 2 * x, F.gelu(x))
+
+
+def _identified(model: nn.Module, batches: list[Tensor]) -> dict[str, bool]:
+    """Which unknown modules a Monitor's recorder measured with a registered σ'."""
+    with neurodiag.Monitor(model) as mon:
+        for x in batches:
+            model(x).sum().backward()
+    found = mon._recorder._identified
+    return {type(m).__name__: d is not None for m, d in found.items()}
+
+
+@pytest.mark.parametrize(
+    ("make", "scale", "identified"),
+    [
+        (lambda: _hf_activation("GELUActivation"), 1.0, True),  # F.gelu: gelu's own σ'
+        (lambda: _hf_activation("SiLUActivation"), 1.0, True),
+        (lambda: _hf_activation("NewGELUActivation"), 1.0, False),  # its own tanh formula
+        (_GeluBeyond, 1.0, True),  # the first batch never goes beyond 50
+        (_GeluBeyond, 100.0, False),  # it does: the values differ, autograd's σ' stays
+    ],
+)
+def test_an_unknown_module_computing_a_registered_function_gets_its_derivative(
+    make: Callable[[], nn.Module], scale: float, identified: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registered σ' replaces autograd's only where the first call's outputs and σ' equal
+    the registered function's exactly, and the scan's numbers are autograd's either way."""
+    torch.manual_seed(0)
+    act = make()
+    model = nn.Sequential(nn.Linear(4, 32), act)
+    batches = [torch.randn(16, 4) * scale for _ in range(2)]
+    assert _identified(model, batches) == {type(act).__name__: identified}
+    got = neurodiag.scan(model, batches).rows[0]
+    monkeypatch.setattr(  # autograd's σ' for every call
+        SiteRecorder, "_identify_derivative", lambda self, m, name, z, a, autograd: autograd
+    )
+    want = neurodiag.scan(model, batches).rows[0]
+    for column in ("dead_pct", "inactive_pct", "mag", "dormant_pct", "min_abs_deriv"):
+        assert got[column] == want[column], column

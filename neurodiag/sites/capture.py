@@ -145,6 +145,8 @@ class SiteRecorder:
             on_forward_end=self._forward_end,
         )
         self._unknown_names: dict[nn.Module, str] = {}
+        #: an unregistered module found to compute a registered function exactly: its σ'
+        self._identified: dict[nn.Module, DerivativeFn | None] = {}
         self._unknown_in_place_modules: set[nn.Module] = set()
         #: False: the hooks stay attached but measure nothing (``Monitor(measure_every=K)``).
         self.enabled = True
@@ -429,8 +431,10 @@ class SiteRecorder:
         params: Mapping[str, Any] = {}
         step = False
         if kind is None:
-            derivative = _autograd_derivative(module, self)
             activation = self._unknown_names.get(module) or self._name_unknown(module, output)
+            derivative = self._identified.get(module) or _autograd_derivative(module, self)
+            if module not in self._identified and pre is not None and not inplace:
+                derivative = self._identify_derivative(module, activation, pre, output, derivative)
         else:
             params = kind.module_params(module)
             activation = kind.name_for(params)
@@ -556,6 +560,31 @@ class SiteRecorder:
 
         name = self._unknown_names[module] = identify_module(run, a) or type(module).__name__
         return name
+
+    def _identify_derivative(
+        self, module: nn.Module, name: str, z: Tensor, a: Tensor, autograd: DerivativeFn
+    ) -> DerivativeFn:
+        """σ' of an unregistered module that computes a registered function (Hugging Face's
+        ``GELUActivation`` is ``F.gelu``): that function's own derivative, one kernel instead of
+        a second forward and a backward through autograd. Taken only when, on this first call's
+        data, the module's output equals the function's exactly and so does σ' (autograd's
+        against the registered one); else autograd stays. Decided once per module."""
+        found: DerivativeFn | None = None
+        kind = self.registry.get(name)
+        if kind is not None and kind.functions and z.is_floating_point():
+            self.tracer.activation_depth += 1  # these calls are no sites
+            try:
+                with torch._C.DisableTorchFunction(), torch.no_grad():
+                    same = torch.equal(kind.functions[0].func(z.detach()), a.detach())
+                    own = kind.derivative(z.detach(), a.detach()) if same else None
+                if own is not None and torch.equal(own, autograd(z.detach(), a.detach())):
+                    found = kind.derivative
+            except Exception:  # a function that refuses these inputs: autograd it is
+                found = None
+            finally:
+                self.tracer.activation_depth -= 1
+        self._identified[module] = found
+        return found or autograd
 
     def _mark_gate(self, site: Site) -> None:
         site.role = "gate"
