@@ -255,3 +255,19 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.delenv("NEURODIAG_NATIVE")
         native_fold.kernels.cache_clear()
     assert native_fold.status().startswith("fold kernels: ")
+
+
+def test_a_copied_site_folds_into_its_own_states() -> None:
+    """The C path holds the states, not their addresses: a deep copy folds into the copy."""
+    import copy
+
+    stats = _stats(ScanConfig(), 5)
+    a = torch.rand(8, 5)
+    stats.observe_forward(None, a, derivatives.relu, (0,), True)
+    twin = copy.deepcopy(stats)
+    before = stats.store["sum_abs_act"].clone()
+    twin.observe_forward(None, a, derivatives.relu, (0,), True)
+    twin.observe_grad(a, (0,))
+    assert torch.equal(stats.store["sum_abs_act"], before)
+    assert torch.equal(stats.store["sum_abs_grad"], torch.zeros(5))
+    torch.testing.assert_close(twin.store["sum_abs_act"], 2 * before)

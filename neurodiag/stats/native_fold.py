@@ -64,6 +64,9 @@ class Kernels:
         self.commit.argtypes = [p, i64, i64, i32, i32, p, p, p, p, p]
         self.commit.restype = i32
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Kernels:
+        return self  # one loaded library per process (ctypes functions cannot be copied)
+
 
 #: The loaded kernels (call it), or None: switched off, or the build or load failed (status()).
 kernels = native_build.NativeLibrary(
@@ -111,29 +114,34 @@ def _accumulators(parts: int, rows: int, neurons: int) -> Tensor:
     return buffer
 
 
-def _pointer(store: StateStore, name: str, dtype: torch.dtype) -> int | None:
+def _state(store: StateStore, name: str, dtype: torch.dtype) -> Tensor | None:
     if name not in store:
         return None
     value = store[name]
     if value.dtype != dtype or value.device.type != "cpu" or not value.is_contiguous():
         raise TypeError(name)
-    return value.data_ptr()
+    return value
+
+
+def _address(state: Tensor | None) -> int | None:
+    """Read at every call, never kept: a copied store (``copy.deepcopy``) has its own tensors."""
+    return None if state is None else state.data_ptr()
 
 
 class NativeFold:
-    """The fast path bound to one store: pointers to its states (updated in place, never moved)."""
+    """The fast path bound to one store's states (updated in place, never replaced)."""
 
     def __init__(self, lib: Kernels, store: StateStore, eps: float) -> None:
         f32, f64 = torch.float32, torch.float64
         self.lib = lib
         self.store = store
         self.eps = eps
-        self.sum_abs_act = _pointer(store, "sum_abs_act", f32)
-        self.active_entries = _pointer(store, "active_entries", f64)
-        self.max_abs_act = _pointer(store, "max_abs_act", f32)
-        self.max_abs_deriv = _pointer(store, "max_abs_deriv", f32)
-        self.min_abs_deriv = _pointer(store, "min_abs_deriv", f32)
-        self.sum_abs_grad = _pointer(store, "sum_abs_grad", f32)
+        self.sum_abs_act = _state(store, "sum_abs_act", f32)
+        self.active_entries = _state(store, "active_entries", f64)
+        self.max_abs_act = _state(store, "max_abs_act", f32)
+        self.max_abs_deriv = _state(store, "max_abs_deriv", f32)
+        self.min_abs_deriv = _state(store, "min_abs_deriv", f32)
+        self.sum_abs_grad = _state(store, "sum_abs_grad", f32)
         self.positions = "finite_positions" in store
         self.grad_positions = "grad_finite_positions" in store
 
@@ -193,7 +201,7 @@ class NativeFold:
             if failed:
                 return False
         derivs = (None, None) if step else (self.max_abs_deriv, self.min_abs_deriv)
-        states = (self.sum_abs_act, self.active_entries, self.max_abs_act, *derivs)
+        states = map(_address, (self.sum_abs_act, self.active_entries, self.max_abs_act, *derivs))
         folded = not lib.commit(acc, len(ranges), neurons, z is not None, not step, *states)
         if folded and self.positions:
             self.store.fold("finite_positions", positions)
@@ -220,7 +228,7 @@ class NativeFold:
                            acc + k * part_bytes)  # fmt: skip
 
             native_build.map_parts(run, ranges)
-        folded = not lib.commit(acc, len(ranges), neurons, 0, 0, self.sum_abs_grad,
+        folded = not lib.commit(acc, len(ranges), neurons, 0, 0, _address(self.sum_abs_grad),
                                 None, None, None, None)  # fmt: skip
         if folded and self.grad_positions:
             self.store.fold("grad_finite_positions", positions)
