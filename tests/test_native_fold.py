@@ -271,3 +271,34 @@ def test_a_copied_site_folds_into_its_own_states() -> None:
     assert torch.equal(stats.store["sum_abs_act"], before)
     assert torch.equal(stats.store["sum_abs_grad"], torch.zeros(5))
     torch.testing.assert_close(twin.store["sum_abs_act"], 2 * before)
+
+
+# -- the compiled path's packed states -------------------------------------------------------------
+def test_packed_traced_states_fold_what_site_stats_folds() -> None:
+    """``PackedSiteStates`` (the compiled path's usual sites: one tensor per reduction, the
+    non-finite count per neuron) drains into the same states as ``SiteStats`` observing the same
+    calls eagerly, poisoned ones included; the generic ``TracedSiteStates`` stays for the rest."""
+    from neurodiag.stats.traced import PackedSiteStates, TracedSiteStates, traced_states
+
+    config = ScanConfig()
+    for name in ACTIVATIONS:
+        fn, derivative, step = ACTIVATIONS[name]
+        eager, graph = _stats(config, 5), _stats(config, 5)
+        packed = traced_states(graph, derivative, step)
+        assert isinstance(packed, PackedSiteStates)
+        g = torch.Generator().manual_seed(4)
+        for call in range(3):
+            z = torch.randn(7, 5, generator=g) * 3
+            grad = torch.randn(7, 5, generator=g)
+            if call == 1:
+                z[2, 3], grad[4, 1], grad[5, 1] = math.nan, math.inf, math.nan
+            eager.observe_forward(z, fn(z), derivative, (0,), step)
+            eager.observe_grad(grad, (0,))
+            packed.observe_forward(z, fn(z), (0,))
+            packed.observe_grad(grad, (0,))
+        packed.drain_into(graph)
+        packed.drain_into(graph)  # drained states are empty: folding them again changes nothing
+        _assert_same(graph, eager)
+        assert graph.store["nonfinite"] == 3
+    batch = _stats(ScanConfig(dead_window="batch"), 5)  # a per-call statistic
+    assert isinstance(traced_states(batch, derivatives.relu, True), TracedSiteStates)

@@ -30,7 +30,7 @@ from neurodiag.monitor.compiled import BreakCounter
 from neurodiag.sites.capture import ModuleSitePlan
 from neurodiag.sites.site import reduction_dims
 from neurodiag.stats.bundle import SiteStats
-from neurodiag.stats.traced import TracedSiteStates
+from neurodiag.stats.traced import traced_states
 
 
 class _SiteHook:
@@ -39,7 +39,7 @@ class _SiteHook:
     def __init__(self, plan: ModuleSitePlan, owner: GraphMeasurement) -> None:
         self.site = plan.site  # its ``stats`` change with each Monitor window: read when used
         stats = self._stats()
-        self.states = TracedSiteStates(stats, plan.derivative, plan.step)
+        self.states = traced_states(stats, plan.derivative, plan.step)
         self.wants_grad = stats.wants_grad
         self.inplace = plan.inplace
         self.feature_dim = plan.site.feature_dim
