@@ -34,7 +34,8 @@ BUILD_TIMEOUT_S = 120
 #: Elements per thread below which a kernel runs on the calling thread only.
 PER_THREAD = 1 << 17
 
-_pool: list[ThreadPoolExecutor] = []
+#: the worker pool per process id: a forked child has none of its parent's threads
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def switched_off() -> bool:
@@ -165,9 +166,12 @@ def parts(a: int, numel: int) -> list[tuple[int, int]]:
 
 def map_parts(run: Callable[[int, int, int], None], ranges: list[tuple[int, int]]) -> None:
     """run(k, lo, hi) per range, all but the first on a shared pool (ctypes releases the GIL)."""
-    if len(ranges) > 1 and not _pool:
-        _pool.append(ThreadPoolExecutor(thread_name_prefix="neurodiag-native"))
-    futures = [_pool[0].submit(run, k, *part) for k, part in enumerate(ranges) if k]
+    futures = []
+    if len(ranges) > 1:
+        pool = _pools.get(os.getpid())
+        if pool is None:  # first use in this process (a fork's copy would never run its work)
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(thread_name_prefix="neurodiag-native")
+        futures = [pool.submit(run, k, *part) for k, part in enumerate(ranges) if k]
     run(0, *ranges[0])
     for future in futures:
         future.result()

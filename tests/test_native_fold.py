@@ -10,6 +10,8 @@ double, PyTorch in float32).
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -302,3 +304,27 @@ def test_packed_traced_states_fold_what_site_stats_folds() -> None:
         assert graph.store["nonfinite"] == 3
     batch = _stats(ScanConfig(dead_window="batch"), 5)  # a per-call statistic
     assert isinstance(traced_states(batch, derivatives.relu, True), TracedSiteStates)
+
+
+def _split_in_child(queue: object) -> None:
+    hits: list[int] = []
+    native_build.map_parts(lambda k, lo, hi: hits.append(k), [(0, 1), (1, 2)])
+    queue.put(sorted(hits))  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_forked_child_runs_its_splits_on_its_own_pool() -> None:
+    """A child forked after the pool started has none of its threads: work submitted to the
+    parent's pool would never run (a hang); the child makes its own."""
+    hits: list[int] = []
+    native_build.map_parts(lambda k, lo, hi: hits.append(k), [(0, 1), (1, 2)])  # pool started
+    assert sorted(hits) == [0, 1]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_split_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and queue.get(timeout=5) == [0, 1]
