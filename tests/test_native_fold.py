@@ -21,11 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+import neurodiag
 import neurodiag.native_build as native_build
 from neurodiag.activations import derivatives
 from neurodiag.config import ScanConfig
 from neurodiag.stats import native_fold
 from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.reductions import step_shortcut
 
 SUMS = ("sum_abs_act", "sum_abs_grad")
 
@@ -73,15 +75,16 @@ def _measure(
     stats = _stats(config or ScanConfig(), neurons)
     assert (stats._native is not None) or not native
     taken = []
+    shortcut = step_shortcut(step, stats.config.eps)  # as SiteStats.observe_forward asks
     for z, a, g in calls:
         if native:
             assert stats._native is not None
-            taken.append(stats._native.forward(z, a, derivative, dims, step))
+            taken.append(stats._native.forward(z, a, derivative, dims, shortcut))
             if not taken[-1]:
                 stats.observe_forward(z, a, derivative, dims, step)
             if not stats._native.grad(g, dims):
                 stats.observe_grad(g, dims)
-            stats.step = stats.step or (step and taken[-1])
+            stats.step = stats.step or (shortcut and taken[-1])
         else:
             stats.observe_forward(z, a, derivative, dims, step)
             stats.observe_grad(g, dims)
@@ -162,6 +165,25 @@ def test_a_derivative_equal_to_eps_is_not_above_it() -> None:
         assert taken == [True]
         _assert_same(got, want)
         assert got.store["active_entries"].sum() == (z > 0).sum()
+
+
+@pytest.mark.parametrize("eps", [1.0, 1.5])
+@pytest.mark.parametrize("keep_z", [False, True])
+def test_a_relu_site_under_eps_of_one_or_more_evaluates_sigma_prime(
+    eps: float, keep_z: bool
+) -> None:
+    """σ' of a ReLU is 0 or 1: with ε ≥ 1 no position is active and every neuron is dead. The
+    step shortcut (count a > 0) holds only for ε < 1; the C path asks the same question."""
+    config = ScanConfig(eps=eps)
+    calls = _calls("relu", (16, 6), seed=2, keep_z=keep_z)
+    got, taken = _measure(True, calls, "relu", (0,), 6, config)
+    want, _ = _measure(False, calls, "relu", (0,), 6, config)
+    assert all(taken)
+    _assert_same(got, want)
+    assert got.store["active_entries"].sum() == 0 and not got.step
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+    assert neurodiag.scan(model, [torch.randn(16, 4)], eps=eps).rows[0]["dead_pct"] == 100.0
 
 
 @pytest.mark.parametrize(
@@ -282,8 +304,7 @@ def test_packed_traced_states_fold_what_site_stats_folds() -> None:
     calls eagerly, poisoned ones included; the generic ``TracedSiteStates`` stays for the rest."""
     from neurodiag.stats.traced import PackedSiteStates, TracedSiteStates, traced_states
 
-    config = ScanConfig()
-    for name in ACTIVATIONS:
+    for name, config in [(n, ScanConfig()) for n in ACTIVATIONS] + [("relu", ScanConfig(eps=1.5))]:
         fn, derivative, step = ACTIVATIONS[name]
         eager, graph = _stats(config, 5), _stats(config, 5)
         packed = traced_states(graph, derivative, step)
@@ -328,3 +349,24 @@ def test_a_forked_child_runs_its_splits_on_its_own_pool() -> None:
     if hung:
         child.kill()
     assert not hung and queue.get(timeout=5) == [0, 1]
+
+
+def test_generic_traced_states_of_a_relu_under_eps_of_one_or_more() -> None:
+    """``TracedSiteStates`` (sites with a per-call statistic) decides the step shortcut as every
+    path does: with ε ≥ 1 its max/min |σ'| are σ' measured, not derived from active counts."""
+    from neurodiag.stats.traced import TracedSiteStates, traced_states
+
+    config = ScanConfig(eps=1.5, dead_window="batch")
+    eager, graph = _stats(config, 4), _stats(config, 4)
+    traced = traced_states(graph, derivatives.relu, True)
+    assert isinstance(traced, TracedSiteStates)
+    z = torch.randn(9, 4, generator=torch.Generator().manual_seed(3))
+    z[:, 1] = 2.0  # every position active by sign: min |σ'| is 1 there
+    eager.observe_forward(z, torch.relu(z), derivatives.relu, (0,), True)
+    traced.observe_forward(z, torch.relu(z), (0,))
+    traced.drain_into(graph)
+    graph.flush()  # what a report reads: step sites' max/min |σ'| are derived here
+    eager.flush()
+    for name in ("max_abs_deriv", "min_abs_deriv", "active_entries"):
+        assert torch.equal(graph.store[name], eager.store[name]), name
+    assert float(graph.store["min_abs_deriv"][1]) == 1.0

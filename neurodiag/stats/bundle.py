@@ -27,6 +27,7 @@ from neurodiag.stats.reductions import (
     reduce_forward,
     reduce_grad,
     step_extremes,
+    step_shortcut,
 )
 from neurodiag.stats.registry import STATISTICS, StatisticRegistry
 from neurodiag.stats.statistic import Array, SiteContext, Statistic
@@ -88,7 +89,7 @@ class SiteStats:
         #: The C folds (CPU float32), None where they do not apply (``native_fold.bind``).
         self._native = (
             None
-            if self._gram or self._per_call
+            if self._per_call  # (the Gram matrix is no field the folds take: ``bind`` says None)
             else native_fold.bind(self.store, self._forward, self._grad, config.eps)
         )
 
@@ -111,8 +112,9 @@ class SiteStats:
     ) -> None:
         """One call: pre-activation ``z`` (None if overwritten in place), activation ``a``."""
         native = self._native
-        if native is not None and native.forward(z, a, derivative, dims, step):
-            self.step = self.step or step
+        shortcut = step_shortcut(step, self.config.eps)
+        if native is not None and native.forward(z, a, derivative, dims, shortcut):
+            self.step = self.step or shortcut
             return
         red = reduce_forward(z, a, derivative, dims, self.config.eps, self.dtype, step, self._gram)
         if red.max_abs_deriv is None:

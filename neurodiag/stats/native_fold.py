@@ -153,7 +153,9 @@ class NativeFold:
         dims: tuple[int, ...],
         step: bool,
     ) -> bool:
-        """Fold one call into the states; False (nothing folded): use the PyTorch path."""
+        """Fold one call into the states; False (nothing folded): use the PyTorch path.
+        ``step``: the call takes the step shortcut (``reductions.step_shortcut``): a > 0 is
+        counted, σ' never evaluated."""
         if not (ENABLED and _fits(a)) or (z is not None and not (_fits(z) and z.shape == a.shape)):
             return False
         plan = _plan(a.shape, dims, step)

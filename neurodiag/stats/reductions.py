@@ -47,6 +47,13 @@ HOST_READ_DEVICES = frozenset({"cpu"})
 STEP_SHORTCUT = True
 
 
+def step_shortcut(step: bool, eps: float) -> bool:
+    """Whether a call of a step site (ReLU) is measured by the step shortcut: only for ε < 1,
+    where |σ'| > ε is exactly a > 0 (σ' is 0 or 1); with ε ≥ 1 no position is active, and σ'
+    is evaluated like any other site's. Every measuring path asks this one question."""
+    return step and eps < 1 and STEP_SHORTCUT
+
+
 @dataclass(slots=True)
 class ForwardReductions:
     """One forward call, per neuron, over its finite positions.
@@ -244,7 +251,7 @@ def reduce_forward(
     if a.is_cpu and "cpu" in HOST_READ_DEVICES:
         red = (
             _quick_step(z, a, dims, dtype)
-            if step and eps < 1 and STEP_SHORTCUT
+            if step_shortcut(step, eps)
             else _quick_general(z, a, derivative, dims, eps, dtype)
         )
     if red is None:
@@ -344,7 +351,7 @@ def traced_forward(
     totals (``step_extremes``) as on the eager step shortcut.
     """
     z, a, dims = _as_positions(z, a, dims)
-    if step and eps < 1 and STEP_SHORTCUT:
+    if step_shortcut(step, eps):
         red = _traced_step(z, a, dims, dtype)
     else:
         red = _masked(z, a, derivative, dims, eps, dtype)

@@ -23,6 +23,7 @@ from neurodiag.stats.reductions import (
     ForwardReductions,
     GradReductions,
     exact_grad,
+    step_shortcut,
     traced_forward,
 )
 
@@ -34,7 +35,7 @@ class TracedSiteStates:
 
     def __init__(self, stats: SiteStats, derivative: DerivativeFn, step: bool) -> None:
         self.derivative = derivative
-        self.step = step
+        self.step = step_shortcut(step, stats.config.eps)  # as every measuring path decides
         self.eps = stats.config.eps
         self.dtype = stats.dtype
         self.statistics = [stat for stat in stats.statistics if stat.per_call]
@@ -119,11 +120,11 @@ class PackedSiteStates:
     def __init__(self, stats: SiteStats, derivative: DerivativeFn, step: bool) -> None:
         specs = stats.store.specs
         self.derivative = derivative
-        self.step = step
+        self.step = step_shortcut(step, stats.config.eps)  # as every measuring path decides
         self.eps = stats.config.eps
         self.dtype = stats.dtype
         # step sites derive max/min |σ'| from the totals when drained (as ``SiteStats.flush``)
-        derivs = () if step else ("max_abs_deriv", "min_abs_deriv")
+        derivs = () if self.step else ("max_abs_deriv", "min_abs_deriv")
         self.sum_names = tuple(n for n in self._SUMS if n in specs)
         self.max_names = tuple(
             n for n in self._MAXES if n in specs and n in derivs + self._MAXES[:1]
