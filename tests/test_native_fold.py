@@ -212,8 +212,8 @@ def test_a_non_finite_entry_folds_nothing_and_the_exact_path_counts_it(
 def test_threads_and_slices_give_the_same_states(monkeypatch: pytest.MonkeyPatch) -> None:
     """Step sites and gradients split over 3 threads, σ' in slices of a few rows."""
     shape, dims = (12, 4, 5), (0, 2)
-    for name in ACTIVATIONS:
-        calls = _calls(name, shape, seed=5, keep_z=False)
+    for name, keep_z in SITES:
+        calls = _calls(name, shape, seed=5, keep_z=keep_z)
         want, _ = _measure(False, calls, name, dims, 4)
         whole, _ = _measure(True, calls, name, dims, 4)
         monkeypatch.setattr(native_build, "PER_THREAD", 1)
@@ -221,10 +221,10 @@ def test_threads_and_slices_give_the_same_states(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(native_fold, "SLICE_ELEMENTS", 40)
         native_fold._PLANS.clear()
         split, taken = _measure(True, calls, name, dims, 4)
-        monkeypatch.undo()
         plan = native_fold._plan(torch.Size(shape), dims, ACTIVATIONS[name][2])
+        monkeypatch.undo()
         native_fold._PLANS.clear()
-        assert all(taken) and plan is not None
+        assert all(taken) and plan is not None and len(plan[3]) > 1  # it was split
         _assert_same(split, want)
         _assert_same(whole, want)
 

@@ -164,28 +164,30 @@ class NativeFold:
         lib, (lead_rows, neurons, inner, ranges, positions) = self.lib, plan
         acc = _accumulators(len(ranges), lib.rows, neurons).data_ptr()
         part_bytes = 8 * lib.rows * neurons
-        mode = _MODE_STEP if step else _MODE_GENERAL
+        # x: the tensor the pass reads, check: the one read for its finite check only. A step
+        # site's a is max(z, 0) exactly: with z kept, one pass over z reads both.
+        x, check, mode = a, z, _MODE_STEP if step else _MODE_GENERAL
+        if step and z is not None:
+            x, check, mode = z, None, _MODE_STEP_FROM_Z
         if step and len(ranges) == 1:  # the common case, without a closure
-            # a step site's a is max(z, 0) exactly: with z kept, one pass over z reads both
-            x, mode = (a, mode) if z is None else (z, _MODE_STEP_FROM_Z)
             lib.reduce(x.data_ptr(), None, None, positions // inner, neurons, inner, mode, 0, acc)
         else:
             failed: list[bool] = []
 
             def run(k: int, first: int, last: int) -> None:
                 whole = last - first == ranges[-1][1]
-                piece_a = a if whole else a[first:last]
-                piece_z = z if whole or z is None else z[first:last]
+                piece_x = x if whole else x[first:last]
+                piece_check = check if whole or check is None else check[first:last]
                 d_ptr = None
-                if not step:
-                    d = derivative(piece_z, piece_a)
-                    if not (_fits(d) and d.shape == piece_a.shape):
+                if not step:  # σ' of this piece (x is a, check is z)
+                    d = derivative(piece_check, piece_x)
+                    if not (_fits(d) and d.shape == piece_x.shape):
                         failed.append(True)
                         return
                     d_ptr = d.data_ptr()
                 lib.reduce(
-                    piece_a.data_ptr(),
-                    piece_z.data_ptr() if piece_z is not None else None,
+                    piece_x.data_ptr(),
+                    piece_check.data_ptr() if piece_check is not None else None,
                     d_ptr,
                     (last - first) * lead_rows,
                     neurons,
