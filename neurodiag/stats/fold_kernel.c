@@ -5,10 +5,11 @@
  * range of the A rows into one "part" of ACC_ROWS x F doubles; nd_commit adds the parts together,
  * checks that every summed entry was finite and only then folds them into the states.
  *
- * Finite check: Σ|x| of a neuron is a double sum of at most 2^53 floats below 3.5e38, so it
- * cannot overflow: it is finite exactly when every summed entry was (NaN propagates through
- * sums, +Inf survives them). A call with a non-finite entry folds nothing: the caller measures it
- * again on the exact path, which counts and excludes those entries.
+ * Finite check: Σ|x| of a neuron is non-finite whenever a summed entry was (NaN propagates
+ * through sums, +Inf survives them). It can also overflow on finite entries (the float32 block
+ * sums below, near 1e37): then a clean call is measured on the exact path too, never the
+ * reverse. A call with a non-finite entry folds nothing: the caller measures it again on the
+ * exact path, which counts and excludes those entries.
  */
 #include <math.h>
 #include <stdint.h>

@@ -124,12 +124,10 @@ class PackedSiteStates:
         self.eps = stats.config.eps
         self.dtype = stats.dtype
         # step sites derive max/min |σ'| from the totals when drained (as ``SiteStats.flush``)
-        derivs = () if self.step else ("max_abs_deriv", "min_abs_deriv")
+        maxes, mins = (self._MAXES[:1], ()) if self.step else (self._MAXES, ("min_abs_deriv",))
         self.sum_names = tuple(n for n in self._SUMS if n in specs)
-        self.max_names = tuple(
-            n for n in self._MAXES if n in specs and n in derivs + self._MAXES[:1]
-        )
-        self.min_names = tuple(n for n in ("min_abs_deriv",) if n in specs and n in derivs)
+        self.max_names = tuple(n for n in maxes if n in specs)
+        self.min_names = tuple(n for n in mins if n in specs)
         self.grad_names = tuple(n for n in self._GRAD_SUMS if n in specs)
         self.nonfinite = "nonfinite" in specs
         f, device = stats.neurons, stats.device
