@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from neurodiag import native_build
 from neurodiag.activations import native
 from neurodiag.activations.bernstein import Bernstein
 from tests.test_bernstein import _randomise
@@ -29,7 +30,7 @@ __attribute__((constructor)) static void planted(void) {
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX owners and modes"),
-    pytest.mark.skipif(native._compiler() is None, reason="no C compiler"),
+    pytest.mark.skipif(native_build.compiler() is None, reason="no C compiler"),
 ]
 
 
@@ -43,10 +44,11 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> object:
 
 def _expected_name(content: bytes) -> str:
     """The name the cache gives a library with ``content``, as an attacker could compute it."""
-    compiler = native._compiler()
+    compiler = native_build.compiler()
     assert compiler is not None
     digest = hashlib.sha256(content).hexdigest()[:16]
-    return f"{native._stem(compiler, native._flags())}-{digest}.so"
+    stem = native_build.stem(native.SOURCE, "bernstein", compiler, native_build.flags())
+    return f"{stem}-{digest}.so"
 
 
 def _plant(folder: Path) -> Path:
@@ -54,7 +56,7 @@ def _plant(folder: Path) -> Path:
     source = folder.parent / "planted.c"
     source.write_text(PLANTED_C)
     built = folder.parent / "planted.so"
-    compiler = native._compiler()
+    compiler = native_build.compiler()
     assert compiler is not None
     subprocess.run([compiler, "-shared", "-fPIC", "-o", built, source], check=True)
     planted = folder / _expected_name(built.read_bytes())

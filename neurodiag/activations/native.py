@@ -20,12 +20,8 @@ import neurodiag.native_build as native_build
 from neurodiag.activations import bernstein_reference as ref
 
 SOURCE = Path(__file__).with_name("bernstein_kernel.c")
-_compiler, _flags, _parts, _map = (
-    native_build.compiler,
-    native_build.flags,
-    native_build.parts,
-    native_build.map_parts,
-)
+#: runs the kernels' parts (a module name: tests count the C runs through it)
+_map = native_build.map_parts
 
 
 class Kernels:
@@ -43,11 +39,6 @@ class Kernels:
         self.table.argtypes = [p, p, i64, i64, i32, p, p]
         self.grads.argtypes = [p, i64, i64, i32, p, p, p]
         self.value.restype = self.backward.restype = self.table.restype = self.grads.restype = None
-
-
-def _stem(compiler: str, flags: list[str]) -> str:
-    """The cache name before the content digest (``native_build.stem`` of this source)."""
-    return native_build.stem(SOURCE, "bernstein", compiler, flags)
 
 
 #: The loaded kernels (call it), or None: switched off, or the build or load failed (status()).
@@ -113,7 +104,7 @@ def _value(
         lib.value(x.data_ptr() + off, out.data_ptr() + off, last - first, f, b, table.data_ptr(),
                   table.shape[1], incs.shape[1], scale, shift)  # fmt: skip
 
-    _map(run, _parts(a, x.numel()))
+    _map(run, native_build.parts(a, x.numel()))
     return out, table
 
 
@@ -136,7 +127,7 @@ def _backward(
     else:
         a, f, b = _layout(x, fd, rows == 1)
         g = g.to(torch.float32).contiguous()
-        parts = _parts(a, x.numel())
+        parts = native_build.parts(a, x.numel())
         moms = torch.zeros(len(parts), n + 3, table.shape[1], dtype=torch.float64)
         if need_x:
             grads[0] = torch.empty_like(x)
