@@ -303,15 +303,17 @@ def digits_mlp(depth: int = 20) -> nn.Module:
 
 
 def digits_batches(n: int, inputs: str = "digits", batch: int = 256) -> list[tuple[Tensor, Tensor]]:
-    """``n`` batches of scikit-learn's digits, standardised per pixel and shuffled (seed 0),
+    """``n`` batches of scikit-learn's digits, standardised per pixel (constant pixels 0, as the
+    ``sklearn:digits`` data spec gives them) and shuffled (seed 0),
     cycled when ``n`` batches need more than the 1,797 images (``inputs="randn"``: N(0, 1))."""
     g = torch.Generator().manual_seed(0)
     if inputs == "digits":
         from sklearn.datasets import load_digits
 
+        from neurodiag.loading.sklearn_data import standardise  # as `sklearn:digits` data gives
+
         d = load_digits()
-        x_all = torch.tensor(d.data, dtype=torch.float32)
-        x_all = (x_all - x_all.mean(0)) / (x_all.std(0) + 1e-6)
+        x_all = torch.from_numpy(standardise(d.data))
         y_all = torch.tensor(d.target, dtype=torch.long)
         perm = torch.randperm(len(x_all), generator=g)
         x_all, y_all = x_all[perm], y_all[perm]
