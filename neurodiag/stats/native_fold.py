@@ -4,7 +4,8 @@
 call (Σ|a|, Σ[a > 0], max |a|, the finite check, one in-place fold per state), each ~3-10 µs of
 dispatch on a small activation: on a 20-layer MLP of width 100 they were most of the Monitor's
 cost. The C file makes the same reductions in one pass over a (and z, σ' where used) and folds
-them into the states in place, in two ctypes calls.
+them into the states in place: one ctypes call per tensor (``nd_fold``) for a call taken whole
+on one thread, the usual case; a reduce per part plus a commit when a call is split.
 
 Same numbers as the PyTorch path (tests/test_native_fold.py): the same counts and extremes, and
 the same per-neuron sums to float32 rounding (float32 over short blocks, added in double).
@@ -51,7 +52,7 @@ GRAD_STATES = frozenset({"grad_finite_positions", "sum_abs_grad", "nonfinite"})
 
 
 class Kernels:
-    """The two C entry points (sizes as int64_t)."""
+    """The C entry points (sizes as int64_t)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
@@ -63,6 +64,9 @@ class Kernels:
         self.reduce.restype = None
         self.commit.argtypes = [p, i64, i64, i32, i32, p, p, p, p, p]
         self.commit.restype = i32
+        self.fold = lib.nd_fold
+        self.fold.argtypes = [p, i64, i64, i64, i32, p, p, p, p]
+        self.fold.restype = i32
 
     def __deepcopy__(self, memo: dict[int, object]) -> Kernels:
         return self  # one loaded library per process (ctypes functions cannot be copied)
@@ -169,41 +173,45 @@ class NativeFold:
         x, check, mode = a, z, _MODE_STEP if step else _MODE_GENERAL
         if step and z is not None:
             x, check, mode = z, None, _MODE_STEP_FROM_Z
-        if step and len(ranges) == 1:  # the common case, without a closure
-            lib.reduce(x.data_ptr(), None, None, positions // inner, neurons, inner, mode, 0, acc)
-        else:
-            failed: list[bool] = []
+        if step and len(ranges) == 1:  # the common case: one C call
+            folded = not lib.fold(x.data_ptr(), positions // inner, neurons, inner, mode, acc,
+                                  _address(self.sum_abs_act), _address(self.active_entries),
+                                  _address(self.max_abs_act))  # fmt: skip
+            if folded and self.positions:
+                self.store.fold("finite_positions", positions)
+            return folded
+        failed: list[bool] = []
 
-            def run(k: int, first: int, last: int) -> None:
-                whole = last - first == ranges[-1][1]
-                piece_x = x if whole else x[first:last]
-                piece_check = check if whole or check is None else check[first:last]
-                d_ptr = None
-                if not step:  # σ' of this piece (x is a, check is z)
-                    d = derivative(piece_check, piece_x)
-                    if not (_fits(d) and d.shape == piece_x.shape):
-                        failed.append(True)
-                        return
-                    d_ptr = d.data_ptr()
-                lib.reduce(
-                    piece_x.data_ptr(),
-                    piece_check.data_ptr() if piece_check is not None else None,
-                    d_ptr,
-                    (last - first) * lead_rows,
-                    neurons,
-                    inner,
-                    mode,
-                    self.eps,
-                    acc + k * part_bytes,
-                )
+        def run(k: int, first: int, last: int) -> None:
+            whole = last - first == ranges[-1][1]
+            piece_x = x if whole else x[first:last]
+            piece_check = check if whole or check is None else check[first:last]
+            d_ptr = None
+            if not step:  # σ' of this piece (x is a, check is z)
+                d = derivative(piece_check, piece_x)
+                if not (_fits(d) and d.shape == piece_x.shape):
+                    failed.append(True)
+                    return
+                d_ptr = d.data_ptr()
+            lib.reduce(
+                piece_x.data_ptr(),
+                piece_check.data_ptr() if piece_check is not None else None,
+                d_ptr,
+                (last - first) * lead_rows,
+                neurons,
+                inner,
+                mode,
+                self.eps,
+                acc + k * part_bytes,
+            )
 
-            if step:
-                native_build.map_parts(run, ranges)
-            else:  # σ' slice by slice, on this thread (its ops use PyTorch's threads)
-                for k, (first, last) in enumerate(ranges):
-                    run(k, first, last)
-            if failed:
-                return False
+        if step:
+            native_build.map_parts(run, ranges)
+        else:  # σ' slice by slice, on this thread (its ops use PyTorch's threads)
+            for k, (first, last) in enumerate(ranges):
+                run(k, first, last)
+        if failed:
+            return False
         derivs = (None, None) if step else (self.max_abs_deriv, self.min_abs_deriv)
         states = map(_address, (self.sum_abs_act, self.active_entries, self.max_abs_act, *derivs))
         folded = not lib.commit(acc, len(ranges), neurons, z is not None, not step, *states)
@@ -220,18 +228,20 @@ class NativeFold:
             return False
         lib, (lead_rows, neurons, inner, ranges, positions) = self.lib, plan
         acc = _accumulators(len(ranges), lib.rows, neurons).data_ptr()
-        if len(ranges) == 1:
-            lib.reduce(grad.data_ptr(), None, None, positions // inner, neurons, inner,
-                       _MODE_GRAD, 0, acc)  # fmt: skip
-        else:
-            lead_bytes, part_bytes = 4 * lead_rows * neurons * inner, 8 * lib.rows * neurons
+        if len(ranges) == 1:  # the common case: one C call
+            folded = not lib.fold(grad.data_ptr(), positions // inner, neurons, inner, _MODE_GRAD,
+                                  acc, _address(self.sum_abs_grad), None, None)  # fmt: skip
+            if folded and self.grad_positions:
+                self.store.fold("grad_finite_positions", positions)
+            return folded
+        lead_bytes, part_bytes = 4 * lead_rows * neurons * inner, 8 * lib.rows * neurons
 
-            def run(k: int, first: int, last: int) -> None:
-                lib.reduce(grad.data_ptr() + first * lead_bytes, None, None,
-                           (last - first) * lead_rows, neurons, inner, _MODE_GRAD, 0,
-                           acc + k * part_bytes)  # fmt: skip
+        def run(k: int, first: int, last: int) -> None:
+            lib.reduce(grad.data_ptr() + first * lead_bytes, None, None,
+                       (last - first) * lead_rows, neurons, inner, _MODE_GRAD, 0,
+                       acc + k * part_bytes)  # fmt: skip
 
-            native_build.map_parts(run, ranges)
+        native_build.map_parts(run, ranges)
         folded = not lib.commit(acc, len(ranges), neurons, 0, 0, _address(self.sum_abs_grad),
                                 None, None, None, None)  # fmt: skip
         if folded and self.grad_positions:
