@@ -370,3 +370,77 @@ def test_generic_traced_states_of_a_relu_under_eps_of_one_or_more() -> None:
     for name in ("max_abs_deriv", "min_abs_deriv", "active_entries"):
         assert torch.equal(graph.store[name], eager.store[name]), name
     assert float(graph.store["min_abs_deriv"][1]) == 1.0
+
+
+def _fold_all(calls: list[tuple[Tensor | None, Tensor, Tensor]], dims: tuple[int, ...],
+              neurons: int, keep_z: bool) -> tuple[SiteStats, list[bool]]:  # fmt: skip
+    """Every call through the hot path (``step_folder`` / ``grad_folder``), as the recorder's lean
+    hooks feed a ReLU site, falling back to observe_* where it declines."""
+    stats = _stats(ScanConfig(), neurons)
+    shape = calls[0][1].shape
+    forward = stats.step_folder(shape, dims, keep_z)
+    grad = stats.grad_folder(shape, dims)
+    assert forward is not None and grad is not None
+    taken = []
+    for z, a, g in calls:
+        taken.append(forward(z if keep_z else a))
+        if not taken[-1]:
+            stats.observe_forward(z, a, derivatives.relu, dims, True)
+        if not grad(g):
+            stats.observe_grad(g, dims)
+    return stats, taken
+
+
+@pytest.mark.parametrize("keep_z", [False, True])
+@pytest.mark.parametrize(("shape", "dims"), LAYOUTS)
+def test_the_hot_path_folds_what_observe_folds(
+    keep_z: bool, shape: tuple[int, ...], dims: tuple[int, ...]
+) -> None:
+    calls = _calls("relu", shape, seed=3 + keep_z, keep_z=keep_z)
+    neurons = _neurons(shape, dims)
+    got, taken = _fold_all(calls, dims, neurons, keep_z)
+    want, _ = _measure(False, calls, "relu", dims, neurons)
+    assert all(taken) and got.step
+    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_the_hot_path_folds_nothing_of_a_non_finite_call(bad: float) -> None:
+    calls = _calls("relu", (8, 5), seed=11, keep_z=True)
+    z, _, g = calls[1]
+    assert z is not None
+    z[2, 3] = bad
+    g[4, 1] = bad
+    calls[1] = (z, torch.relu(z), g)
+    got, taken = _fold_all(calls, (0,), 5, keep_z=True)
+    want, _ = _measure(False, calls, "relu", (0,), 5)
+    assert taken == [True, False, True]
+    _assert_same(got, want)
+
+
+def test_the_hot_path_declines_what_it_was_not_built_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    stats = _stats(ScanConfig(), 5)
+    fold = stats.grad_folder(torch.Size((8, 5)), (0,))
+    assert fold is not None
+    before = [value.clone() for _, value in stats.store.items()]
+    assert not fold(torch.randn(9, 5))  # another shape
+    assert not fold(torch.randn(8, 5, dtype=torch.float64))
+    assert not fold(torch.randn(5, 8).t())  # not contiguous
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # the plan was made for another thread count
+    try:
+        assert not fold(torch.randn(8, 5))
+    finally:
+        torch.set_num_threads(threads)
+    native_fold.ENABLED = False
+    assert not fold(torch.randn(8, 5))
+    native_fold.ENABLED = True
+    for (name, value), old in zip(stats.store.items(), before, strict=True):
+        assert torch.equal(value, old), name
+    assert fold(torch.randn(8, 5))
+    # a split call (many threads, a large tensor) or a site kept on PyTorch's path: no hot path
+    assert _stats(ScanConfig(eps=1.5), 5).step_folder(torch.Size((8, 5)), (0,), True) is None
+    monkeypatch.setattr(native_build, "parts", lambda lead, numel: [(0, 4), (4, 8)])
+    native_fold._PLANS.clear()
+    assert stats.grad_folder(torch.Size((8, 5)), (0,)) is None
+    native_fold._PLANS.clear()

@@ -33,7 +33,15 @@ from neurodiag.errors import NeurodiagError
 from neurodiag.sites.axes import AxisTracker
 from neurodiag.sites.experts import Routing, Share, experts_size, read_routing
 from neurodiag.sites.feature_dim import auto_feature_dim, override_feature_dim
-from neurodiag.sites.site import DerivativeFn, SinkFactory, Site, SiteKey, display_names
+from neurodiag.sites.site import (
+    DerivativeFn,
+    Fold,
+    SinkFactory,
+    Site,
+    SiteKey,
+    display_names,
+    step_folder,
+)
 from neurodiag.sites.tracer import FunctionalTracer, module_names
 
 
@@ -70,6 +78,10 @@ class _Plan:
     derivative: DerivativeFn
     step: bool
     dims: tuple[int, ...]
+    #: The sink's hot path for these calls (``step_folder``), built for ``fold_owner``, the
+    #: site's sink then (a Monitor's new window brings a new sink: built again).
+    fold: Fold | None = None
+    fold_owner: object = None
 
 
 @dataclass(frozen=True)
@@ -385,11 +397,17 @@ class SiteRecorder:
         """The steady state of a lean site call: what ``_measure`` + ``_record`` would do."""
         site = plan.site
         stats = site.stats
+        if plan.fold_owner is not stats:
+            plan.fold_owner = stats
+            from_z = not plan.inplace
+            plan.fold = step_folder(stats, plan.shape, plan.dims, from_z) if plan.step else None
+        fold = plan.fold
         requires_grad = a.requires_grad
-        pre = None if plan.inplace else (z.detach() if z.requires_grad else z)
-        stats.observe_forward(
-            pre, a.detach() if requires_grad else a, plan.derivative, plan.dims, plan.step
-        )
+        if fold is None or not fold(a if plan.inplace else z):  # (it reads only data)
+            pre = None if plan.inplace else (z.detach() if z.requires_grad else z)
+            stats.observe_forward(
+                pre, a.detach() if requires_grad else a, plan.derivative, plan.dims, plan.step
+            )
         if requires_grad and stats.wants_grad:
             self._watch_grad(site, a, plan.dims)
 

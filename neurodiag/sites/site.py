@@ -18,6 +18,9 @@ ROOT_NAME = "<root>"
 
 DerivativeFn = Callable[[Tensor | None, Tensor], Tensor]
 NodePreHook = Callable[[Sequence[Tensor | None]], None]
+#: A sink's hot path for one kind of call: fold(x) measures it, False: it did not (use the
+#: sink's ``observe_*`` method).
+Fold = Callable[[Tensor], bool]
 
 
 class SiteSink(Protocol):
@@ -36,6 +39,21 @@ class SiteSink(Protocol):
     ) -> None: ...
 
     def observe_grad(self, grad: Tensor, dims: tuple[int, ...]) -> None: ...
+
+
+def step_folder(
+    sink: SiteSink, shape: torch.Size, dims: tuple[int, ...], from_z: bool
+) -> Fold | None:
+    """A sink's optional hot path for a step site's calls (``SiteStats.step_folder``): fold(x),
+    x the call's z when ``from_z``, else its a; None when the sink offers none."""
+    make = getattr(sink, "step_folder", None)
+    return None if make is None else make(shape, dims, from_z)
+
+
+def grad_folder(sink: SiteSink, shape: torch.Size, dims: tuple[int, ...]) -> Fold | None:
+    """A sink's optional hot path for gradients of ``shape`` (``SiteStats.grad_folder``)."""
+    make = getattr(sink, "grad_folder", None)
+    return None if make is None else make(shape, dims)
 
 
 #: Makes the sink of a new site: (neurons, device, activation dtype).
@@ -122,16 +140,20 @@ class Site:
         key = (dims, a.output_nr)
         hook = self._hooks.get(key)
         if hook is None:
-            hook = self._hooks[key] = _node_hook(self.stats, dims, a.output_nr)
+            fold = grad_folder(self.stats, a.shape, dims)
+            hook = self._hooks[key] = _node_hook(self.stats, dims, a.output_nr, fold)
         node.register_prehook(hook)
 
 
-def _node_hook(sink: SiteSink, dims: tuple[int, ...], output_nr: int) -> NodePreHook:
-    """A pre-hook of a's autograd node: takes ∂L/∂a at a's output index (skips undefined ones)."""
+def _node_hook(
+    sink: SiteSink, dims: tuple[int, ...], output_nr: int, fold: Fold | None
+) -> NodePreHook:
+    """A pre-hook of a's autograd node: takes ∂L/∂a at a's output index (skips undefined ones);
+    ``fold``: the sink's hot path for the gradients of a's first shape (it reads only data)."""
 
     def hook(grads: Sequence[Tensor | None]) -> None:
         grad = grads[output_nr]
-        if grad is not None:
+        if grad is not None and not (fold is not None and fold(grad)):
             sink.observe_grad(grad.detach() if grad.requires_grad else grad, dims)
 
     return hook

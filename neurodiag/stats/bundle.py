@@ -8,7 +8,7 @@ per (device, dtype) and lets each statistic compute its columns on the host.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,36 @@ class SiteStats:
         if native is not None and native.grad(grad, dims):
             return
         self.store.fold_fields(reduce_grad(grad, dims, self.dtype), self._grad)
+
+    def step_folder(
+        self, shape: torch.Size, dims: tuple[int, ...], from_z: bool
+    ) -> Callable[[Tensor], bool] | None:
+        """The hot path of a step site's calls of ``shape`` (``native_fold.NativeFold.folder``),
+        or None: fold(x) with x the call's z (``from_z``) or its a is ``observe_forward(z, a,
+        ..., step=True)`` in one C call; False (nothing folded): call ``observe_forward``."""
+        native = self._native
+        if native is None or not step_shortcut(True, self.config.eps):
+            return None
+        mode = native_fold.MODE_STEP_FROM_Z if from_z else native_fold.MODE_STEP
+        fold = native.folder(shape, dims, mode)
+        if fold is None:
+            return None
+
+        def fold_step(x: Tensor) -> bool:
+            if fold(x):
+                self.step = True
+                return True
+            return False
+
+        return fold_step
+
+    def grad_folder(
+        self, shape: torch.Size, dims: tuple[int, ...]
+    ) -> Callable[[Tensor], bool] | None:
+        """The hot path of ``observe_grad`` for gradients of ``shape``, or None; fold(grad) False:
+        call ``observe_grad``."""
+        native = self._native
+        return None if native is None else native.folder(shape, dims, native_fold.MODE_GRAD)
 
     # -- merging -------------------------------------------------------------------------------
     def flush(self) -> None:

@@ -35,7 +35,7 @@ SOURCE = Path(__file__).with_name("fold_kernel.c")
 ENABLED = True
 #: σ' is computed in row slices of about this many elements (its temporary stays O(slice)).
 SLICE_ELEMENTS = 1 << 18
-_MODE_STEP, _MODE_GENERAL, _MODE_GRAD, _MODE_STEP_FROM_Z = 0, 1, 2, 3
+MODE_STEP, _MODE_GENERAL, MODE_GRAD, MODE_STEP_FROM_Z = 0, 1, 2, 3
 #: The forward fields this path folds (ForwardReductions' names); any other keeps PyTorch's.
 FORWARD_STATES = frozenset(
     {
@@ -170,9 +170,9 @@ class NativeFold:
         part_bytes = 8 * lib.rows * neurons
         # x: the tensor the pass reads, check: the one read for its finite check only. A step
         # site's a is max(z, 0) exactly: with z kept, one pass over z reads both.
-        x, check, mode = a, z, _MODE_STEP if step else _MODE_GENERAL
+        x, check, mode = a, z, MODE_STEP if step else _MODE_GENERAL
         if step and z is not None:
-            x, check, mode = z, None, _MODE_STEP_FROM_Z
+            x, check, mode = z, None, MODE_STEP_FROM_Z
         if step and len(ranges) == 1:  # the common case: one C call
             folded = not lib.fold(x.data_ptr(), positions // inner, neurons, inner, mode, acc,
                                   _address(self.sum_abs_act), _address(self.active_entries),
@@ -219,6 +219,49 @@ class NativeFold:
             self.store.fold("finite_positions", positions)
         return folded
 
+    def folder(
+        self, shape: torch.Size, dims: tuple[int, ...], mode: int
+    ) -> Callable[[Tensor], bool] | None:
+        """The hot path of one kind of call, or None: a step site's forward (``MODE_STEP``: x
+        is a, ``MODE_STEP_FROM_Z``: x is z) or a gradient (``MODE_GRAD``) of ``shape``, taken
+        whole on this thread. The returned fold(x) is what ``forward``/``grad`` do for such a
+        call (same states, same C call) without their per-call planning; False (nothing folded):
+        x is not such a call, a summed entry was non-finite, or the thread count changed, and the
+        caller takes ``forward``/``grad``."""
+        plan = _plan(shape, dims, True)
+        if plan is None or len(plan[3]) != 1:
+            return None
+        _, neurons, inner, _, positions = plan
+        lib, store, rows = self.lib, self.store, positions // inner
+        sums, active, high = self.sum_abs_act, self.active_entries, self.max_abs_act
+        counted = "finite_positions"
+        if mode == MODE_GRAD:
+            sums, active, high, counted = self.sum_abs_grad, None, None, "grad_finite_positions"
+        counts = counted in store
+        threads = torch.get_num_threads()
+        get_threads, f32 = torch.get_num_threads, torch.float32
+
+        def fold(x: Tensor) -> bool:
+            if not (
+                ENABLED
+                and type(x) is Tensor
+                and x.dtype == f32
+                and x.is_cpu
+                and x.is_contiguous()
+                and x.shape == shape
+                and get_threads() == threads
+            ):
+                return False
+            acc = _accumulators(1, lib.rows, neurons).data_ptr()
+            if lib.fold(x.data_ptr(), rows, neurons, inner, mode, acc, _address(sums),
+                        _address(active), _address(high)):  # fmt: skip
+                return False
+            if counts:
+                store.fold(counted, positions)
+            return True
+
+        return fold
+
     def grad(self, grad: Tensor, dims: tuple[int, ...]) -> bool:
         """Fold one ∂L/∂a into the states; False (nothing folded): use the PyTorch path."""
         if not (ENABLED and _fits(grad)):
@@ -229,7 +272,7 @@ class NativeFold:
         lib, (lead_rows, neurons, inner, ranges, positions) = self.lib, plan
         acc = _accumulators(len(ranges), lib.rows, neurons).data_ptr()
         if len(ranges) == 1:  # the common case: one C call
-            folded = not lib.fold(grad.data_ptr(), positions // inner, neurons, inner, _MODE_GRAD,
+            folded = not lib.fold(grad.data_ptr(), positions // inner, neurons, inner, MODE_GRAD,
                                   acc, _address(self.sum_abs_grad), None, None)  # fmt: skip
             if folded and self.grad_positions:
                 self.store.fold("grad_finite_positions", positions)
@@ -238,7 +281,7 @@ class NativeFold:
 
         def run(k: int, first: int, last: int) -> None:
             lib.reduce(grad.data_ptr() + first * lead_bytes, None, None,
-                       (last - first) * lead_rows, neurons, inner, _MODE_GRAD, 0,
+                       (last - first) * lead_rows, neurons, inner, MODE_GRAD, 0,
                        acc + k * part_bytes)  # fmt: skip
 
         native_build.map_parts(run, ranges)
