@@ -463,11 +463,8 @@ def step_extremes(active: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
     position, as the exact path's masked reductions are.
     """
     measured = finite > 0
-    one, zero = torch.ones_like(active), torch.zeros_like(active)
-    high = torch.where(active > 0, one, zero)
-    low = torch.where(active < finite, zero, one)
-    high = torch.where(measured, high, torch.full_like(active, -math.inf))
-    low = torch.where(measured, low, torch.full_like(active, math.inf))
+    high = torch.where(measured, (active > 0).to(active.dtype), -math.inf)
+    low = torch.where(measured, (active >= finite).to(active.dtype), math.inf)
     return high, low
 
 
