@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -426,6 +427,7 @@ def test_the_hot_path_declines_what_it_was_not_built_for(monkeypatch: pytest.Mon
     assert not fold(torch.randn(9, 5))  # another shape
     assert not fold(torch.randn(8, 5, dtype=torch.float64))
     assert not fold(torch.randn(5, 8).t())  # not contiguous
+    assert not fold(torch.nn.Parameter(torch.randn(8, 5)))  # a subclass
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # the plan was made for another thread count
     try:
@@ -444,3 +446,30 @@ def test_the_hot_path_declines_what_it_was_not_built_for(monkeypatch: pytest.Mon
     native_fold._PLANS.clear()
     assert stats.grad_folder(torch.Size((8, 5)), (0,)) is None
     native_fold._PLANS.clear()
+
+
+def test_the_hot_path_folds_from_any_thread() -> None:
+    """Each thread folds through its own accumulator buffer (DataParallel replicas, backward
+    threads); the states get every call."""
+    calls = _calls("relu", (16, 7), seed=5, keep_z=True, n=6)
+    got = _stats(ScanConfig(), 7)
+    grad = got.grad_folder(torch.Size((16, 7)), (0,))
+    assert grad is not None
+    done: list[bool] = []
+    for k, (_, _, g) in enumerate(calls):
+        if k % 2:
+            worker = threading.Thread(target=lambda g=g: done.append(grad(g)))
+            worker.start()
+            worker.join()
+        else:
+            done.append(grad(g))
+    want = _stats(ScanConfig(), 7)
+    native_fold.ENABLED = False
+    for _, _, g in calls:
+        want.observe_grad(g, (0,))
+    native_fold.ENABLED = True
+    assert all(done) and len(done) == len(calls)
+    got.flush()
+    want.flush()
+    for name in ("grad_finite_positions", "sum_abs_grad"):
+        torch.testing.assert_close(got.store[name], want.store[name], rtol=3e-6, atol=1e-6)
