@@ -112,3 +112,26 @@ def test_windows_without_a_measured_step_add_no_history() -> None:
     full = neurodiag.scan(model, batches[::3])
     assert monitor.report().row("act2")["dead_pct"] == full.row("act2")["dead_pct"]
     assert all(h.summary["max_dead_pct"] < 100.0 for h in monitor.history)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # C folds / PyTorch path
+def test_a_deep_copy_of_a_monitored_model_never_feeds_the_monitor(dtype: torch.dtype) -> None:
+    """``copy.deepcopy(model)`` with a Monitor attached (an EMA or SWA copy) copies the hooks;
+    what the copy runs must not reach the original Monitor's states, forward or gradient."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(dtype)
+    x = torch.randn(32, 8, dtype=dtype)
+    with neurodiag.Monitor(model) as monitor:
+        for _ in range(2):  # the second call takes the steady (lean) path
+            model(x).sum().backward()
+        (site,) = monitor._recorder.sites.values()
+        before = {name: value.clone() for name, value in site.stats.store.items()}
+        twin = copy.deepcopy(model)
+        for _ in range(3):
+            twin(x).sum().backward()
+        changed = [n for n, v in site.stats.store.items() if not torch.equal(v, before[n])]
+        assert changed == []
+        model(x).sum().backward()  # the original still measures
+        assert not torch.equal(site.stats.store["finite_positions"], before["finite_positions"])

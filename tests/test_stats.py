@@ -167,3 +167,20 @@ def test_scan_config_validates() -> None:
         ScanConfig(eps=-1)
     with pytest.raises(NeurodiagError, match="unknown scan option"):
         ScanConfig().with_options(epsilon=1)
+
+
+def test_a_copied_store_folds_into_its_own_states() -> None:
+    """Every reduction of a deep-copied store writes into the copy (a sum's bound ``add_`` is
+    a builtin method, which ``copy.deepcopy`` shares: its fold must be bound again)."""
+    import copy
+
+    specs = [StateSpec("s", "sum"), StateSpec("hi", "max"), StateSpec("lo", "min")]
+    store = StateStore(specs, 3, torch.device("cpu"), torch.float32)
+    twin = copy.deepcopy(store)
+    value = torch.tensor([1.0, -2.0, 3.0])
+    for name in ("s", "hi", "lo"):
+        twin.fold(name, value)
+        assert torch.equal(twin[name], value), name
+    assert torch.equal(store["s"], torch.zeros(3))
+    assert torch.equal(store["hi"], torch.full((3,), -math.inf))
+    assert torch.equal(store["lo"], torch.full((3,), math.inf))

@@ -10,9 +10,10 @@ in ``__exit__`` whatever happened; forward hooks use ``always_call`` so that the
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Any
@@ -82,6 +83,16 @@ class _Plan:
     #: site's sink then (a Monitor's new window brings a new sink: built again).
     fold: Fold | None = None
     fold_owner: object = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Plan:
+        """A copied plan (a deep copy of a monitored model copies its hooks) builds its own hot
+        path: ``fold`` folds into the states it was built for, never the copy's."""
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _HOT_PATH}
+        return _Plan(**copy.deepcopy(kept, memo))
+
+
+#: The fields of ``_Plan`` a copy does not keep.
+_HOT_PATH = ("fold", "fold_owner")
 
 
 @dataclass(frozen=True)

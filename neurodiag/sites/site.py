@@ -7,8 +7,9 @@ The sites layer knows nothing of statistics: a site's ``stats`` is anything with
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import torch
@@ -120,6 +121,16 @@ class Site:
         if cached is None:
             cached = self._dims[ndim] = reduction_dims(ndim, self.feature_dim)
         return cached
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Site:
+        """A copy with no gradient hooks yet: each hook holds the sink it was made for, so a
+        copy's hooks are made again for its own sink (see ``watch_grad``)."""
+        copied = copy.copy(self)
+        memo[id(self)] = copied
+        for f in fields(self):
+            value = {} if f.name == "_hooks" else copy.deepcopy(getattr(self, f.name), memo)
+            object.__setattr__(copied, f.name, value)
+        return copied
 
     def replace_stats(self, stats: SiteSink) -> None:
         """Feed a new sink from now on (a new Monitor window); hooks are rebuilt for it."""

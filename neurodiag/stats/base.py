@@ -11,6 +11,7 @@ read (``flush``), so counting positions costs no tensor op on the hot path.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable, Iterable
@@ -92,6 +93,21 @@ class StateStore:
 
     def __contains__(self, name: str) -> bool:
         return name in self.specs
+
+    def __deepcopy__(self, memo: dict[int, object]) -> StateStore:
+        """A copy with its own states *and* its own folds: the bound ``add_`` of a sum state is
+        a builtin method, which ``copy.deepcopy`` shares, so copied folds would write into the
+        original's tensors (an EMA copy of a monitored model fed the Monitor)."""
+        copied = StateStore.__new__(StateStore)
+        memo[id(self)] = copied
+        for name, value in self.__dict__.items():
+            if name != "_folds":
+                setattr(copied, name, copy.deepcopy(value, memo))
+        copied._folds = {
+            name: _bound_fold(copied._values[name], spec.reduce)
+            for name, spec in copied.specs.items()
+        }
+        return copied
 
     def fold(self, name: str, value: Tensor | int) -> None:
         """Combine one call's ``value`` into state ``name`` with its reduction (in place)."""
