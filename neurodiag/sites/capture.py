@@ -409,9 +409,11 @@ class SiteRecorder:
         site = plan.site
         stats = site.stats
         if plan.fold_owner is not stats:
-            plan.fold_owner = stats
+            # the fold first, then its owner: a thread that sees the new owner (DataParallel
+            # replicas run these hooks at once) sees the new fold, never the last window's
             from_z = not plan.inplace
             plan.fold = step_folder(stats, plan.shape, plan.dims, from_z) if plan.step else None
+            plan.fold_owner = stats
         fold = plan.fold
         requires_grad = a.requires_grad
         if fold is None or not fold(a if plan.inplace else z):  # (it reads only data)
