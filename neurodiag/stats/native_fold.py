@@ -149,6 +149,34 @@ class NativeFold:
         self.positions = "finite_positions" in store
         self.grad_positions = "grad_finite_positions" in store
 
+    def _targets(self, mode: int) -> tuple[Tensor | None, Tensor | None, Tensor | None, str]:
+        """What ``nd_fold`` writes for ``mode`` (sum, count, max; None: not kept) and the host
+        count of its positions."""
+        if mode == MODE_GRAD:
+            return self.sum_abs_grad, None, None, "grad_finite_positions"
+        return self.sum_abs_act, self.active_entries, self.max_abs_act, "finite_positions"
+
+    def _start(self, x: Tensor, dims: tuple[int, ...], step: bool) -> tuple[Plan, int] | None:
+        """The plan of a call on ``x`` and this thread's accumulators' address; None: the
+        PyTorch path takes it."""
+        if not (ENABLED and _fits(x)):
+            return None
+        plan = _plan(x.shape, dims, step)
+        if plan is None:
+            return None
+        return plan, _accumulators(len(plan[3]), self.lib.rows, plan[1]).data_ptr()
+
+    def _fold_whole(self, x: Tensor, plan: Plan, acc: int, mode: int) -> bool:
+        """A call taken whole on this thread: one C call (``nd_fold``), then its positions."""
+        _, neurons, inner, _, positions = plan
+        sums, active, high, counted = self._targets(mode)
+        if self.lib.fold(x.data_ptr(), positions // inner, neurons, inner, mode, acc,
+                         _address(sums), _address(active), _address(high)):  # fmt: skip
+            return False
+        if counted in self.store:
+            self.store.fold(counted, positions)
+        return True
+
     def forward(
         self,
         z: Tensor | None,
@@ -160,13 +188,13 @@ class NativeFold:
         """Fold one call into the states; False (nothing folded): use the PyTorch path.
         ``step``: the call takes the step shortcut (``reductions.step_shortcut``): a > 0 is
         counted, σ' never evaluated."""
-        if not (ENABLED and _fits(a)) or (z is not None and not (_fits(z) and z.shape == a.shape)):
+        if z is not None and not (_fits(z) and z.shape == a.shape):
             return False
-        plan = _plan(a.shape, dims, step)
-        if plan is None:
+        started = self._start(a, dims, step)
+        if started is None:
             return False
+        plan, acc = started
         lib, (lead_rows, neurons, inner, ranges, positions) = self.lib, plan
-        acc = _accumulators(len(ranges), lib.rows, neurons).data_ptr()
         part_bytes = 8 * lib.rows * neurons
         # x: the tensor the pass reads, check: the one read for its finite check only. A step
         # site's a is max(z, 0) exactly: with z kept, one pass over z reads both.
@@ -174,12 +202,7 @@ class NativeFold:
         if step and z is not None:
             x, check, mode = z, None, MODE_STEP_FROM_Z
         if step and len(ranges) == 1:  # the common case: one C call
-            folded = not lib.fold(x.data_ptr(), positions // inner, neurons, inner, mode, acc,
-                                  _address(self.sum_abs_act), _address(self.active_entries),
-                                  _address(self.max_abs_act))  # fmt: skip
-            if folded and self.positions:
-                self.store.fold("finite_positions", positions)
-            return folded
+            return self._fold_whole(x, plan, acc, mode)
         failed: list[bool] = []
 
         def run(k: int, first: int, last: int) -> None:
@@ -233,10 +256,7 @@ class NativeFold:
             return None
         _, neurons, inner, _, positions = plan
         lib, store, rows = self.lib, self.store, positions // inner
-        sums, active, high = self.sum_abs_act, self.active_entries, self.max_abs_act
-        counted = "finite_positions"
-        if mode == MODE_GRAD:
-            sums, active, high, counted = self.sum_abs_grad, None, None, "grad_finite_positions"
+        sums, active, high, counted = self._targets(mode)
         counts = counted in store
         threads = torch.get_num_threads()
         get_threads, f32 = torch.get_num_threads, torch.float32
@@ -264,19 +284,13 @@ class NativeFold:
 
     def grad(self, grad: Tensor, dims: tuple[int, ...]) -> bool:
         """Fold one ∂L/∂a into the states; False (nothing folded): use the PyTorch path."""
-        if not (ENABLED and _fits(grad)):
+        started = self._start(grad, dims, True)
+        if started is None:
             return False
-        plan = _plan(grad.shape, dims, True)
-        if plan is None:
-            return False
+        plan, acc = started
         lib, (lead_rows, neurons, inner, ranges, positions) = self.lib, plan
-        acc = _accumulators(len(ranges), lib.rows, neurons).data_ptr()
         if len(ranges) == 1:  # the common case: one C call
-            folded = not lib.fold(grad.data_ptr(), positions // inner, neurons, inner, MODE_GRAD,
-                                  acc, _address(self.sum_abs_grad), None, None)  # fmt: skip
-            if folded and self.grad_positions:
-                self.store.fold("grad_finite_positions", positions)
-            return folded
+            return self._fold_whole(grad, plan, acc, MODE_GRAD)
         lead_bytes, part_bytes = 4 * lead_rows * neurons * inner, 8 * lib.rows * neurons
 
         def run(k: int, first: int, last: int) -> None:
