@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from neurodiag.stats.statistic import Array, Column, Computed, SiteContext, Statistic
 
 #: Relative float tolerance of the bound check. min |σ'| is never clamped: Bernstein.derivative
@@ -41,11 +43,9 @@ class BernsteinBound(Statistic):
     def compute(
         self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
     ) -> Computed:
-        delta_bar = ctx.delta_bar
-        low = row.get("min_abs_deriv", math.nan)
-        ok: bool | None = None
-        if delta_bar is not None and not math.isnan(low):
-            ok = bool(low >= delta_bar * (1 - REL_TOL))
-        return Computed(
-            {"delta_bar": delta_bar if delta_bar is not None else math.nan, "bound_ok": ok}
-        )
+        delta_bar = ctx.delta_bar  # NaN off Bernstein sites
+        low = np.broadcast_to(np.asarray(row.get("min_abs_deriv", math.nan)), delta_bar.shape)
+        holds = low >= delta_bar * (1 - REL_TOL)
+        known = ~(np.isnan(delta_bar) | np.isnan(low))
+        ok = [bool(h) if k else None for h, k in zip(holds.tolist(), known.tolist(), strict=True)]
+        return Computed({"delta_bar": delta_bar, "bound_ok": ok})

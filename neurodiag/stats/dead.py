@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from neurodiag.stats.base import StateSpec
@@ -74,8 +75,10 @@ class DeadNeurons(Statistic):
         measured = states["finite_positions"] > 0
         dead = measured & (states["active_entries"] == 0)
         if self.config.dead_window == "batch":
-            calls = float(states["dead_calls"])
-            pct = 100.0 * float(states["dead_fraction_sum"]) / calls if calls else float("nan")
+            calls = states["dead_calls"]
+            with np.errstate(all="ignore"):
+                share = 100.0 * states["dead_fraction_sum"].astype(np.float64) / calls
+            pct = np.where(calls > 0, share, np.nan)
         else:
             pct = percent_of(dead, measured)
         return Computed(

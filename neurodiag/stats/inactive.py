@@ -41,8 +41,9 @@ class InactiveEntries(Statistic):
         self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
     ) -> Computed:
         finite, active = states["finite_positions"], states["active_entries"]
-        entries = float(finite.sum())
-        pct = 100.0 * (entries - float(active.sum())) / entries if entries else float("nan")
+        entries = finite.sum(axis=-1)
         with np.errstate(all="ignore"):
+            share = 100.0 * (entries - active.sum(axis=-1)) / entries
             per_neuron = np.where(finite > 0, 1.0 - active / np.maximum(finite, 1), np.nan)
+        pct = np.where(entries > 0, share, np.nan)
         return Computed({"inactive_pct": pct}, {"inactive_fraction": per_neuron})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from neurodiag.stats.base import StateSpec
 from neurodiag.stats.statistic import (
     Array,
@@ -44,6 +46,7 @@ class MeanAbsGradient(Statistic):
         self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
     ) -> Computed:
         total, count = states["sum_abs_grad"], states["grad_finite_positions"]
-        entries = float(count.sum())
-        mag = float(total.sum(dtype="float64")) / entries if entries else float("nan")
+        entries = count.sum(axis=-1)
+        with np.errstate(all="ignore"):
+            mag = np.where(entries > 0, total.sum(axis=-1, dtype="float64") / entries, np.nan)
         return Computed({"mag": mag}, {"mean_abs_grad": finite_mean(total, count)})

@@ -34,7 +34,8 @@ class MinAbsDerivative(Statistic):
     def compute(
         self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
     ) -> Computed:
-        lows = states["min_abs_deriv"][states["finite_positions"] > 0]
-        lows = lows[~np.isnan(lows)]
-        value = float(lows.min()) if lows.size else float("nan")
-        return Computed({"min_abs_deriv": value}, {"min_abs_deriv": states["min_abs_deriv"]})
+        lows = states["min_abs_deriv"]
+        kept = (states["finite_positions"] > 0) & ~np.isnan(lows)
+        least = np.min(lows, axis=-1, where=kept, initial=np.inf).astype(np.float64)
+        value = np.where(kept.any(axis=-1), least, np.nan)
+        return Computed({"min_abs_deriv": value}, {"min_abs_deriv": lows})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from neurodiag.stats.base import StateSpec
 from neurodiag.stats.statistic import Array, Column, Computed, SiteContext, Statistic, Threshold
 
@@ -30,4 +32,4 @@ class NonFiniteEntries(Statistic):
     def compute(
         self, states: Mapping[str, Array], row: Mapping[str, Any], ctx: SiteContext
     ) -> Computed:
-        return Computed({"nonfinite": int(states["nonfinite"])})
+        return Computed({"nonfinite": states["nonfinite"].astype(np.int64)})

@@ -123,11 +123,18 @@ class RepresentationRank(Statistic):
                     RuntimeWarning,
                     stacklevel=2,
                 )
-            return Computed({"effective_rank": math.nan, "srank": None})
-        if float(states["gram_rows"]) == 0:  # no finite row: nothing measured
-            return Computed({"effective_rank": math.nan, "srank": None})
-        sigma = singular_values(states["gram"])
-        return Computed(
-            {"effective_rank": effective_rank(sigma), "srank": srank(sigma)},
-            {"singular_values": sigma},
-        )
+            return Computed({"effective_rank": [math.nan] * ctx.sites, "srank": [None] * ctx.sites})
+        ranks: list[float] = []
+        sranks: list[int | None] = []
+        sigmas: list[Array | None] = []
+        for gram, rows in zip(states["gram"], states["gram_rows"], strict=True):  # one per site
+            if float(rows) == 0:  # no finite row: nothing measured
+                ranks.append(math.nan)
+                sranks.append(None)
+                sigmas.append(None)
+                continue
+            sigma = singular_values(gram)
+            sigmas.append(sigma)
+            ranks.append(effective_rank(sigma))
+            sranks.append(srank(sigma))
+        return Computed({"effective_rank": ranks, "srank": sranks}, {"singular_values": sigmas})
