@@ -34,16 +34,22 @@ from neurodiag.stats.traced import traced_states
 
 
 class _SiteHook:
-    """The forward hook of one site module (traced by Dynamo inside compiled code)."""
+    """The forward hook of one site module (traced by Dynamo inside compiled code).
 
-    def __init__(self, plan: ModuleSitePlan, owner: GraphMeasurement) -> None:
+    It reads only objects of its own: Dynamo guards each object a hook reads, and an object
+    that several hooks share (say, the measurement's ``enabled`` flag) gets an identity guard
+    per hook that Dynamo evaluates in Python on every call of the compiled step.
+    """
+
+    def __init__(self, plan: ModuleSitePlan, enabled: bool) -> None:
         self.site = plan.site  # its ``stats`` change with each Monitor window: read when used
         stats = self._stats()
         self.states = traced_states(stats, plan.derivative, plan.step)
         self.wants_grad = stats.wants_grad
         self.inplace = plan.inplace
         self.feature_dim = plan.site.feature_dim
-        self.owner = owner
+        #: False: measure nothing (set by ``GraphMeasurement.enabled`` for every hook)
+        self.enabled = enabled
 
     def _stats(self) -> SiteStats:
         stats = self.site.stats
@@ -51,7 +57,7 @@ class _SiteHook:
         return stats
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not self.owner.enabled or not isinstance(output, Tensor) or not args:
+        if not self.enabled or not isinstance(output, Tensor) or not args:
             return
         z = args[0]
         if not isinstance(z, Tensor) or z.shape != output.shape:
@@ -97,14 +103,24 @@ class GraphMeasurement:
     """The traced hooks of every site, attached together, drained together."""
 
     def __init__(self) -> None:
-        #: False: the hooks measure nothing (steps not measured, forwards outside a step)
-        self.enabled = True
+        self._enabled = True
         self._hooks: list[_SiteHook] = []
         self._handles: list[RemovableHandle] = []
         #: attached at least once (the report says the compiled code was measured in graph)
         self.used = False
         #: graph breaks Dynamo counted while the hooks were attached (by anyone)
         self.breaks = BreakCounter()
+
+    @property
+    def enabled(self) -> bool:
+        """False: the hooks measure nothing (steps not measured, forwards outside a step)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
+        for hook in self._hooks:
+            hook.enabled = value
 
     @property
     def attached(self) -> bool:
@@ -115,7 +131,7 @@ class GraphMeasurement:
         self.used = True
         self.breaks.start()
         for plan in plans:
-            hook = _SiteHook(plan, self)
+            hook = _SiteHook(plan, self._enabled)
             self._hooks.append(hook)
             self._handles.append(plan.module.register_forward_hook(hook))
 
