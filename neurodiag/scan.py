@@ -29,7 +29,7 @@ from neurodiag.model_state import model_device, model_dtype, preserved
 from neurodiag.report.build import build_report
 from neurodiag.report.model import Report, ScanHeader
 from neurodiag.sites.capture import SiteRecorder
-from neurodiag.stats.bundle import SiteStats
+from neurodiag.stats.bundle import SiteStats, StatisticsLayout
 from neurodiag.stats.reductions import release_scratch
 from neurodiag.stats.sync import all_reduce_sites
 
@@ -59,8 +59,10 @@ def unwrap_compiled(model: nn.Module) -> tuple[nn.Module, bool]:
 def sink_factory(config: ScanConfig) -> Callable[[int, torch.device, torch.dtype], SiteStats]:
     """What a scan or Monitor hands ``SiteRecorder``: every registered statistic per site."""
 
+    layout = StatisticsLayout(config)  # shared by every site (a Monitor's windows too)
+
     def make(neurons: int, device: torch.device, dtype: torch.dtype) -> SiteStats:
-        return SiteStats(neurons, device, dtype, config)
+        return SiteStats(neurons, device, dtype, config, layout=layout)
 
     return make
 

@@ -175,12 +175,33 @@ def test_a_copied_store_folds_into_its_own_states() -> None:
     import copy
 
     specs = [StateSpec("s", "sum"), StateSpec("hi", "max"), StateSpec("lo", "min")]
-    store = StateStore(specs, 3, torch.device("cpu"), torch.float32)
-    twin = copy.deepcopy(store)
-    value = torch.tensor([1.0, -2.0, 3.0])
-    for name in ("s", "hi", "lo"):
-        twin.fold(name, value)
-        assert torch.equal(twin[name], value), name
-    assert torch.equal(store["s"], torch.zeros(3))
-    assert torch.equal(store["hi"], torch.full((3,), -math.inf))
-    assert torch.equal(store["lo"], torch.full((3,), math.inf))
+    for folded_before in (False, True):  # folds are bound when first used: before or after
+        store = StateStore(specs, 3, torch.device("cpu"), torch.float32)
+        if folded_before:
+            for name in ("s", "hi", "lo"):
+                store.fold(name, torch.zeros(3))
+        before = {name: store[name].clone() for name in ("s", "hi", "lo")}
+        twin = copy.deepcopy(store)
+        value = torch.tensor([1.0, -2.0, 3.0])
+        for name in ("s", "hi", "lo"):
+            twin.fold(name, value)
+            expected = torch.maximum(value, before[name]) if name == "hi" else value
+            expected = torch.minimum(value, before[name]) if name == "lo" else expected
+            assert torch.equal(twin[name], expected), (name, folded_before)
+            assert torch.equal(store[name], before[name]), (name, folded_before)
+
+
+def test_the_sites_of_a_scan_share_one_layout() -> None:
+    """One ``StatisticsLayout`` per scan: its sites (and a Monitor's next windows) share the
+    statistics objects instead of building them per site; a site of another config gets its own."""
+    from neurodiag.scan import sink_factory
+
+    config = ScanConfig()
+    make = sink_factory(config)
+    a = make(4, torch.device("cpu"), torch.float32)
+    b = make(8, torch.device("cpu"), torch.float64)
+    assert a.layout is b.layout and a.statistics is b.statistics
+    assert a.fresh().layout is a.layout
+    other = ScanConfig(tau=0.5)
+    c = SiteStats(4, torch.device("cpu"), torch.float32, other, layout=a.layout)
+    assert c.layout is not a.layout and all(stat.config is other for stat in c.statistics)

@@ -86,8 +86,12 @@ class StateStore:
         self.dtype = dtype
         self._values = {n: s.initial(neurons, device, dtype) for n, s in self.specs.items()}
         self._pending: dict[str, int] = {}
-        # in-place fold of each state, bound once (states are never replaced, only updated)
-        self._folds: dict[str, Callable[[Tensor], object]] = {
+
+    @functools.cached_property
+    def _folds(self) -> dict[str, Callable[[Tensor], object]]:
+        """The in-place fold of each state, bound once, when first needed: sites the C folds
+        serve never fold through them (states are never replaced, only updated)."""
+        return {
             name: _bound_fold(self._values[name], spec.reduce) for name, spec in self.specs.items()
         }
 
@@ -97,16 +101,13 @@ class StateStore:
     def __deepcopy__(self, memo: dict[int, object]) -> StateStore:
         """A copy with its own states *and* its own folds: the bound ``add_`` of a sum state is
         a builtin method, which ``copy.deepcopy`` shares, so copied folds would write into the
-        original's tensors (an EMA copy of a monitored model fed the Monitor)."""
+        original's tensors (an EMA copy of a monitored model fed the Monitor). The copy binds
+        its folds to its own states when it first folds."""
         copied = StateStore.__new__(StateStore)
         memo[id(self)] = copied
         for name, value in self.__dict__.items():
             if name != "_folds":
                 setattr(copied, name, copy.deepcopy(value, memo))
-        copied._folds = {
-            name: _bound_fold(copied._values[name], spec.reduce)
-            for name, spec in copied.specs.items()
-        }
         return copied
 
     def fold(self, name: str, value: Tensor | int) -> None:

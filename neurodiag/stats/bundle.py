@@ -20,7 +20,7 @@ from torch import Tensor
 
 from neurodiag.config import ScanConfig
 from neurodiag.stats import native_fold
-from neurodiag.stats.base import StateStore
+from neurodiag.stats.base import StateSpec, StateStore
 from neurodiag.stats.reductions import (
     DerivativeFn,
     ForwardReductions,
@@ -59,6 +59,47 @@ class SiteSummary:
     neurons: dict[str, Tensor]
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    """The states of sites of one width, and which of them each call folds."""
+
+    specs: tuple[StateSpec, ...]
+    forward: list[str]
+    grad: list[str]
+
+
+class StatisticsLayout:
+    """What the sites of one scan or Monitor share: the statistics (they keep nothing but the
+    config) and, per width, the states they declare.
+
+    Built once per scan, not per site: a site then costs its states alone (model (a)'s 50 sites
+    made 11 statistics objects each, and every object a scan keeps makes the garbage
+    collector's full passes come sooner).
+    """
+
+    def __init__(self, config: ScanConfig, registry: StatisticRegistry = STATISTICS) -> None:
+        self.config = config
+        self.registry = registry
+        self.statistics: tuple[Statistic, ...] = tuple(cls(config) for cls in registry.values())
+        self.per_call = tuple(stat for stat in self.statistics if stat.per_call)
+        self._specs = [spec for stat in self.statistics for spec in stat.state_specs()]
+        self._fitted: dict[int, _Fitted] = {}
+
+    def fitted(self, neurons: int) -> _Fitted:
+        """The states of a site of ``neurons`` (an O(neurons²) one may not fit: ``_fits``)."""
+        fitted = self._fitted.get(neurons)
+        if fitted is None:
+            specs = tuple(spec for spec in self._specs if _fits(spec, neurons))
+            names = dict.fromkeys(spec.name for spec in specs)  # in order, each once
+            fitted = _Fitted(
+                specs,
+                [n for n in names if n in _FORWARD_FIELDS],
+                [n for n in names if n in _GRAD_FIELDS],
+            )
+            self._fitted[neurons] = fitted
+        return fitted
+
+
 class SiteStats:
     """The statistics of one site, on the site's device, O(neurons) memory."""
 
@@ -69,22 +110,24 @@ class SiteStats:
         dtype: torch.dtype,
         config: ScanConfig,
         registry: StatisticRegistry = STATISTICS,
+        layout: StatisticsLayout | None = None,
     ) -> None:
+        if layout is None or layout.config is not config or layout.registry is not registry:
+            layout = StatisticsLayout(config, registry)
+        self.layout = layout
         self.neurons = neurons
         self.device = device
         self.dtype = state_dtype(dtype)
         self.config = config
         self.registry = registry
-        self.statistics: list[Statistic] = [cls(config) for cls in registry.values()]
-        specs = [
-            spec for stat in self.statistics for spec in stat.state_specs() if _fits(spec, neurons)
-        ]
-        self.store = StateStore(specs, neurons, device, self.dtype)
-        self._forward = [n for n in self.store.specs if n in _FORWARD_FIELDS]
+        self.statistics = layout.statistics
+        fitted = layout.fitted(neurons)
+        self.store = StateStore(fitted.specs, neurons, device, self.dtype)
+        self._forward = fitted.forward
         #: The representation rank's Gram matrix is wanted (opt-in, O(neurons²) per call).
         self._gram = "gram" in self.store.specs
-        self._grad = [n for n in self.store.specs if n in _GRAD_FIELDS]
-        self._per_call = [stat for stat in self.statistics if stat.per_call]
+        self._grad = fitted.grad
+        self._per_call = layout.per_call
         #: Some call took the step shortcut: max/min |σ'| are derived from the totals.
         self.step = False
         #: The C folds (CPU float32), None where they do not apply (``native_fold.bind``).
@@ -100,7 +143,9 @@ class SiteStats:
 
     def fresh(self) -> SiteStats:
         """Empty statistics of the same site (a new Monitor window)."""
-        return SiteStats(self.neurons, self.device, self.dtype, self.config, self.registry)
+        return SiteStats(
+            self.neurons, self.device, self.dtype, self.config, self.registry, self.layout
+        )
 
     # -- observations --------------------------------------------------------------------------
     def observe_forward(

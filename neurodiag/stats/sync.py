@@ -52,6 +52,7 @@ def all_reduce_sites(
     dist.all_gather_object(gathered, [_describe(s) for s in sites.values()])
     if device is None:
         device = next((stats_of(s).device for s in sites.values()), torch.device("cpu"))
+    layout = next((stats_of(s).layout for s in sites.values()), None)  # (if of this config)
     united: dict[SiteKey, Site] = {}
     for rank_sites in gathered:
         for (
@@ -76,7 +77,7 @@ def all_reduce_sites(
                     mine.role = "gate"
                 united[key] = mine
                 continue
-            stats = SiteStats(neurons, device, getattr(torch, dtype), config)
+            stats = SiteStats(neurons, device, getattr(torch, dtype), config, layout=layout)
             mine = Site(
                 key,
                 activation,
