@@ -28,6 +28,9 @@ def _site(config: ScanConfig, draw: st.DrawFn) -> tuple[SiteStats, float | None]
     neurons = draw(st.sampled_from([1, 3, 4]))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     stats = SiteStats(neurons, torch.device("cpu"), dtype, config)
+    # ReLU sites may take the step shortcut (max/min |σ'| derived from the totals when read);
+    # tanh sites never do, and a group mixes both
+    tanh = draw(st.booleans())
     for _ in range(draw(st.integers(0, 2))):  # 0: a site that never ran
         rows = draw(st.integers(1, 5))
         seed = draw(st.integers(0, 2**16))
@@ -37,8 +40,11 @@ def _site(config: ScanConfig, draw: st.DrawFn) -> tuple[SiteStats, float | None]
             x[:, 0] = math.nan  # a neuron that saw only NaN
         if draw(st.booleans()):
             x[:, -1] = -1.0  # a dead neuron
-        step = draw(st.booleans())
-        stats.observe_forward(x, x.relu(), derivatives.relu, reduction_dims(2, 1), step)
+        dims = reduction_dims(2, 1)
+        if tanh:
+            stats.observe_forward(x, x.tanh(), derivatives.tanh, dims)
+        else:
+            stats.observe_forward(x, x.relu(), derivatives.relu, dims, draw(st.booleans()))
         stats.observe_grad(x * 0.5, reduction_dims(2, 1))
     delta_bar = draw(st.sampled_from([None, 0.1, 0.5]))
     return stats, delta_bar

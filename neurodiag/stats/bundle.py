@@ -213,10 +213,7 @@ class SiteStats:
         store = self.store
         store.flush()
         if self.step and "max_abs_deriv" in store and "min_abs_deriv" in store:
-            high, low = step_extremes(store["active_entries"], store["finite_positions"])
-            dtype = store["max_abs_deriv"].dtype
-            store.fold("max_abs_deriv", high.to(dtype))
-            store.fold("min_abs_deriv", low.to(dtype))
+            _fold_step_extremes(dict(store.items()), torch.ones((), dtype=torch.bool))
 
     def merge(self, other: SiteStats) -> None:
         self.flush()
@@ -227,11 +224,6 @@ class SiteStats:
     def all_reduce(self, group: dist.ProcessGroup | None = None) -> None:
         self.flush()
         self.store.all_reduce(group)
-
-    def host_states(self) -> list[Tensor]:
-        """The flushed states, in store order, still on the device."""
-        self.flush()
-        return [value for _, value in self.store.items()]
 
     def compute_group(self, states: Mapping[str, Array], delta_bars: Array) -> list[SiteSummary]:
         """The summaries of a group of sites like this one (same neurons, states and
@@ -258,6 +250,19 @@ class SiteStats:
         ]
 
 
+def _fold_step_extremes(states: Mapping[str, Tensor], steps: Tensor) -> None:
+    """Fold the max/min |σ'| that the totals of step sites imply into their states, in place;
+    ``steps`` says which (a bool per site of a stacked group, or one for a site's own states)."""
+    high, low = step_extremes(states["active_entries"], states["finite_positions"])
+    steps = steps.unsqueeze(-1) if steps.dim() else steps
+    for name, implied, fold in (
+        ("max_abs_deriv", high, torch.maximum),
+        ("min_abs_deriv", low, torch.minimum),
+    ):
+        state = states[name]
+        state.copy_(torch.where(steps, fold(state, implied.to(state.dtype)), state))
+
+
 def _per_site(name: str, values: Any, count: int) -> list[Any]:
     """A column's S values as Python scalars (numpy's would leak into JSON and the tables)."""
     listed = values.tolist() if isinstance(values, np.ndarray) else list(values)
@@ -275,7 +280,10 @@ def summarize_sites(
     transfer flat in the number of sites, and sites that share their neuron count, states and
     statistics are computed together (``compute_group``): one numpy op for 50 equal layers.
     """
-    payloads = [stats.host_states() for stats in sites]
+    payloads = []
+    for stats in sites:
+        stats.store.flush()  # (the step sites' max/min |σ'|: below, for a whole group at once)
+        payloads.append([value for _, value in stats.store.items()])
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, (stats, states) in enumerate(zip(sites, payloads, strict=True)):
         layout = tuple((t.device, t.dtype, t.shape) for t in states)
@@ -287,6 +295,12 @@ def summarize_sites(
         [torch.stack([payloads[i][j] for i in group]) for j in range(len(payloads[group[0]]))]
         for group in groups.values()
     ]
+    for group, tensors in zip(groups.values(), stacked, strict=True):
+        first = sites[group[0]]
+        by_name = dict(zip(first.store.specs, tensors, strict=True))
+        steps = [sites[i].step for i in group]
+        if any(steps) and "max_abs_deriv" in by_name and "min_abs_deriv" in by_name:
+            _fold_step_extremes(by_name, torch.tensor(steps, device=tensors[0].device))
     transfers: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for tensors in stacked:
         for tensor in tensors:
