@@ -213,7 +213,7 @@ class SiteStats:
         store = self.store
         store.flush()
         if self.step and "max_abs_deriv" in store and "min_abs_deriv" in store:
-            _fold_step_extremes(dict(store.items()), torch.ones((), dtype=torch.bool))
+            _fold_step_extremes(dict(store.items()))
 
     def merge(self, other: SiteStats) -> None:
         self.flush()
@@ -250,17 +250,17 @@ class SiteStats:
         ]
 
 
-def _fold_step_extremes(states: Mapping[str, Tensor], steps: Tensor) -> None:
-    """Fold the max/min |σ'| that the totals of step sites imply into their states, in place;
-    ``steps`` says which (a bool per site of a stacked group, or one for a site's own states)."""
+def _fold_step_extremes(states: Mapping[str, Tensor], steps: Tensor | None = None) -> None:
+    """Fold the max/min |σ'| that the totals of step sites imply into their states, in place:
+    a site's own states, or (``steps``: a bool per site) a group's stacked ones."""
     high, low = step_extremes(states["active_entries"], states["finite_positions"])
-    steps = steps.unsqueeze(-1) if steps.dim() else steps
     for name, implied, fold in (
         ("max_abs_deriv", high, torch.maximum),
         ("min_abs_deriv", low, torch.minimum),
     ):
         state = states[name]
-        state.copy_(torch.where(steps, fold(state, implied.to(state.dtype)), state))
+        folded = fold(state, implied.to(state.dtype))
+        state.copy_(folded if steps is None else torch.where(steps.unsqueeze(-1), folded, state))
 
 
 def _per_site(name: str, values: Any, count: int) -> list[Any]:
@@ -280,47 +280,57 @@ def summarize_sites(
     transfer flat in the number of sites, and sites that share their neuron count, states and
     statistics are computed together (``compute_group``): one numpy op for 50 equal layers.
     """
-    payloads = []
-    for stats in sites:
-        stats.store.flush()  # (the step sites' max/min |σ'|: below, for a whole group at once)
-        payloads.append([value for _, value in stats.store.items()])
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, (stats, states) in enumerate(zip(sites, payloads, strict=True)):
-        layout = tuple((t.device, t.dtype, t.shape) for t in states)
-        kinds = tuple(type(stat) for stat in stats.statistics)
-        key = (stats.neurons, id(stats.config), kinds, tuple(stats.store.specs), layout)
-        groups.setdefault(key, []).append(i)
-    # each state of a group stacked on the device, then one copy per (device, dtype)
-    stacked = [
-        [torch.stack([payloads[i][j] for i in group]) for j in range(len(payloads[group[0]]))]
-        for group in groups.values()
-    ]
-    for group, tensors in zip(groups.values(), stacked, strict=True):
-        first = sites[group[0]]
-        by_name = dict(zip(first.store.specs, tensors, strict=True))
-        steps = [sites[i].step for i in group]
-        if any(steps) and "max_abs_deriv" in by_name and "min_abs_deriv" in by_name:
-            _fold_step_extremes(by_name, torch.tensor(steps, device=tensors[0].device))
-    transfers: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for tensors in stacked:
-        for tensor in tensors:
-            transfers.setdefault((tensor.device, tensor.dtype), []).append(tensor)
-    host: dict[int, Array] = {}
-    for tensors in transfers.values():
-        flat = torch.cat([t.reshape(-1) for t in tensors]).cpu().numpy()
-        offset = 0
-        for tensor in tensors:
-            size = tensor.numel()
-            host[id(tensor)] = flat[offset : offset + size].reshape(tensor.shape)
-            offset += size
+    groups = _groups(sites)
+    stacked = [_stacked_states(sites, group) for group in groups]
+    host = _to_host([tensor for states in stacked for tensor in states.values()])
     summaries: list[SiteSummary | None] = [None] * len(sites)
-    for group, tensors in zip(groups.values(), stacked, strict=True):
-        first = sites[group[0]]
-        arrays = {name: host[id(t)] for name, t in zip(first.store.specs, tensors, strict=True)}
+    for group, states in zip(groups, stacked, strict=True):
+        arrays = {name: host[id(tensor)] for name, tensor in states.items()}
         deltas = np.array(
             [math.nan if delta_bars[i] is None else delta_bars[i] for i in group],
             dtype=np.float64,
         )
-        for i, summary in zip(group, first.compute_group(arrays, deltas), strict=True):
+        for i, summary in zip(group, sites[group[0]].compute_group(arrays, deltas), strict=True):
             summaries[i] = summary
     return [summary for summary in summaries if summary is not None]
+
+
+def _groups(sites: Sequence[SiteStats]) -> list[list[int]]:
+    """Indices of the sites a statistic can compute together: same width, statistics, config
+    and states (names, shapes, dtypes, devices)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, stats in enumerate(sites):
+        stats.store.flush()  # (a step site's max/min |σ'|: by ``_stacked_states``, per group)
+        layout = tuple((t.device, t.dtype, t.shape) for _, t in stats.store.items())
+        kinds = tuple(type(stat) for stat in stats.statistics)
+        key = (stats.neurons, id(stats.config), kinds, tuple(stats.store.specs), layout)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _stacked_states(sites: Sequence[SiteStats], group: list[int]) -> dict[str, Tensor]:
+    """Each state of a group's sites stacked along a leading sites axis, on their device (new
+    tensors: the step sites' implied max/min |σ'| are folded into these, not into the sites)."""
+    stores = [sites[i].store for i in group]
+    stacked = {name: torch.stack([store[name] for store in stores]) for name in stores[0].specs}
+    steps = [sites[i].step for i in group]
+    if any(steps) and "max_abs_deriv" in stacked and "min_abs_deriv" in stacked:
+        device = stacked["max_abs_deriv"].device
+        _fold_step_extremes(stacked, torch.tensor(steps, device=device))
+    return stacked
+
+
+def _to_host(tensors: list[Tensor]) -> dict[int, Array]:
+    """numpy copies of ``tensors`` by ``id``: one ``cat`` and one copy per (device, dtype)."""
+    transfers: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for tensor in tensors:
+        transfers.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+    host: dict[int, Array] = {}
+    for members in transfers.values():
+        flat = torch.cat([t.reshape(-1) for t in members]).cpu().numpy()
+        offset = 0
+        for tensor in members:
+            size = tensor.numel()
+            host[id(tensor)] = flat[offset : offset + size].reshape(tensor.shape)
+            offset += size
+    return host
