@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 from neurodiag.activations import derivatives
 from neurodiag.config import ScanConfig
 from neurodiag.sites.site import reduction_dims
+from neurodiag.stats.base import StateSpec
 from neurodiag.stats.bundle import SiteStats, summarize_sites
+from neurodiag.stats.registry import StatisticRegistry
+from neurodiag.stats.statistic import Column, Computed, Statistic
 
 _PLAIN = (float, int, bool, str, type(None))
 
@@ -108,3 +111,46 @@ def test_a_group_keeps_each_site_apart() -> None:
     assert [r["mag"] for r in rows] == pytest.approx([5.0, 0.0, 7.0])
     assert [r["bound_ok"] for r in rows] == [None, False, True]
     assert math.isnan(rows[0]["delta_bar"]) and rows[2]["delta_bar"] == 0.5
+
+
+class _OneValueForAll(Statistic):
+    """A statistic written for one site at a time: ``float(...)`` over the whole group."""
+
+    name = "one_value"
+    states = (StateSpec("finite_positions", "sum", count=True),)
+    columns = (Column("one_value", "float64", "value", "a scalar per group"),)
+
+    def compute(self, states: Any, row: Any, ctx: Any) -> Computed:
+        return Computed({"one_value": float(states["finite_positions"].sum())})
+
+
+class _FlatPerNeuron(Statistic):
+    """Per-neuron values without the leading sites axis."""
+
+    name = "flat"
+    states = (StateSpec("finite_positions", "sum", count=True),)
+    columns = (Column("flat_sum", "float64", "value", "a value per site"),)
+
+    def compute(self, states: Any, row: Any, ctx: Any) -> Computed:
+        finite = states["finite_positions"]
+        return Computed({"flat_sum": finite.sum(axis=-1)}, {"flat": finite.sum(axis=0)})
+
+
+@pytest.mark.parametrize(
+    ("statistic", "message"),
+    [
+        (_OneValueForAll, "column 'one_value' must have one value per site"),
+        (_FlatPerNeuron, r"per-neuron 'flat' must be \(sites=2, neurons"),
+    ],
+)
+def test_a_statistic_written_for_one_site_gets_an_error_naming_it(
+    statistic: type[Statistic], message: str
+) -> None:
+    """A plug-in statistic that returns one value for the group, or per-neuron values without the
+    sites axis, is told so by name instead of filling the report with wrong numbers."""
+    registry = StatisticRegistry()
+    registry.register(statistic)
+    config = ScanConfig()
+    sites = [SiteStats(3, torch.device("cpu"), torch.float32, config, registry) for _ in range(2)]
+    with pytest.raises(TypeError, match=f"statistic '{statistic.name}': {message}"):
+        summarize_sites(sites, [None, None])

@@ -234,12 +234,13 @@ class SiteStats:
         neurons: dict[str, Any] = {}
         for stat in self.statistics:
             computed = stat.compute(states, row, ctx)
-            row.update(computed.site)
-            neurons.update(computed.neurons)
-        columns = {name: _per_site(name, values, count) for name, values in row.items()}
+            for name, values in computed.site.items():
+                row[name] = _per_site(stat, name, values, count)
+            for name, values in computed.neurons.items():
+                neurons[name] = _per_neuron(stat, name, values, count)
         return [
             SiteSummary(
-                {name: values[i] for name, values in columns.items()},
+                {name: values[i] for name, values in row.items()},
                 {
                     name: torch.from_numpy(np.ascontiguousarray(values[i]))
                     for name, values in neurons.items()
@@ -263,12 +264,40 @@ def _fold_step_extremes(states: Mapping[str, Tensor], steps: Tensor | None = Non
         state.copy_(folded if steps is None else torch.where(steps.unsqueeze(-1), folded, state))
 
 
-def _per_site(name: str, values: Any, count: int) -> list[Any]:
+_GROUP_CONTRACT = (
+    "compute sees the sites of a group at once, their states stacked along a leading sites "
+    "axis (see docs/development.md)"
+)
+
+
+def _per_site(stat: Statistic, name: str, values: Any, count: int) -> list[Any]:
     """A column's S values as Python scalars (numpy's would leak into JSON and the tables)."""
-    listed = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    listed: list[Any] = []
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        listed = values.tolist()
+    elif isinstance(values, (list, tuple)):
+        listed = list(values)
     if len(listed) != count:
-        raise ValueError(f"column {name!r}: {len(listed)} values for {count} sites")
+        raise TypeError(
+            f"statistic {stat.name!r}: column {name!r} must have one value per site ({count}), "
+            f"got {values!r}; {_GROUP_CONTRACT}"
+        )
     return listed
+
+
+def _per_neuron(stat: Statistic, name: str, values: Any, count: int) -> Any:
+    """A per-neuron array of S sites (leading sites axis), or a list of S arrays or None."""
+    if isinstance(values, np.ndarray):
+        fits = values.ndim >= 2 and values.shape[0] == count
+    else:
+        fits = isinstance(values, (list, tuple)) and len(values) == count
+    if not fits:
+        shape = getattr(values, "shape", None)
+        raise TypeError(
+            f"statistic {stat.name!r}: per-neuron {name!r} must be (sites={count}, neurons, ...), "
+            f"got {shape if shape is not None else type(values).__name__}; {_GROUP_CONTRACT}"
+        )
+    return values
 
 
 def summarize_sites(
