@@ -329,7 +329,8 @@ def _groups(sites: Sequence[SiteStats]) -> list[list[int]]:
     and states (names, shapes, dtypes, devices)."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, stats in enumerate(sites):
-        stats.store.flush()  # (a step site's max/min |σ'|: by ``_stacked_states``, per group)
+        # (``items`` adds the pending host counts; a step site's max/min |σ'| are derived per
+        # group by ``_stacked_states``, not by ``SiteStats.flush``)
         layout = tuple((t.device, t.dtype, t.shape) for _, t in stats.store.items())
         kinds = tuple(type(stat) for stat in stats.statistics)
         key = (stats.neurons, id(stats.config), kinds, tuple(stats.store.specs), layout)
